@@ -1,0 +1,138 @@
+//! The running agent: probes attached, collectors reading them, one
+//! [`Snapshot`] per collection.
+
+use std::time::Instant;
+
+use aya_log::EbpfLogger;
+use tokio::io::unix::AsyncFd;
+use tracing::warn;
+
+use crate::cgroup::CgroupResolver;
+use crate::collectors::sched::SchedCollector;
+use crate::error::{Error, Result};
+use crate::probes::{LoadOptions, Probes};
+use crate::snapshot::Snapshot;
+
+/// What to watch: the whole host, one process or one cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub pid: Option<u32>,
+    pub cgroup: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub target: Target,
+    pub top_k: usize,
+    pub task_slots: u32,
+    pub max_workloads: u32,
+}
+
+pub struct Agent {
+    probes: Probes,
+    sched: SchedCollector,
+    started: Instant,
+    kernel: String,
+    filter: Option<String>,
+}
+
+impl Agent {
+    /// Loads and attaches the probes. Must run inside a tokio runtime: the
+    /// kernel-side log records (aya-log) are forwarded by a task.
+    pub fn start(opts: &AgentOptions) -> Result<Self> {
+        let cgroups = CgroupResolver::system()?;
+        if let Some(pid) = opts.target.pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(Error::NoSuchProcess { pid });
+            }
+        }
+        let cgroup_id = opts
+            .target
+            .cgroup
+            .as_deref()
+            .map(|c| cgroups.id_of(c))
+            .transpose()?;
+        let load = LoadOptions {
+            pid: opts.target.pid,
+            cgroup_id,
+            task_slots: opts.task_slots,
+            max_workloads: opts.max_workloads,
+            attach: true,
+        };
+        let mut probes = Probes::load(&load)?;
+        forward_kernel_logs(&mut probes);
+        let sched = SchedCollector::new(&mut probes.ebpf, cgroups, opts.top_k)?;
+        let filter = match (&opts.target.pid, &opts.target.cgroup) {
+            (Some(pid), _) => Some(format!("pid {pid}")),
+            (None, Some(c)) => Some(format!("cgroup {c}")),
+            _ => None,
+        };
+        Ok(Self {
+            probes,
+            sched,
+            started: Instant::now(),
+            kernel: kernel_release(),
+            filter,
+        })
+    }
+
+    /// Reads every collector and returns the snapshot since start.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        let t0 = Instant::now();
+        let (sched, counters) = self.sched.collect()?;
+        let mut probes = self.probes.status.clone();
+        for p in &mut probes {
+            p.events = counters.events.get(p.probe.as_str()).copied().unwrap_or(0);
+            p.errors = counters.errors.get(p.probe.as_str()).copied().unwrap_or(0);
+        }
+        Ok(Snapshot {
+            hostprobe_version: env!("CARGO_PKG_VERSION"),
+            kernel: self.kernel.clone(),
+            window_seconds: self.started.elapsed().as_secs_f64(),
+            topology: self.probes.topology.clone(),
+            filter: self.filter.clone(),
+            probes,
+            sched,
+            map_drops: counters.drops,
+            collection_seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn cgroup_root(&self) -> &std::path::Path {
+        self.sched.cgroups().root()
+    }
+}
+
+/// Forwards aya-log records of the kernel programs to the agent's log.
+fn forward_kernel_logs(probes: &mut Probes) {
+    let logger = match EbpfLogger::init(&mut probes.ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: {e}");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd for as long as it lives,
+    // and the AsyncFd owns the logger.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,172 @@
+//! Workload names: cgroup v2 ids (what `bpf_get_current_cgroup_id` returns:
+//! the kernfs inode number of the cgroup directory) resolved to paths.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Maps cgroup ids to paths relative to the cgroup v2 root (`/` is the root).
+pub struct CgroupResolver {
+    root: PathBuf,
+    by_id: HashMap<u64, String>,
+}
+
+impl CgroupResolver {
+    /// Uses the cgroup v2 mount of this machine (`/sys/fs/cgroup` on unified
+    /// systems, `/sys/fs/cgroup/unified` on hybrid ones).
+    pub fn system() -> Result<Self> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Error::io(Path::new("/proc/self/mountinfo"), e))?;
+        let root = cgroup2_mount(&text).ok_or(Error::NoCgroup2)?;
+        Ok(Self::at(root))
+    }
+
+    pub fn at(root: PathBuf) -> Self {
+        let mut r = Self {
+            root,
+            by_id: HashMap::new(),
+        };
+        r.rescan();
+        r
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of cgroup `id`, rescanning the hierarchy once if it is new.
+    /// `None` when the cgroup no longer exists.
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if !self.by_id.contains_key(&id) {
+            self.rescan();
+        }
+        self.by_id.get(&id).cloned()
+    }
+
+    /// Whether cgroup `id` still exists (without rescanning).
+    pub fn alive(&self, id: u64) -> bool {
+        self.by_id
+            .get(&id)
+            .is_some_and(|p| self.root.join(p.trim_start_matches('/')).is_dir())
+    }
+
+    /// Id of the cgroup at `path` (relative to the v2 root, leading `/`
+    /// optional, or absolute under the mount point).
+    pub fn id_of(&self, path: &str) -> Result<u64> {
+        let rel = Path::new(path)
+            .strip_prefix(&self.root)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| PathBuf::from(path.trim_start_matches('/')));
+        let full = self.root.join(rel);
+        std::fs::metadata(&full)
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|m| m.ino())
+            .ok_or_else(|| Error::NoSuchCgroup {
+                path: path.to_string(),
+                root: self.root.clone(),
+            })
+    }
+
+    /// The cgroup v2 path of a process, from `/proc/PID/cgroup`.
+    pub fn of_pid(pid: u32) -> Result<String> {
+        let p = PathBuf::from(format!("/proc/{pid}/cgroup"));
+        let text = std::fs::read_to_string(&p).map_err(|_| Error::NoSuchProcess { pid })?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(str::to_string)
+            .ok_or(Error::NoCgroup2)
+    }
+
+    fn rescan(&mut self) {
+        self.by_id.clear();
+        let mut stack = vec![(self.root.clone(), String::from("/"))];
+        while let Some((dir, rel)) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            self.by_id.insert(meta.ino(), rel.clone());
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let child = if rel == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    stack.push((e.path(), child));
+                }
+            }
+        }
+    }
+}
+
+/// Mount point of the cgroup2 filesystem in `/proc/self/mountinfo` text.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mount_point = pre.split_whitespace().nth(4)?;
+        (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in_unified_and_hybrid_layouts() {
+        let hybrid = "30 25 0:26 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755\n\
+                      31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n\
+                      32 30 0:28 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(cgroup2_mount("22 1 0:5 / /proc rw - proc proc rw\n"), None);
+    }
+
+    #[test]
+    fn resolves_ids_of_a_directory_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("system.slice/db.service")).unwrap();
+        let mut r = CgroupResolver::at(dir.path().to_path_buf());
+        let id = r.id_of("/system.slice/db.service").unwrap();
+        assert_eq!(r.path(id).as_deref(), Some("/system.slice/db.service"));
+        let root = r.id_of("/").unwrap();
+        assert_eq!(r.path(root).as_deref(), Some("/"));
+        let abs = dir.path().join("system.slice");
+        assert_eq!(
+            r.id_of(abs.to_str().unwrap()).unwrap(),
+            r.id_of("system.slice").unwrap()
+        );
+        assert!(matches!(r.id_of("/nope"), Err(Error::NoSuchCgroup { .. })));
+        // A cgroup created later is found by the rescan on a miss.
+        std::fs::create_dir(dir.path().join("late")).unwrap();
+        let late = r.id_of("/late").unwrap();
+        assert_eq!(r.path(late).as_deref(), Some("/late"));
+        assert!(r.alive(late));
+        std::fs::remove_dir(dir.path().join("late")).unwrap();
+        assert!(!r.alive(late));
+    }
+
+    #[test]
+    fn reads_the_cgroup_of_this_process() {
+        let path = CgroupResolver::of_pid(std::process::id()).unwrap();
+        assert!(path.starts_with('/'));
+        assert!(matches!(
+            CgroupResolver::of_pid(u32::MAX),
+            Err(Error::NoSuchProcess { .. })
+        ));
+    }
+}

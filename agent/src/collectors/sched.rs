@@ -1,0 +1,363 @@
+//! Scheduler collector: reads the kernel's per-CPU maps of
+//! `ebpf-probes/probes/src/sched.rs`, turns per-cgroup cumulative values
+//! into per-workload counters with bounded labels (top-K + `other`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::Ebpf;
+use hostprobe_common::{counter, SchedStats, DIST_CLASSES, HIST_BUCKETS};
+
+use crate::cgroup::CgroupResolver;
+use crate::error::{Error, Result};
+use crate::hist::Log2Hist;
+use crate::snapshot::{Distances, LatencySummary, Placements, SchedSection, WorkloadSched};
+use crate::topk::{TopK, OTHER};
+
+/// Per-workload totals, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchedTotals {
+    pub runq: Log2Hist,
+    pub switch_ins: [u64; DIST_CLASSES],
+    pub migrations: [u64; DIST_CLASSES],
+    pub oncpu_ns: u64,
+}
+
+impl SchedTotals {
+    fn from_per_cpu<'a>(values: impl Iterator<Item = &'a SchedStats>) -> Self {
+        let mut t = SchedTotals::default();
+        for v in values {
+            for (a, b) in t
+                .runq
+                .buckets
+                .iter_mut()
+                .zip(v.runq_hist.iter().take(HIST_BUCKETS))
+            {
+                *a += b;
+            }
+            t.runq.sum_ns += v.runq_sum_ns;
+            for i in 0..DIST_CLASSES {
+                t.switch_ins[i] += v.switch_ins[i];
+                t.migrations[i] += v.migrations[i];
+            }
+            t.oncpu_ns += v.oncpu_ns;
+        }
+        t
+    }
+
+    fn delta(&self, earlier: &SchedTotals) -> SchedTotals {
+        let sub = |a: &[u64; DIST_CLASSES], b: &[u64; DIST_CLASSES]| {
+            std::array::from_fn(|i| a[i].saturating_sub(b[i]))
+        };
+        SchedTotals {
+            runq: self.runq.delta(&earlier.runq),
+            switch_ins: sub(&self.switch_ins, &earlier.switch_ins),
+            migrations: sub(&self.migrations, &earlier.migrations),
+            oncpu_ns: self.oncpu_ns.saturating_sub(earlier.oncpu_ns),
+        }
+    }
+
+    fn add(&mut self, other: &SchedTotals) {
+        self.runq.add(&other.runq);
+        for i in 0..DIST_CLASSES {
+            self.switch_ins[i] += other.switch_ins[i];
+            self.migrations[i] += other.migrations[i];
+        }
+        self.oncpu_ns += other.oncpu_ns;
+    }
+
+    /// Events in these totals: how busy the workload was, for top-K.
+    pub fn activity(&self) -> u64 {
+        self.switch_ins.iter().sum::<u64>() + self.migrations.iter().sum::<u64>()
+    }
+
+    fn view(&self, workload: String) -> WorkloadSched {
+        let switch_ins = Placements::from_classes(&self.switch_ins);
+        WorkloadSched {
+            workload,
+            migrations: Distances::from_classes(&self.migrations),
+            placement_ratios: switch_ins.ratios(),
+            switch_ins,
+            runqueue_latency: LatencySummary::from_hist(&self.runq),
+            oncpu_seconds: self.oncpu_ns as f64 / 1e9,
+        }
+    }
+}
+
+/// Attributes per-cgroup deltas to labels. Pure bookkeeping, no I/O, so the
+/// label rules are unit-tested apart from the kernel.
+#[derive(Debug)]
+pub struct WorkloadLabels {
+    topk: TopK<String>,
+    /// Monotonic totals per exported label.
+    totals: BTreeMap<String, SchedTotals>,
+}
+
+impl WorkloadLabels {
+    pub fn new(k: usize) -> Self {
+        Self {
+            topk: TopK::new(k),
+            totals: BTreeMap::new(),
+        }
+    }
+
+    /// One round: `deltas` per workload path since the last round, `gone`
+    /// the paths whose cgroup no longer exists (their last delta counts).
+    pub fn round(&mut self, deltas: &[(String, SchedTotals)], gone: &[String]) {
+        let activity: Vec<(String, u64)> = deltas
+            .iter()
+            .map(|(p, d)| (p.clone(), d.activity()))
+            .collect();
+        self.topk.update(&activity);
+        for (path, d) in deltas {
+            let label = if self.topk.is_labeled(path) {
+                path.as_str()
+            } else {
+                OTHER
+            };
+            self.totals.entry(label.to_string()).or_default().add(d);
+        }
+        for path in gone {
+            self.topk.forget(path);
+        }
+        // Series of workloads that lost their label stop; `other` stays.
+        let topk = &self.topk;
+        self.totals
+            .retain(|label, _| label == OTHER || topk.is_labeled(label));
+    }
+
+    /// Busiest first, `other` last.
+    pub fn view(&self) -> Vec<WorkloadSched> {
+        let mut named: Vec<(&String, &SchedTotals)> =
+            self.totals.iter().filter(|(l, _)| *l != OTHER).collect();
+        named.sort_by(|a, b| {
+            b.1.activity()
+                .cmp(&a.1.activity())
+                .then_with(|| a.0.cmp(b.0))
+        });
+        let mut out: Vec<WorkloadSched> =
+            named.into_iter().map(|(l, t)| t.view(l.clone())).collect();
+        if let Some(other) = self.totals.get(OTHER) {
+            out.push(other.view(OTHER.to_string()));
+        }
+        out
+    }
+}
+
+pub struct SchedCollector {
+    workloads: PerCpuHashMap<MapData, u64, SchedStats>,
+    counters: PerCpuArray<MapData, u64>,
+    cgroups: CgroupResolver,
+    last: HashMap<u64, SchedTotals>,
+    /// Last known path of each cgroup id, to name a cgroup's final delta.
+    names: HashMap<u64, String>,
+    labels: WorkloadLabels,
+}
+
+/// Self-metrics of the scheduler programs, read from `SCHED_COUNTERS`.
+#[derive(Debug, Clone, Default)]
+pub struct SchedCounters {
+    pub events: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub host_migrations: Distances,
+    pub drops: BTreeMap<String, u64>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name).ok_or(Error::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })
+}
+
+impl SchedCollector {
+    pub fn new(ebpf: &mut Ebpf, cgroups: CgroupResolver, top_k: usize) -> Result<Self> {
+        let workloads =
+            PerCpuHashMap::try_from(take(ebpf, "SCHED_WORKLOADS")?).map_err(|source| {
+                Error::Map {
+                    name: "SCHED_WORKLOADS",
+                    source,
+                }
+            })?;
+        let counters =
+            PerCpuArray::try_from(take(ebpf, "SCHED_COUNTERS")?).map_err(|source| Error::Map {
+                name: "SCHED_COUNTERS",
+                source,
+            })?;
+        Ok(Self {
+            workloads,
+            counters,
+            cgroups,
+            last: HashMap::new(),
+            names: HashMap::new(),
+            labels: WorkloadLabels::new(top_k),
+        })
+    }
+
+    pub fn cgroups(&self) -> &CgroupResolver {
+        &self.cgroups
+    }
+
+    /// Reads the maps once and folds the deltas into the workload labels.
+    /// Entries of cgroups that no longer exist are removed from the kernel
+    /// map after their last values are counted, so the map stays bounded by
+    /// live workloads.
+    pub fn collect(&mut self) -> Result<(SchedSection, SchedCounters)> {
+        let mut now: HashMap<u64, SchedTotals> = HashMap::new();
+        for item in self.workloads.iter() {
+            let (id, per_cpu) = item.map_err(|source| Error::Map {
+                name: "SCHED_WORKLOADS",
+                source,
+            })?;
+            now.insert(id, SchedTotals::from_per_cpu(per_cpu.iter()));
+        }
+        let mut deltas = Vec::with_capacity(now.len());
+        let mut gone = Vec::new();
+        for (id, totals) in &now {
+            let d = match self.last.get(id) {
+                Some(prev) => totals.delta(prev),
+                None => totals.clone(),
+            };
+            let path = match self.cgroups.path(*id) {
+                Some(path) => {
+                    self.names.insert(*id, path.clone());
+                    path
+                }
+                None => {
+                    // Dead: its last delta still counts under its last name.
+                    let path = self
+                        .names
+                        .remove(id)
+                        .unwrap_or_else(|| format!("(cgroup {id})"));
+                    gone.push((*id, path.clone()));
+                    path
+                }
+            };
+            deltas.push((path, d));
+        }
+        let gone_paths: Vec<String> = gone.iter().map(|(_, p)| p.clone()).collect();
+        self.labels.round(&deltas, &gone_paths);
+        for (id, _) in &gone {
+            now.remove(id);
+            // Already gone from the map is fine.
+            let _ = self.workloads.remove(id);
+        }
+        self.last = now;
+
+        let c = |i: u32| -> Result<u64> {
+            let v = self.counters.get(&i, 0).map_err(|source| Error::Map {
+                name: "SCHED_COUNTERS",
+                source,
+            })?;
+            Ok(v.iter().sum())
+        };
+        let mut migrations = [0u64; DIST_CLASSES];
+        for (d, m) in migrations.iter_mut().enumerate() {
+            *m = c(counter::MIGRATIONS + d as u32)?;
+        }
+        let counters = SchedCounters {
+            events: BTreeMap::from([
+                ("sched_switch", c(counter::EV_SWITCH)?),
+                ("sched_wakeup", c(counter::EV_WAKEUP)?),
+                ("sched_wakeup_new", c(counter::EV_WAKEUP_NEW)?),
+                ("sched_migrate_task", c(counter::EV_MIGRATE)?),
+            ]),
+            errors: BTreeMap::from([("sched_migrate_task", c(counter::ERR_BAD_CPU)?)]),
+            host_migrations: Distances::from_classes(&migrations),
+            drops: BTreeMap::from([
+                (
+                    "SCHED_WORKLOADS".to_string(),
+                    c(counter::DROP_WORKLOAD_MAP_FULL)?,
+                ),
+                (
+                    "TASK_SLOTS".to_string(),
+                    c(counter::DROP_TASK_SLOT_COLLISION)?,
+                ),
+            ]),
+        };
+        let section = SchedSection {
+            host_migrations: counters.host_migrations,
+            workloads: self.labels.view(),
+        };
+        Ok((section, counters))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(switch_ins: u64, migrations: u64) -> SchedTotals {
+        let mut x = SchedTotals::default();
+        x.switch_ins[0] = switch_ins;
+        x.migrations[4] = migrations;
+        x.runq.buckets[10] = switch_ins;
+        x
+    }
+
+    #[test]
+    fn sums_per_cpu_values() {
+        let mut a = SchedStats::default();
+        a.runq_hist[3] = 2;
+        a.switch_ins[1] = 4;
+        a.oncpu_ns = 10;
+        let mut b = a;
+        b.migrations[2] = 7;
+        let s = SchedTotals::from_per_cpu([a, b].iter());
+        assert_eq!(
+            (
+                s.runq.buckets[3],
+                s.switch_ins[1],
+                s.migrations[2],
+                s.oncpu_ns
+            ),
+            (4, 8, 7, 20)
+        );
+        assert_eq!(s.activity(), 15);
+    }
+
+    #[test]
+    fn labels_busiest_and_folds_the_rest_into_other() {
+        let mut l = WorkloadLabels::new(1);
+        l.round(&[("/a".into(), t(10, 0)), ("/b".into(), t(100, 5))], &[]);
+        let v = l.view();
+        assert_eq!(
+            v.iter().map(|w| w.workload.as_str()).collect::<Vec<_>>(),
+            ["/b", "other"]
+        );
+        assert_eq!(v[0].migrations.other_node, 5);
+        assert_eq!(v[1].switch_ins.same_cpu, 10);
+    }
+
+    #[test]
+    fn counters_stay_monotonic_across_rounds() {
+        let mut l = WorkloadLabels::new(1);
+        l.round(&[("/a".into(), t(10, 1))], &[]);
+        l.round(&[("/a".into(), t(5, 1)), ("/b".into(), t(50, 0))], &[]);
+        let v = l.view();
+        // /a keeps its label (sticky); /b's activity goes to other.
+        assert_eq!(v[0].workload, "/a");
+        assert_eq!(v[0].switch_ins.same_cpu, 15);
+        assert_eq!(v[0].migrations.other_node, 2);
+        assert_eq!(v[1].workload, "other");
+        assert_eq!(v[1].switch_ins.same_cpu, 50);
+    }
+
+    #[test]
+    fn gone_workloads_free_their_label() {
+        let mut l = WorkloadLabels::new(1);
+        l.round(&[("/a".into(), t(10, 0))], &["/a".into()]);
+        l.round(&[("/b".into(), t(1, 0))], &[]);
+        let names: Vec<String> = l.view().into_iter().map(|w| w.workload).collect();
+        assert_eq!(names, ["/b"]);
+    }
+
+    #[test]
+    fn deltas_subtract_field_by_field() {
+        let d = t(10, 4).delta(&t(3, 1));
+        assert_eq!(
+            (d.switch_ins[0], d.migrations[4], d.runq.buckets[10]),
+            (7, 3, 7)
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! Typed errors of the hostprobe library. Each message says what was wrong
+//! and, where there is one, what to do about it.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("{path}: invalid BTF: {reason}")]
+    Btf { path: PathBuf, reason: String },
+    #[error("kernel BTF has no {what}")]
+    BtfMissing { what: String },
+    #[error("kernel BTF is missing ({path}): the kernel needs CONFIG_DEBUG_INFO_BTF=y for the BTF tracepoints")]
+    NoKernelBtf { path: PathBuf },
+    #[error("tracefs is not mounted: mount it with `mount -t tracefs nodev /sys/kernel/tracing` (as root)")]
+    NoTracefs,
+    #[error("tracepoint {tracepoint} does not exist on this kernel")]
+    TracepointMissing { tracepoint: String },
+    #[error("tracepoint {tracepoint} has an unexpected layout: {reason}")]
+    BadFormat { tracepoint: String, reason: String },
+    #[error("tracepoint {tracepoint} has unexpected BTF arguments: {reason}")]
+    BadTracepointArgs { tracepoint: String, reason: String },
+    #[error(
+        "missing privileges: hostprobe needs {missing} to load eBPF programs; run it as root, or grant \
+         them with `setcap cap_bpf,cap_perfmon+ep $(command -v hostprobe)`"
+    )]
+    Privileges { missing: String },
+    #[error("no process with pid {pid} (it may have exited)")]
+    NoSuchProcess { pid: u32 },
+    #[error("cgroup {path:?} not found under the cgroup v2 mount {root}")]
+    NoSuchCgroup { path: String, root: PathBuf },
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] Box<aya::EbpfError>),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("cannot listen on {addr}: {source} (pick another address with --listen)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no probe could be attached: {reasons}")]
+    NothingAttached { reasons: String },
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Exit code for the binary: 2 for problems the user fixes by running
+    /// differently (privileges, arguments), 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Privileges { .. } | Error::NoSuchProcess { .. } | Error::NoSuchCgroup { .. } => {
+                2
+            }
+            _ => 1,
+        }
+    }
+}

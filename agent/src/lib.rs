@@ -1,0 +1,21 @@
+//! hostprobe: an eBPF host tracing agent.
+//!
+//! Where a number comes from, in one hop: kernel programs in
+//! `ebpf-probes/probes/src/<signal>.rs`, their collector in
+//! [`collectors`], the snapshot field in [`snapshot`], and its views in
+//! [`output`].
+
+pub mod agent;
+pub mod btf;
+pub mod cgroup;
+pub mod check;
+pub mod collectors;
+pub mod error;
+pub mod hist;
+pub mod output;
+pub mod probes;
+pub mod serve;
+pub mod snapshot;
+pub mod topk;
+pub mod topology;
+pub mod tracefs;

@@ -1,0 +1,214 @@
+//! The `hostprobe` binary: argument parsing, logging, exit codes. The work
+//! happens in the library.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use hostprobe::agent::{Agent, AgentOptions, Target};
+use hostprobe::error::Error;
+use hostprobe::output::report;
+use hostprobe::{check, serve};
+use hostprobe_common::{DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "hostprobe",
+    version,
+    about = "eBPF host tracing agent: CPU migrations by topology distance, run-queue latency and cache placement per workload",
+    after_help = "Examples:\n  hostprobe check\n  hostprobe diagnose --duration 10s\n  hostprobe diagnose --pid 1234 --json\n  hostprobe serve --listen 0.0.0.0:19477 --interval 5s"
+)]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a RUST_LOG directive); default: RUST_LOG, else `info` for serve and `warn` otherwise.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Prometheus metrics at /metrics (and /healthz) until SIGINT/SIGTERM.
+    #[command(
+        after_help = "Examples:\n  hostprobe serve\n  hostprobe serve --listen 0.0.0.0:19477 --interval 10s --top-k 20"
+    )]
+    Serve {
+        /// Address to listen on. Loopback by default: expose it deliberately.
+        #[arg(long, default_value = serve::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// How often kernel maps are read.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Collect for a while, then print a report (or JSON).
+    #[command(
+        after_help = "Examples:\n  hostprobe diagnose\n  hostprobe diagnose --duration 30s --cgroup /system.slice/postgresql.service\n  hostprobe diagnose --pid 1234 --json | jq .sched"
+    )]
+    Diagnose {
+        /// How long to collect.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Print one JSON document on stdout instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// Only this process (filtered in the kernel).
+        #[arg(long, conflicts_with = "cgroup")]
+        pid: Option<u32>,
+        /// Only this cgroup v2 path, e.g. /system.slice/nginx.service (filtered in the kernel).
+        #[arg(long)]
+        cgroup: Option<String>,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Check kernel support and privileges, and whether each probe loads.
+    #[command(after_help = "Examples:\n  hostprobe check\n  hostprobe check --json")]
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct Tuning {
+    /// Workloads with their own label; the rest are summed as `other`.
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Bound of the kernel's per-workload map (cgroups).
+    #[arg(long, default_value_t = DEFAULT_MAX_WORKLOADS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_workloads: u32,
+    /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).
+    #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = clap::value_parser!(u32).range(2..=(1 << 22)))]
+    task_slots: u32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = match &cli.log_level {
+        Some(l) => EnvFilter::try_new(l),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(default_level)),
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: bad --log-level/RUST_LOG: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Check { json } => {
+            let r = check::run();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("serializable")
+                );
+            } else {
+                print!("{}", check::render(&r));
+            }
+            Ok(if r.usable() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Serve {
+            listen,
+            interval,
+            tuning,
+        } => {
+            let agent = Agent::start(&options(Target::default(), &tuning))?;
+            serve::run(agent, listen, interval).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diagnose {
+            duration,
+            json,
+            pid,
+            cgroup,
+            tuning,
+        } => {
+            let mut agent = Agent::start(&options(Target { pid, cgroup }, &tuning))?;
+            collect_for(duration).await;
+            let snapshot = agent.snapshot()?;
+            drop(agent);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&snapshot).expect("serializable")
+                );
+            } else {
+                print!("{}", report::render(&snapshot));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn options(target: Target, t: &Tuning) -> AgentOptions {
+    AgentOptions {
+        target,
+        top_k: t.top_k,
+        task_slots: t.task_slots,
+        max_workloads: t.max_workloads,
+    }
+}
+
+/// Waits for `duration` (or Ctrl-C, which ends collection early), drawing a
+/// progress bar on stderr when it is a terminal.
+async fn collect_for(duration: Duration) {
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick(), if tty => {
+                let done = start.elapsed().as_secs_f64() / duration.as_secs_f64().max(1e-9);
+                let filled = ((done.min(1.0)) * 30.0) as usize;
+                eprint!("\rcollecting [{}{}] {:>5.1}/{:.1} s", "#".repeat(filled), " ".repeat(30 - filled), start.elapsed().as_secs_f64(), duration.as_secs_f64());
+                let _ = std::io::stderr().flush();
+            }
+        }
+    }
+    if tty {
+        eprint!("\r{}\r", " ".repeat(60));
+    }
+}

@@ -1,0 +1,96 @@
+//! Views of a [`crate::snapshot::Snapshot`]: Prometheus text, the diagnose
+//! report, and (through serde) JSON.
+
+pub mod prometheus;
+pub mod report;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use hostprobe_common::CpuTopo;
+
+    use crate::hist::Log2Hist;
+    use crate::snapshot::*;
+    use crate::topology::Topology;
+
+    /// A snapshot with one named workload, `other`, and a disabled probe.
+    pub(crate) fn sample_snapshot() -> Snapshot {
+        let mut hist = Log2Hist::default();
+        hist.buckets[10] = 1; // [1024, 2048) ns
+        hist.buckets[11] = 3;
+        hist.buckets[20] = 1;
+        hist.sum_ns = 1_500 + 3 * 3_000 + 1_500_000;
+        let db = WorkloadSched {
+            workload: "/db.service".into(),
+            migrations: Distances {
+                same_core: 0,
+                same_llc: 5,
+                same_node: 0,
+                other_node: 3,
+            },
+            switch_ins: Placements {
+                same_cpu: 3,
+                same_llc: 2,
+                same_node: 0,
+                other_node: 0,
+            },
+            placement_ratios: None,
+            runqueue_latency: LatencySummary::from_hist(&hist),
+            oncpu_seconds: 1.5,
+        };
+        let other = WorkloadSched {
+            workload: "other".into(),
+            migrations: Distances::default(),
+            switch_ins: Placements {
+                same_cpu: 7,
+                ..Default::default()
+            },
+            placement_ratios: None,
+            runqueue_latency: LatencySummary::from_hist(&Log2Hist::default()),
+            oncpu_seconds: 0.0,
+        };
+        let probe = |name: &str, attached: bool| ProbeStatus {
+            probe: name.into(),
+            tracepoint: format!("sched:{name}"),
+            attach_type: "tp_btf".into(),
+            attached,
+            reason: (!attached).then(|| "no such tracepoint".into()),
+            events: if attached { 1000 } else { 0 },
+            errors: 0,
+        };
+        Snapshot {
+            hostprobe_version: "0.0.0-test",
+            kernel: "6.18.0-test".into(),
+            window_seconds: 5.0,
+            topology: Topology {
+                cpus: vec![CpuTopo {
+                    core: 0,
+                    llc: 0,
+                    node: 0,
+                    present: 1,
+                }],
+                online_cpus: 1,
+                cores: 1,
+                llcs: 1,
+                nodes: 1,
+            },
+            filter: None,
+            probes: vec![
+                probe("sched_switch", true),
+                probe("sched_migrate_task", false),
+            ],
+            sched: SchedSection {
+                host_migrations: Distances {
+                    same_core: 0,
+                    same_llc: 8,
+                    same_node: 0,
+                    other_node: 0,
+                },
+                workloads: vec![db, other],
+            },
+            map_drops: BTreeMap::from([("SCHED_WORKLOADS".into(), 0), ("TASK_SLOTS".into(), 2)]),
+            collection_seconds: 0.001,
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Prometheus text exposition of a [`Snapshot`]: const metrics built from
+//! the snapshot on each scrape, as ebpf_exporter does, so what `/metrics`
+//! says and what `diagnose --json` says can never disagree.
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, TextEncoder};
+
+use crate::snapshot::Snapshot;
+
+/// Histogram upper bounds as powers of two nanoseconds: 2^10 ns (~1 us) to
+/// 2^34 ns (~17 s), every factor of 4. Each is a kernel bucket edge, so the
+/// cumulative counts are exact.
+pub const RUNQ_BOUNDS_LOG2: [u32; 13] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34];
+
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Self {
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_string());
+        f.set_help(help.to_string());
+        f.set_field_type(kind);
+        Self(f)
+    }
+
+    fn push(&mut self, labels: &[(&str, &str)], fill: impl FnOnce(&mut Metric)) {
+        let mut m = Metric::from_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name(k.to_string());
+                    l.set_value(v.to_string());
+                    l
+                })
+                .collect(),
+        );
+        fill(&mut m);
+        self.0.mut_metric().push(m);
+    }
+
+    fn counter(&mut self, labels: &[(&str, &str)], v: f64) {
+        self.push(labels, |m| {
+            let mut c = Counter::default();
+            c.set_value(v);
+            m.set_counter(c);
+        });
+    }
+
+    fn gauge(&mut self, labels: &[(&str, &str)], v: f64) {
+        self.push(labels, |m| {
+            let mut g = Gauge::default();
+            g.set_value(v);
+            m.set_gauge(g);
+        });
+    }
+}
+
+/// Renders the snapshot in the Prometheus text format.
+pub fn render(s: &Snapshot) -> String {
+    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+    let mut out = Vec::new();
+
+    let mut f = Family::new(
+        "hostprobe_build_info",
+        "hostprobe version and the kernel it runs on.",
+        GAUGE,
+    );
+    f.gauge(
+        &[("version", s.hostprobe_version), ("kernel", &s.kernel)],
+        1.0,
+    );
+    out.push(f);
+
+    let mut attached = Family::new(
+        "hostprobe_probe_attached",
+        "1 if the kernel program is attached, 0 if it is disabled (see `hostprobe check` for why).",
+        GAUGE,
+    );
+    let mut events = Family::new(
+        "hostprobe_probe_events_total",
+        "Times each kernel program ran.",
+        COUNTER,
+    );
+    let mut errors = Family::new(
+        "hostprobe_probe_errors_total",
+        "Events a kernel program could not handle (e.g. a CPU outside the topology table).",
+        COUNTER,
+    );
+    for p in &s.probes {
+        let l = [("probe", p.probe.as_str())];
+        attached.gauge(&l, if p.attached { 1.0 } else { 0.0 });
+        events.counter(&l, p.events as f64);
+        errors.counter(&l, p.errors as f64);
+    }
+    out.extend([attached, events, errors]);
+
+    let mut drops = Family::new("hostprobe_map_drops_total", "Updates lost because a bounded kernel map was full or a task slot was taken by another thread.", COUNTER);
+    for (map, n) in &s.map_drops {
+        drops.counter(&[("map", map)], *n as f64);
+    }
+    out.push(drops);
+
+    let mut f = Family::new(
+        "hostprobe_collection_duration_seconds",
+        "Time the last collection of kernel maps took.",
+        GAUGE,
+    );
+    f.gauge(&[], s.collection_seconds);
+    out.push(f);
+
+    let mut host = Family::new("hostprobe_sched_host_migrations_total", "Task migrations between CPUs on the whole host, by topology distance (counted when they happen, before workload attribution).", COUNTER);
+    for (d, n) in s.sched.host_migrations.labeled() {
+        host.counter(&[("distance", d)], n as f64);
+    }
+    out.push(host);
+
+    let mut mig = Family::new(
+        "hostprobe_sched_migrations_total",
+        "Task migrations between CPUs by workload (cgroup, top-K + other) and topology distance.",
+        COUNTER,
+    );
+    let mut sw = Family::new(
+        "hostprobe_sched_switch_ins_total",
+        "Switch-ins by workload and where the task runs relative to where it last ran.",
+        COUNTER,
+    );
+    let mut oncpu = Family::new(
+        "hostprobe_sched_oncpu_seconds_total",
+        "Time tasks of the workload spent on a CPU.",
+        COUNTER,
+    );
+    let mut runq = Family::new(
+        "hostprobe_runqueue_latency_seconds",
+        "Time from becoming runnable (wakeup or preemption) to running, by workload.",
+        HISTOGRAM,
+    );
+    for w in &s.sched.workloads {
+        let wl = w.workload.as_str();
+        for (d, n) in w.migrations.labeled() {
+            mig.counter(&[("workload", wl), ("distance", d)], n as f64);
+        }
+        for (p, n) in w.switch_ins.labeled() {
+            sw.counter(&[("workload", wl), ("placement", p)], n as f64);
+        }
+        oncpu.counter(&[("workload", wl)], w.oncpu_seconds);
+        let hist = w.runqueue_latency.hist();
+        let cumulative = hist.cumulative_at(&RUNQ_BOUNDS_LOG2);
+        runq.push(&[("workload", wl)], |m| {
+            let mut h = Histogram::default();
+            h.set_sample_count(hist.count());
+            h.set_sample_sum(w.runqueue_latency.sum_seconds);
+            h.set_bucket(
+                RUNQ_BOUNDS_LOG2
+                    .iter()
+                    .zip(cumulative)
+                    .map(|(k, n)| {
+                        let mut b = Bucket::default();
+                        b.set_upper_bound((1u64 << k) as f64 / 1e9);
+                        b.set_cumulative_count(n);
+                        b
+                    })
+                    .collect(),
+            );
+            m.set_histogram(h);
+        });
+    }
+    out.extend([mig, sw, oncpu, runq]);
+
+    let families: Vec<MetricFamily> = out
+        .into_iter()
+        .map(|f| f.0)
+        .filter(|f| !f.get_metric().is_empty())
+        .collect();
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut buf)
+        .expect("text encoding of well-formed families cannot fail");
+    String::from_utf8(buf).expect("the text encoder writes UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::tests::sample_snapshot;
+
+    #[test]
+    fn renders_the_contract_metrics() {
+        let text = render(&sample_snapshot());
+        for needle in [
+            "hostprobe_build_info{version=\"",
+            "hostprobe_probe_attached{probe=\"sched_switch\"} 1",
+            "hostprobe_probe_attached{probe=\"sched_migrate_task\"} 0",
+            "hostprobe_probe_events_total{probe=\"sched_switch\"} 1000",
+            "hostprobe_map_drops_total{map=\"TASK_SLOTS\"} 2",
+            "hostprobe_sched_migrations_total{workload=\"/db.service\",distance=\"other_node\"} 3",
+            "hostprobe_sched_switch_ins_total{workload=\"other\",placement=\"same_cpu\"} 7",
+            "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"0.000001024\"} 0",
+            "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"0.000004096\"} 4",
+            "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"+Inf\"} 5",
+            "hostprobe_runqueue_latency_seconds_count{workload=\"/db.service\"} 5",
+            "# TYPE hostprobe_runqueue_latency_seconds histogram",
+            "# TYPE hostprobe_sched_host_migrations_total counter",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

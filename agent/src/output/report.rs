@@ -1,0 +1,205 @@
+//! The human-readable diagnose report: a view of a [`Snapshot`].
+
+use std::fmt::Write as _;
+
+use crate::snapshot::Snapshot;
+
+/// Formats seconds with a unit that keeps 2-3 significant digits.
+pub fn fmt_seconds(s: f64) -> String {
+    let (v, unit) = if s < 1e-6 {
+        (s * 1e9, "ns")
+    } else if s < 1e-3 {
+        (s * 1e6, "us")
+    } else if s < 1.0 {
+        (s * 1e3, "ms")
+    } else {
+        (s, "s")
+    };
+    if v >= 100.0 {
+        format!("{v:.0}{unit}")
+    } else {
+        format!("{v:.1}{unit}")
+    }
+}
+
+fn pct(part: u64, total: u64) -> String {
+    if total == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", 100.0 * part as f64 / total as f64)
+    }
+}
+
+fn opt_seconds(s: Option<f64>) -> String {
+    s.map_or_else(|| "-".into(), fmt_seconds)
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let t = &s.topology;
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let _ = writeln!(
+        o,
+        "hostprobe {} — {} on kernel {} ({}, {}, {}, {})",
+        s.hostprobe_version,
+        fmt_seconds(s.window_seconds),
+        s.kernel,
+        plural(t.online_cpus, "CPU", "CPUs"),
+        plural(t.cores, "core", "cores"),
+        plural(t.llcs, "LLC", "LLCs"),
+        plural(t.nodes, "NUMA node", "NUMA nodes"),
+    );
+    if let Some(f) = &s.filter {
+        let _ = writeln!(o, "filter: {f} (applied in the kernel)");
+    }
+
+    let _ = writeln!(o, "\nProbes");
+    for p in &s.probes {
+        let state = if p.attached { "attached" } else { "DISABLED" };
+        let _ = write!(
+            o,
+            "  {:<20} {:<10} {:<9} {:>12} events",
+            p.probe, p.attach_type, state, p.events
+        );
+        if let Some(r) = &p.reason {
+            let _ = write!(o, "  ({r})");
+        }
+        let _ = writeln!(o);
+    }
+
+    let h = &s.sched.host_migrations;
+    let _ = writeln!(
+        o,
+        "\nMigrations, whole host ({} total, {}/s)",
+        h.total(),
+        rate(h.total(), s.window_seconds)
+    );
+    let _ = writeln!(
+        o,
+        "  {:>10} {:>10} {:>10} {:>10}",
+        "same_core", "same_llc", "same_node", "other_node"
+    );
+    let _ = writeln!(
+        o,
+        "  {:>10} {:>10} {:>10} {:>10}",
+        h.same_core, h.same_llc, h.same_node, h.other_node
+    );
+
+    let _ = writeln!(
+        o,
+        "\nWorkloads (cgroup; busiest first, the rest in `other`)"
+    );
+    let _ = writeln!(
+        o,
+        "  {:<40} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "workload",
+        "switch-in",
+        "same-cpu",
+        "same-llc",
+        "same-nod",
+        "migr",
+        "x-node",
+        "rq-p50",
+        "rq-p90",
+        "rq-p99",
+        "on-cpu"
+    );
+    if s.sched.workloads.is_empty() {
+        let _ = writeln!(o, "  (no scheduler activity seen)");
+    }
+    for w in &s.sched.workloads {
+        let p = &w.switch_ins;
+        let total = p.total();
+        let name = if w.workload.chars().count() > 40 {
+            let tail: String = w
+                .workload
+                .chars()
+                .rev()
+                .take(39)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("…{tail}")
+        } else {
+            w.workload.clone()
+        };
+        let r = &w.runqueue_latency;
+        let _ = writeln!(
+            o,
+            "  {:<40} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            name,
+            total,
+            pct(p.same_cpu, total),
+            pct(p.same_llc, total),
+            pct(p.same_node, total),
+            w.migrations.total(),
+            w.migrations.other_node,
+            opt_seconds(r.p50_seconds),
+            opt_seconds(r.p90_seconds),
+            opt_seconds(r.p99_seconds),
+            fmt_seconds(w.oncpu_seconds),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  same-cpu/llc/nod: share of switch-ins on the CPU / another CPU of the LLC / of the node where the task last ran;\n  rq-pNN: run-queue latency percentiles (log2 histogram, exact to a factor of 2)."
+    );
+
+    let drops: Vec<String> = s
+        .map_drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(m, n)| format!("{m}: {n}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\nLost updates: {}",
+        if drops.is_empty() {
+            "none".into()
+        } else {
+            drops.join(", ")
+        }
+    );
+    o
+}
+
+fn rate(n: u64, secs: f64) -> String {
+    if secs > 0.0 {
+        format!("{:.1}", n as f64 / secs)
+    } else {
+        "-".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::tests::sample_snapshot;
+
+    #[test]
+    fn formats_seconds_with_units() {
+        assert_eq!(fmt_seconds(0.000_000_5), "500ns");
+        assert_eq!(fmt_seconds(0.000_003_14), "3.1us");
+        assert_eq!(fmt_seconds(0.25), "250ms");
+        assert_eq!(fmt_seconds(2.0), "2.0s");
+    }
+
+    #[test]
+    fn report_has_every_section() {
+        let text = render(&sample_snapshot());
+        for needle in [
+            "Probes",
+            "sched_migrate_task",
+            "DISABLED",
+            "no such tracepoint",
+            "Migrations, whole host",
+            "/db.service",
+            "other",
+            "Lost updates: TASK_SLOTS: 2",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

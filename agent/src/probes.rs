@@ -1,0 +1,378 @@
+//! Loading the eBPF object: resolve every kernel-specific offset first
+//! (tracefs formats, BTF), hand them over as load-time constants, then load
+//! and attach each program on its own so that one that cannot load is
+//! reported and the others go on.
+
+use std::path::Path;
+
+use aya::{
+    maps::Array,
+    programs::{BtfTracePoint, TracePoint},
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+};
+use hostprobe_common::{CpuTopo, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS};
+use tracing::{debug, info, warn};
+
+use crate::btf::{Btf, TypeShape};
+use crate::error::{Error, Result};
+use crate::snapshot::ProbeStatus;
+use crate::topology::{Topology, SYSFS_SYSTEM};
+use crate::tracefs::{self, Format};
+
+/// The compiled kernel programs, built by `build.rs` through aya-build.
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hostprobe-probes"));
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    /// BTF-typed tracepoint: needs kernel BTF.
+    BtfTracepoint(&'static str),
+    /// Classic tracepoint: needs tracefs for its format and id.
+    Tracepoint(&'static str, &'static str),
+}
+
+/// A kernel program of the object and where it attaches.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramSpec {
+    pub program: &'static str,
+    pub hook: Hook,
+}
+
+pub const SCHED_PROGRAMS: [ProgramSpec; 4] = [
+    ProgramSpec {
+        program: "sched_switch",
+        hook: Hook::BtfTracepoint("sched_switch"),
+    },
+    ProgramSpec {
+        program: "sched_wakeup",
+        hook: Hook::BtfTracepoint("sched_wakeup"),
+    },
+    ProgramSpec {
+        program: "sched_wakeup_new",
+        hook: Hook::BtfTracepoint("sched_wakeup_new"),
+    },
+    ProgramSpec {
+        program: "sched_migrate_task",
+        hook: Hook::Tracepoint("sched", "sched_migrate_task"),
+    },
+];
+
+impl Hook {
+    pub fn tracepoint(&self) -> String {
+        match self {
+            Hook::BtfTracepoint(n) => format!("sched:{n}"),
+            Hook::Tracepoint(c, n) => format!("{c}:{n}"),
+        }
+    }
+
+    pub fn attach_type(&self) -> &'static str {
+        match self {
+            Hook::BtfTracepoint(_) => "tp_btf",
+            Hook::Tracepoint(..) => "tracepoint",
+        }
+    }
+}
+
+/// Kernel-side filters and map sizes; filters are load-time constants, so
+/// filtered-out tasks cost the programs almost nothing.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Only this process (tgid).
+    pub pid: Option<u32>,
+    /// Only this cgroup v2 id.
+    pub cgroup_id: Option<u64>,
+    /// Per-task slots (rounded up to a power of two).
+    pub task_slots: u32,
+    /// Bound of the per-workload map.
+    pub max_workloads: u32,
+    /// Attach the programs (false: load through the verifier only).
+    pub attach: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pid: None,
+            cgroup_id: None,
+            task_slots: DEFAULT_TASK_SLOTS,
+            max_workloads: DEFAULT_MAX_WORKLOADS,
+            attach: true,
+        }
+    }
+}
+
+/// The loaded object; dropping it detaches and unloads every program.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub status: Vec<ProbeStatus>,
+    pub topology: Topology,
+}
+
+/// Offsets in `task_struct` read by the BTF tracepoints.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub tgid: u32,
+}
+
+/// Offsets in the `sched_migrate_task` record.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrateOffsets {
+    pub pid: u32,
+    pub orig_cpu: u32,
+    pub dest_cpu: u32,
+}
+
+/// Resolves `task_struct` offsets from kernel BTF and checks that the BTF
+/// tracepoints pass the arguments the programs read.
+pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
+    let int4 = |member: &str| -> Result<u32> {
+        match btf.member("task_struct", member)? {
+            (off, 4) => Ok(off),
+            (_, size) => Err(Error::BtfMissing {
+                what: format!("4-byte task_struct.{member} (it has {size} bytes)"),
+            }),
+        }
+    };
+    let offsets = TaskOffsets {
+        pid: int4("pid")?,
+        tgid: int4("tgid")?,
+    };
+    let task = TypeShape::Pointer {
+        to: Some("task_struct".into()),
+    };
+    let switch = btf.tracepoint_args("sched_switch")?;
+    // (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state): 5.18+
+    let ok = switch.len() >= 4
+        && switch[1] == task
+        && switch[2] == task
+        && matches!(switch[3], TypeShape::Int { .. });
+    if !ok {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "sched:sched_switch".into(),
+            reason: format!(
+                "expected (preempt, prev, next, prev_state) (kernel 5.18 or later), found {switch:?}"
+            ),
+        });
+    }
+    for tp in ["sched_wakeup", "sched_wakeup_new"] {
+        let args = btf.tracepoint_args(tp)?;
+        if args.first() != Some(&task) {
+            return Err(Error::BadTracepointArgs {
+                tracepoint: format!("sched:{tp}"),
+                reason: format!("expected (task_struct *p), found {args:?}"),
+            });
+        }
+    }
+    Ok(offsets)
+}
+
+pub fn migrate_offsets(tracefs: &Path) -> Result<MigrateOffsets> {
+    let f = Format::read(tracefs, "sched", "sched_migrate_task")?;
+    Ok(MigrateOffsets {
+        pid: f.int_field("pid", 4)?,
+        orig_cpu: f.int_field("orig_cpu", 4)?,
+        dest_cpu: f.int_field("dest_cpu", 4)?,
+    })
+}
+
+/// Fails with a clear message when the process cannot load eBPF programs.
+pub fn require_privileges() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io(Path::new("/proc/self/status"), e))?;
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    missing_capabilities(caps).map_or(Ok(()), |missing| Err(Error::Privileges { missing }))
+}
+
+/// Which of the needed capabilities an effective set lacks, if any.
+/// CAP_SYS_ADMIN covers both on kernels before 5.8 and still works after.
+pub fn missing_capabilities(cap_eff: u64) -> Option<String> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let has = |c: u32| cap_eff & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return None;
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(c, _)| !has(*c))
+        .map(|(_, n)| n)
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(" and "))
+}
+
+impl Probes {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        require_privileges()?;
+        let topology = Topology::read(Path::new(SYSFS_SYSTEM))?;
+
+        let btf_path = Path::new(VMLINUX_BTF);
+        let task = if btf_path.exists() {
+            Btf::from_file(btf_path).and_then(|b| task_offsets(&b))
+        } else {
+            Err(Error::NoKernelBtf {
+                path: btf_path.to_path_buf(),
+            })
+        };
+        let migrate = tracefs::mount_point()
+            .ok_or(Error::NoTracefs)
+            .and_then(|t| migrate_offsets(&t));
+        debug!(?task, ?migrate, "resolved kernel offsets");
+
+        let t = task.as_ref().ok().copied();
+        let m = migrate.as_ref().ok().copied();
+        let slots = opts.task_slots.max(2).next_power_of_two();
+        let mask = slots - 1;
+        let (pid_off, tgid_off) = (t.map_or(0, |t| t.pid), t.map_or(0, |t| t.tgid));
+        let (mpid, morig, mdest) = (
+            m.map_or(0, |m| m.pid),
+            m.map_or(0, |m| m.orig_cpu),
+            m.map_or(0, |m| m.dest_cpu),
+        );
+        let filter_tgid = opts.pid.unwrap_or(0);
+        let filter_cgroup = opts.cgroup_id.unwrap_or(0);
+        let ncpus = topology.cpus.len() as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TASK_PID_OFFSET", &pid_off, true)
+            .override_global("TASK_TGID_OFFSET", &tgid_off, true)
+            .override_global("MIGRATE_PID_OFFSET", &mpid, true)
+            .override_global("MIGRATE_ORIG_CPU_OFFSET", &morig, true)
+            .override_global("MIGRATE_DEST_CPU_OFFSET", &mdest, true)
+            .override_global("TASK_SLOTS_MASK", &mask, true)
+            .override_global("FILTER_TGID", &filter_tgid, true)
+            .override_global("FILTER_CGROUP", &filter_cgroup, true)
+            .map_max_entries("TASK_SLOTS", slots)
+            .map_max_entries("CPU_TOPO", ncpus)
+            .map_max_entries("SCHED_WORKLOADS", opts.max_workloads.max(1))
+            .load(PROBES_OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+
+        let mut topo: Array<_, CpuTopo> =
+            Array::try_from(ebpf.map_mut("CPU_TOPO").ok_or(Error::Map {
+                name: "CPU_TOPO",
+                source: aya::maps::MapError::InvalidName {
+                    name: "CPU_TOPO".into(),
+                },
+            })?)
+            .map_err(|source| Error::Map {
+                name: "CPU_TOPO",
+                source,
+            })?;
+        for (cpu, t) in topology.cpus.iter().enumerate() {
+            topo.set(cpu as u32, t, 0).map_err(|source| Error::Map {
+                name: "CPU_TOPO",
+                source,
+            })?;
+        }
+
+        let kernel_btf = AyaBtf::from_sys_fs().ok();
+        let mut status = Vec::new();
+        for spec in SCHED_PROGRAMS {
+            let prerequisite = match spec.hook {
+                Hook::BtfTracepoint(_) => task.as_ref().err().map(ToString::to_string),
+                Hook::Tracepoint(..) => migrate.as_ref().err().map(ToString::to_string),
+            };
+            let outcome = match prerequisite {
+                Some(reason) => Err(reason),
+                None => load_program(&mut ebpf, spec, kernel_btf.as_ref(), opts.attach),
+            };
+            match &outcome {
+                Ok(()) => {
+                    info!(probe = spec.program, hook = %spec.hook.tracepoint(), "probe ready")
+                }
+                Err(reason) => warn!(probe = spec.program, %reason, "probe disabled"),
+            }
+            status.push(ProbeStatus {
+                probe: spec.program.to_string(),
+                tracepoint: spec.hook.tracepoint(),
+                attach_type: spec.hook.attach_type().to_string(),
+                attached: outcome.is_ok(),
+                reason: outcome.err(),
+                events: 0,
+                errors: 0,
+            });
+        }
+        if !status.iter().any(|s| s.attached) {
+            let reasons = status
+                .iter()
+                .map(|s| format!("{}: {}", s.probe, s.reason.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Error::NothingAttached { reasons });
+        }
+        Ok(Self {
+            ebpf,
+            status,
+            topology,
+        })
+    }
+}
+
+fn load_program(
+    ebpf: &mut Ebpf,
+    spec: ProgramSpec,
+    kernel_btf: Option<&AyaBtf>,
+    attach: bool,
+) -> std::result::Result<(), String> {
+    let prog = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| format!("program {} missing from the object", spec.program))?;
+    match spec.hook {
+        Hook::BtfTracepoint(tp) => {
+            let btf = kernel_btf.ok_or("kernel BTF unavailable")?;
+            let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            p.load(tp, btf)
+                .map_err(|e| format!("verifier/load: {e:#}"))?;
+            if attach {
+                p.attach().map_err(|e| format!("attach: {e:#}"))?;
+            }
+        }
+        Hook::Tracepoint(cat, name) => {
+            let p: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| format!("verifier/load: {e:#}"))?;
+            if attach {
+                p.attach(cat, name).map_err(|e| format!("attach: {e:#}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_sets() {
+        assert_eq!(missing_capabilities(u64::MAX), None);
+        assert_eq!(missing_capabilities(1 << 21), None);
+        assert_eq!(missing_capabilities((1 << 38) | (1 << 39)), None);
+        assert_eq!(
+            missing_capabilities(1 << 39).as_deref(),
+            Some("CAP_PERFMON")
+        );
+        assert_eq!(
+            missing_capabilities(0).as_deref(),
+            Some("CAP_BPF and CAP_PERFMON")
+        );
+    }
+
+    #[test]
+    fn this_kernel_has_the_sched_layout_the_programs_expect() {
+        let btf = Btf::from_file(Path::new(VMLINUX_BTF)).unwrap();
+        let t = task_offsets(&btf).unwrap();
+        assert_eq!(t.tgid, t.pid + 4);
+        let tracefs =
+            tracefs::mount_point().expect("tracefs mounted (cargo xtask setup mounts it)");
+        let m = migrate_offsets(&tracefs).unwrap();
+        assert!(m.dest_cpu > m.orig_cpu && m.orig_cpu > m.pid);
+    }
+}

@@ -1,0 +1,94 @@
+//! `hostprobe serve`: collect on an interval, answer `/metrics` from the
+//! latest snapshot, detach everything on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::agent::Agent;
+use crate::error::{Error, Result};
+use crate::output::prometheus;
+use crate::snapshot::Snapshot;
+
+/// Default listen address: loopback, on a port outside the 9100-9999 range
+/// that Prometheus' exporter port list has fully allocated.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:19477";
+
+type Shared = Arc<RwLock<Snapshot>>;
+
+pub async fn run(mut agent: Agent, listen: SocketAddr, interval: Duration) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: listen,
+            source,
+        })?;
+    let state: Shared = Arc::new(RwLock::new(agent.snapshot()?));
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(index))
+        .with_state(state.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    info!(%listen, ?interval, "serving /metrics");
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler".as_ref(), e))?;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => match agent.snapshot() {
+                Ok(s) => *state.write().unwrap_or_else(|p| p.into_inner()) = s,
+                Err(e) => warn!("collection failed: {e}"),
+            },
+        }
+    }
+    info!("shutting down");
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Err(e)) => warn!("HTTP server: {e}"),
+        Err(e) => warn!("HTTP server task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    drop(agent);
+    info!("all probes detached");
+    Ok(())
+}
+
+async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    let body = prometheus::render(&state.read().unwrap_or_else(|p| p.into_inner()));
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<html><head><title>hostprobe</title></head><body><h1>hostprobe</h1>\
+         <p><a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a></p></body></html>\n",
+    )
+}

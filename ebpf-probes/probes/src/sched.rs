@@ -1,0 +1,333 @@
+//! Scheduler signal: run-queue latency, placement at switch-in, migrations.
+//!
+//! `sched_switch`, `sched_wakeup` and `sched_wakeup_new` fire on every
+//! context switch, so they are BTF-typed tracepoints (the cheapest hook that
+//! hands over `task_struct` pointers) and keep per-task state in a
+//! direct-mapped array rather than a shared hash map. Work is attributed to a
+//! workload (cgroup v2 id) when the task itself is `current`, i.e. at its
+//! next switch-out, because `bpf_get_current_cgroup_id` only sees `current`.
+//! `sched_migrate_task` is rare enough for a classic tracepoint; its field
+//! offsets come from tracefs at load time.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePointContext, TracePointContext},
+    EbpfContext, Global,
+};
+use aya_log_ebpf::warn;
+use hostprobe_common::{
+    counter, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS,
+    DIST_CLASSES, DIST_SAME_CPU, HIST_BUCKETS, MAX_CPUS, NO_CPU, NO_PENDING, NO_PENDING_PLACE,
+};
+
+// Load-time constants, set by the agent (aya freezes .rodata, so the
+// verifier sees them as known values).
+#[no_mangle]
+static TASK_PID_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static MIGRATE_PID_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static MIGRATE_ORIG_CPU_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static MIGRATE_DEST_CPU_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static TASK_SLOTS_MASK: Global<u32> = Global::new(DEFAULT_TASK_SLOTS - 1);
+/// Only tasks of this process (tgid) when non-zero.
+#[no_mangle]
+static FILTER_TGID: Global<u32> = Global::new(0);
+/// Only tasks of this cgroup v2 id when non-zero.
+#[no_mangle]
+static FILTER_CGROUP: Global<u64> = Global::new(0);
+
+#[map]
+static TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
+#[map]
+static CPU_TOPO: Array<CpuTopo> = Array::with_max_entries(MAX_CPUS, 0);
+#[map]
+static SCHED_WORKLOADS: PerCpuHashMap<u64, SchedStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_WORKLOADS, 0);
+#[map]
+static SCHED_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// Never written: a zeroed value to insert from, as `SchedStats` is too big
+/// for the 512-byte BPF stack next to everything else.
+#[map]
+static SCHED_ZERO: Array<SchedStats> = Array::with_max_entries(1, 0);
+/// One flag per rare condition, so each is logged once, not per event.
+#[map]
+static SCHED_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_wakeup(&ctx, counter::EV_WAKEUP);
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_wakeup(&ctx, counter::EV_WAKEUP_NEW);
+    0
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_switch(&ctx);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_migrate_task")]
+pub fn sched_migrate_task(ctx: TracePointContext) -> u32 {
+    let _ = try_migrate(&ctx);
+    0
+}
+
+fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
+    bump(event, 1);
+    let task: *const u8 = ctx.arg(0);
+    let tid = task_field(task, TASK_PID_OFFSET.load());
+    if tid == 0 || !task_selected(task) {
+        return Ok(());
+    }
+    let slot = claim_slot(tid).ok_or(())?;
+    // SAFETY: map value pointer from a successful lookup.
+    unsafe { (*slot).queued_ns = bpf_ktime_get_ns() };
+    Ok(())
+}
+
+fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
+    bump(counter::EV_SWITCH, 1);
+    let preempt: u64 = ctx.arg(0);
+    let next: *const u8 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+    // SAFETY: plain helpers without arguments.
+    let (now, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+
+    // `current` is still `prev` here.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let prev_tid = pid_tgid as u32;
+    let filter = FILTER_TGID.load();
+    if prev_tid != 0 && (filter == 0 || filter == (pid_tgid >> 32) as u32) {
+        if let Some(slot) = claim_slot(prev_tid) {
+            // SAFETY: map value pointer from a successful lookup.
+            let s = unsafe { &mut *slot };
+            flush(ctx, s, now);
+            s.last_cpu = cpu;
+            // A preempted task stays runnable: its wait starts now.
+            let runnable = preempt & 0xff != 0 || prev_state as u32 == 0;
+            s.queued_ns = if runnable { now } else { 0 };
+        }
+    }
+
+    let next_tid = task_field(next, TASK_PID_OFFSET.load());
+    if next_tid == 0 || !task_selected(next) {
+        return Ok(());
+    }
+    let slot = claim_slot(next_tid).ok_or(())?;
+    // SAFETY: map value pointer from a successful lookup.
+    let s = unsafe { &mut *slot };
+    if s.queued_ns != 0 && now >= s.queued_ns {
+        s.pending_lat_ns = now - s.queued_ns;
+    }
+    s.queued_ns = 0;
+    if s.last_cpu != NO_CPU {
+        if let Some(d) = distance(s.last_cpu, cpu) {
+            s.pending_place = d as u32;
+        }
+    }
+    s.oncpu_since_ns = now;
+    Ok(())
+}
+
+fn try_migrate(ctx: &TracePointContext) -> Result<(), i32> {
+    bump(counter::EV_MIGRATE, 1);
+    // SAFETY: offsets come from this kernel's tracefs format file.
+    let (tid, orig, dest) = unsafe {
+        (
+            ctx.read_at::<i32>(MIGRATE_PID_OFFSET.load() as usize)?,
+            ctx.read_at::<i32>(MIGRATE_ORIG_CPU_OFFSET.load() as usize)?,
+            ctx.read_at::<i32>(MIGRATE_DEST_CPU_OFFSET.load() as usize)?,
+        )
+    };
+    // The tracepoint also fires when the CPU does not change.
+    if orig == dest {
+        return Ok(());
+    }
+    let Some(d) = distance(orig as u32, dest as u32) else {
+        bump(counter::ERR_BAD_CPU, 1);
+        if first_time(counter::ERR_BAD_CPU) {
+            warn!(
+                ctx,
+                "sched_migrate_task: cpu {} -> {} outside the topology table; tracepoint layout differs from tracefs",
+                orig,
+                dest
+            );
+        }
+        return Ok(());
+    };
+    bump(counter::MIGRATIONS + d as u32, 1);
+    if tid <= 0 {
+        return Ok(());
+    }
+    if let Some(slot) = claim_slot(tid as u32) {
+        // SAFETY: map value pointer from a successful lookup.
+        let s = unsafe { &mut *slot };
+        if let Some(n) = s.pending_migrations.get_mut(d) {
+            *n = n.saturating_add(1);
+        }
+    }
+    Ok(())
+}
+
+/// Attribute what `s` measured since its last switch-in to the cgroup of
+/// `current` (the task switching out).
+fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64) {
+    let has_migrations = s.pending_migrations.iter().any(|&n| n != 0);
+    if s.pending_lat_ns == NO_PENDING
+        && s.pending_place == NO_PENDING_PLACE
+        && s.oncpu_since_ns == 0
+        && !has_migrations
+    {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let filter = FILTER_CGROUP.load();
+    if filter == 0 || filter == cgroup {
+        if let Some(stats) = workload_stats(ctx, cgroup) {
+            // SAFETY: per-CPU map value of this CPU; the tracepoint runs with
+            // preemption off, so nobody else writes it now.
+            let st = unsafe { &mut *stats };
+            if s.pending_lat_ns != NO_PENDING {
+                if let Some(b) = st.runq_hist.get_mut(log2_bucket(s.pending_lat_ns)) {
+                    *b += 1;
+                }
+                st.runq_sum_ns += s.pending_lat_ns;
+            }
+            if let Some(p) = st.switch_ins.get_mut(s.pending_place as usize) {
+                *p += 1;
+            }
+            for i in 0..DIST_CLASSES {
+                st.migrations[i] += u64::from(s.pending_migrations[i]);
+            }
+            if s.oncpu_since_ns != 0 && now >= s.oncpu_since_ns {
+                st.oncpu_ns += now - s.oncpu_since_ns;
+            }
+        }
+    }
+    s.pending_lat_ns = NO_PENDING;
+    s.pending_place = NO_PENDING_PLACE;
+    s.pending_migrations = [0; DIST_CLASSES];
+    s.oncpu_since_ns = 0;
+}
+
+fn workload_stats<C: EbpfContext>(ctx: &C, cgroup: u64) -> Option<*mut SchedStats> {
+    if let Some(p) = SCHED_WORKLOADS.get_ptr_mut(cgroup) {
+        return Some(p);
+    }
+    let zero = SCHED_ZERO.get(0)?;
+    if SCHED_WORKLOADS.insert(cgroup, zero, 0).is_err() {
+        bump(counter::DROP_WORKLOAD_MAP_FULL, 1);
+        if first_time(counter::DROP_WORKLOAD_MAP_FULL) {
+            warn!(
+                ctx,
+                "SCHED_WORKLOADS is full: cgroup {} and later new workloads are not counted (raise --max-workloads)",
+                cgroup
+            );
+        }
+        return None;
+    }
+    SCHED_WORKLOADS.get_ptr_mut(cgroup)
+}
+
+/// The slot of `tid`, taken over from another thread if needed.
+fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
+    let slot = TASK_SLOTS.get_ptr_mut(tid & TASK_SLOTS_MASK.load())?;
+    // SAFETY: map value pointer from a successful lookup.
+    let s = unsafe { &mut *slot };
+    if s.tid != tid {
+        if s.tid != 0
+            && (s.pending_lat_ns != NO_PENDING
+                || s.pending_place != NO_PENDING_PLACE
+                || s.pending_migrations.iter().any(|&n| n != 0))
+        {
+            bump(counter::DROP_TASK_SLOT_COLLISION, 1);
+        }
+        *s = TaskSlot {
+            tid,
+            last_cpu: NO_CPU,
+            queued_ns: 0,
+            oncpu_since_ns: 0,
+            pending_lat_ns: NO_PENDING,
+            pending_place: NO_PENDING_PLACE,
+            _pad: 0,
+            pending_migrations: [0; DIST_CLASSES],
+            _pad2: [0; 3],
+        };
+    }
+    Some(slot)
+}
+
+/// Topology distance class between two CPUs, `None` if either is unknown.
+fn distance(a: u32, b: u32) -> Option<usize> {
+    if a == b {
+        return Some(DIST_SAME_CPU);
+    }
+    CPU_TOPO.get(a)?.distance(a, CPU_TOPO.get(b)?, b)
+}
+
+/// Whether the process filter (if any) selects `task`.
+fn task_selected(task: *const u8) -> bool {
+    let filter = FILTER_TGID.load();
+    filter == 0 || task_field(task, TASK_TGID_OFFSET.load()) == filter
+}
+
+/// Reads a 32-bit field of a `task_struct` handed over by a BTF tracepoint.
+/// The offset is a load-time constant from the kernel's BTF, so the verifier
+/// checks this direct load against the real type.
+#[inline(always)]
+fn task_field(task: *const u8, offset: u32) -> u32 {
+    // SAFETY: `task` is a trusted BTF pointer and `offset` names a 4-byte
+    // field of it; the verifier rejects the program otherwise.
+    unsafe { core::ptr::read_volatile(task.add(offset as usize).cast::<u32>()) }
+}
+
+#[inline(always)]
+fn log2_bucket(v: u64) -> usize {
+    let b = (63 - (v | 1).leading_zeros()) as usize;
+    if b >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+#[inline(always)]
+fn bump(index: u32, by: u64) {
+    if let Some(c) = SCHED_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *c += by };
+    }
+}
+
+/// True the first time a rare condition is seen (per flag), so it is logged
+/// once rather than on every event.
+fn first_time(flag: u32) -> bool {
+    match SCHED_LOGGED.get_ptr_mut(flag) {
+        // SAFETY: map value pointer from a successful lookup.
+        Some(p) => unsafe {
+            if *p == 0 {
+                *p = 1;
+                true
+            } else {
+                false
+            }
+        },
+        None => false,
+    }
+}
