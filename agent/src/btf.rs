@@ -195,7 +195,7 @@ impl Btf {
                     TypeShape::Pointer { .. } => 8,
                     _ => 0,
                 };
-                return (bits % 8 == 0).then_some((bits / 8, size));
+                return bits.is_multiple_of(8).then_some((bits / 8, size));
             }
         }
         None

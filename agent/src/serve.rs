@@ -1,8 +1,10 @@
-//! `hostprobe serve`: collect on an interval, answer `/metrics` from the
-//! latest snapshot, detach everything on SIGINT/SIGTERM.
+//! `hostprobe serve`: read the kernel maps on every scrape (as
+//! ebpf_exporter does, so a scrape is never stale) and on an interval (so
+//! top-K labels and self-metrics move when nobody scrapes); detach
+//! everything on SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -22,7 +24,27 @@ use crate::snapshot::Snapshot;
 /// that Prometheus' exporter port list has fully allocated.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:19477";
 
-type Shared = Arc<RwLock<Snapshot>>;
+/// The agent and its latest snapshot (served if a fresh collection fails).
+struct Collected {
+    agent: Agent,
+    latest: Snapshot,
+}
+
+impl Collected {
+    fn refresh(&mut self) -> &Snapshot {
+        match self.agent.snapshot() {
+            Ok(s) => self.latest = s,
+            Err(e) => warn!("collection failed, serving the previous snapshot: {e}"),
+        }
+        &self.latest
+    }
+}
+
+type Shared = Arc<Mutex<Collected>>;
+
+fn lock(state: &Shared) -> MutexGuard<'_, Collected> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub async fn run(mut agent: Agent, listen: SocketAddr, interval: Duration) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -31,7 +53,8 @@ pub async fn run(mut agent: Agent, listen: SocketAddr, interval: Duration) -> Re
             addr: listen,
             source,
         })?;
-    let state: Shared = Arc::new(RwLock::new(agent.snapshot()?));
+    let latest = agent.snapshot()?;
+    let state: Shared = Arc::new(Mutex::new(Collected { agent, latest }));
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -55,10 +78,9 @@ pub async fn run(mut agent: Agent, listen: SocketAddr, interval: Duration) -> Re
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = tick.tick() => match agent.snapshot() {
-                Ok(s) => *state.write().unwrap_or_else(|p| p.into_inner()) = s,
-                Err(e) => warn!("collection failed: {e}"),
-            },
+            _ = tick.tick() => {
+                lock(&state).refresh();
+            }
         }
     }
     info!("shutting down");
@@ -68,13 +90,18 @@ pub async fn run(mut agent: Agent, listen: SocketAddr, interval: Duration) -> Re
         Err(e) => warn!("HTTP server task: {e}"),
         Ok(Ok(())) => {}
     }
-    drop(agent);
+    // With the server gone this is the last reference: dropping the agent
+    // detaches and unloads every program before the process exits.
+    match Arc::try_unwrap(state) {
+        Ok(collected) => drop(collected),
+        Err(_) => warn!("a connection still holds the agent; probes detach at exit"),
+    }
     info!("all probes detached");
     Ok(())
 }
 
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
-    let body = prometheus::render(&state.read().unwrap_or_else(|p| p.into_inner()));
+    let body = prometheus::render(lock(&state).refresh());
     (
         StatusCode::OK,
         [(

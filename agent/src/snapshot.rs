@@ -53,6 +53,9 @@ pub struct SchedSection {
     /// All migrations on the host by distance, counted when they happen
     /// (not subject to workload attribution or filters).
     pub host_migrations: Distances,
+    /// Switch-ins of tasks that moved since they last ran, however often
+    /// they moved: what `perf stat -e cpu-migrations` counts.
+    pub host_migrated_switch_ins: u64,
     /// Busiest workloads first; `other` (everything beyond top-K) last.
     pub workloads: Vec<WorkloadSched>,
 }

@@ -1,1 +1,120 @@
-fn main() {}
+//! Project tasks cargo cannot do alone: set-up from zero, building with the
+//! eBPF toolchain, running, testing, benchmarking.
+
+mod bench;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "hostprobe project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: nightly rust-src, bpf-linker for the nightly's LLVM, Debian packages; mount tracefs.
+    Setup,
+    /// Set up, then build hostprobe (release) with the eBPF object embedded.
+    Build,
+    /// Build, then run hostprobe as root; default `diagnose --duration 5s`, or the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check and test: fmt, clippy, unit and kernel tests.
+    Test,
+    /// Measure the agent's overhead on scheduler-heavy loads (see README).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run().map(drop),
+        Task::Build => build().map(drop),
+        Task::Run { args } => {
+            let bin = build()?;
+            let args = if args.is_empty() {
+                vec!["diagnose".to_string(), "--duration".into(), "5s".into()]
+            } else {
+                args
+            };
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test => test(),
+        Task::Bench(args) => {
+            let bin = build()?;
+            bench::run(&bin, &args)
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// A cargo command with the environment the agent's build script needs.
+fn cargo(tools: &setup::Tools) -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c.env("HOSTPROBE_BPF_LINKER_DIR", &tools.bpf_linker_dir);
+    c
+}
+
+fn run_ok(mut c: Command) -> Result<()> {
+    eprintln!("xtask: running {c:?}");
+    let status = c.status().with_context(|| format!("starting {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build() -> Result<PathBuf> {
+    let tools = setup::run()?;
+    let mut c = cargo(&tools);
+    c.args(["build", "--release", "--package", "hostprobe"]);
+    run_ok(c)?;
+    Ok(workspace_root().join("target/release/hostprobe"))
+}
+
+fn test() -> Result<()> {
+    let tools = setup::run()?;
+    let mut fmt = cargo(&tools);
+    fmt.args(["fmt", "--all", "--check"]);
+    run_ok(fmt)?;
+    // One profile (release) for clippy, build and tests: switching profiles
+    // rebuilds the eBPF object and `core`.
+    let mut clippy = cargo(&tools);
+    clippy.args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run_ok(clippy)?;
+    let mut test = cargo(&tools);
+    test.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "hostprobe-probes",
+    ]);
+    run_ok(test)
+}

@@ -160,6 +160,7 @@ pub struct SchedCounters {
     pub events: BTreeMap<&'static str, u64>,
     pub errors: BTreeMap<&'static str, u64>,
     pub host_migrations: Distances,
+    pub host_migrated_switch_ins: u64,
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -264,6 +265,7 @@ impl SchedCollector {
             ]),
             errors: BTreeMap::from([("sched_migrate_task", c(counter::ERR_BAD_CPU)?)]),
             host_migrations: Distances::from_classes(&migrations),
+            host_migrated_switch_ins: c(counter::MIGRATED_SWITCH_INS)?,
             drops: BTreeMap::from([
                 (
                     "SCHED_WORKLOADS".to_string(),
@@ -277,6 +279,7 @@ impl SchedCollector {
         };
         let section = SchedSection {
             host_migrations: counters.host_migrations,
+            host_migrated_switch_ins: counters.host_migrated_switch_ins,
             workloads: self.labels.view(),
         };
         Ok((section, counters))

@@ -117,6 +117,10 @@ pub fn render(s: &Snapshot) -> String {
     }
     out.push(host);
 
+    let mut f = Family::new("hostprobe_sched_host_migrated_switch_ins_total", "Switch-ins of a task that moved to another CPU since it last ran (perf's cpu-migrations event counts the same).", COUNTER);
+    f.counter(&[], s.sched.host_migrated_switch_ins as f64);
+    out.push(f);
+
     let mut mig = Family::new(
         "hostprobe_sched_migrations_total",
         "Task migrations between CPUs by workload (cgroup, top-K + other) and topology distance.",

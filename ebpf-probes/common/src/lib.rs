@@ -127,8 +127,12 @@ pub mod counter {
     pub const EV_MIGRATE: u32 = 3;
     /// Host-wide migrations by distance class, `MIGRATIONS + DIST_*`.
     pub const MIGRATIONS: u32 = 4;
+    /// Switch-ins of a task that moved to another CPU since it last ran:
+    /// the definition of perf's `cpu-migrations` software event, which the
+    /// kernel emits at switch-in, once however often the task moved.
+    pub const MIGRATED_SWITCH_INS: u32 = MIGRATIONS + super::DIST_CLASSES as u32;
     /// A workload could not be added because `SCHED_WORKLOADS` was full.
-    pub const DROP_WORKLOAD_MAP_FULL: u32 = MIGRATIONS + super::DIST_CLASSES as u32;
+    pub const DROP_WORKLOAD_MAP_FULL: u32 = MIGRATED_SWITCH_INS + 1;
     /// A task slot was taken over by another thread id while it still held
     /// unattributed data (direct-mapped slot collision).
     pub const DROP_TASK_SLOT_COLLISION: u32 = DROP_WORKLOAD_MAP_FULL + 1;

@@ -14,7 +14,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
         bpf_ktime_get_ns,
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, TracePointContext},
     EbpfContext, Global,
@@ -81,10 +81,16 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_migrate_task")]
-pub fn sched_migrate_task(ctx: TracePointContext) -> u32 {
-    let _ = try_migrate(&ctx);
-    0
+/// Returns 1: a classic tracepoint program that returns 0 also hides the
+/// event from every perf user of `sched:sched_migrate_task` (perf stat,
+/// perf record). The event is rare, and with no perf listener the kernel
+/// stops right after the program anyway. Written out by hand because aya's
+/// `#[tracepoint]` macro always returns 0.
+#[no_mangle]
+#[link_section = "tracepoint/sched/sched_migrate_task"]
+pub extern "C" fn sched_migrate_task(ctx: *mut core::ffi::c_void) -> u32 {
+    let _ = try_migrate(&TracePointContext::new(ctx));
+    1
 }
 
 fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
@@ -135,6 +141,11 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
         s.pending_lat_ns = now - s.queued_ns;
     }
     s.queued_ns = 0;
+    // Migrations are attributed at switch-out, so any pending now happened
+    // since the task last ran.
+    if s.pending_migrations.iter().any(|&n| n != 0) {
+        bump(counter::MIGRATED_SWITCH_INS, 1);
+    }
     if s.last_cpu != NO_CPU {
         if let Some(d) = distance(s.last_cpu, cpu) {
             s.pending_place = d as u32;

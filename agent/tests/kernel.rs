@@ -1,0 +1,683 @@
+//! Tests that load the real probes into the running kernel (they need root,
+//! as CI has) and compare what hostprobe reports with counts the test
+//! controls exactly or with `perf`. They share the kernel, so they run one at
+//! a time, and each checks that no hostprobe program stays loaded after it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hostprobe");
+/// Program names as the kernel keeps them (at most 15 characters).
+const OUR_PROGRAMS: [&str; 4] = [
+    "sched_switch",
+    "sched_wakeup",
+    "sched_wakeup_ne",
+    "sched_migrate_t",
+];
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Serialises kernel tests and, when the test ends, checks that none of
+/// hostprobe's programs is still loaded.
+struct KernelTest(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+impl KernelTest {
+    fn start() -> Self {
+        let guard = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(
+            programs_after_unload(),
+            Vec::<String>::new(),
+            "programs left over before the test"
+        );
+        KernelTest(guard)
+    }
+}
+
+impl Drop for KernelTest {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_eq!(
+                programs_after_unload(),
+                Vec::<String>::new(),
+                "hostprobe left programs loaded"
+            );
+        }
+    }
+}
+
+/// The kernel frees a program shortly after its last fd closes (deferred
+/// work), so a program that is still listed after a few seconds has leaked.
+fn programs_after_unload() -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = our_loaded_programs();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Names of loaded BPF programs that are ours, from bpftool (not from aya,
+/// so the check does not trust the code under test).
+fn our_loaded_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| OUR_PROGRAMS.contains(n))
+        .map(String::from)
+        .collect()
+}
+
+fn hostprobe(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run hostprobe")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "hostprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Starts `hostprobe diagnose` and returns once every probe is attached.
+fn start_diagnose(args: &[&str]) -> Child {
+    let mut child = Command::new(BIN)
+        .args(["diagnose", "--json", "--log-level", "info"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hostprobe diagnose");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready = 0;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("probe ready") {
+                ready += 1;
+                if ready == OUR_PROGRAMS.len() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("hostprobe diagnose did not attach its probes within 30 s");
+    child
+}
+
+fn finish(child: Child) -> Value {
+    json(&child.wait_with_output().expect("wait for hostprobe"))
+}
+
+/// A process that spins on one CPU; `sh` builtins only, so it never forks.
+struct Spinner(KillOnDrop);
+
+impl Spinner {
+    fn start() -> Self {
+        Spinner(KillOnDrop::spawn(
+            Command::new("sh").args(["-c", "while :; do :; done"]),
+        ))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0 .0.id()
+    }
+
+    /// Pins it to `cpu` and waits until it runs there.
+    fn move_to(&self, cpu: usize) {
+        // SAFETY: plain syscall on a zeroed, correctly sized cpu_set_t.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(
+                    self.pid() as i32,
+                    std::mem::size_of::<libc::cpu_set_t>(),
+                    &set
+                ),
+                0
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while current_cpu(self.pid()) != Some(cpu) {
+            assert!(Instant::now() < deadline, "spinner never ran on cpu {cpu}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Kills it and reaps it.
+    fn stop(self) {
+        drop(self.0);
+    }
+}
+
+/// CPU a process last ran on (field 39 of /proc/PID/stat).
+fn current_cpu(pid: u32) -> Option<usize> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(36)?
+        .parse()
+        .ok()
+}
+
+fn total_migrations(snapshot: &Value) -> u64 {
+    snapshot["sched"]["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            ["same_core", "same_llc", "same_node", "other_node"]
+                .iter()
+                .map(|d| w["migrations"][d].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+const FLIPS: usize = 20;
+
+/// Moves the spinner between CPU 0 and 1 exactly FLIPS times.
+fn flip(spinner: &Spinner) {
+    for i in 0..FLIPS {
+        spinner.move_to((i + 1) % 2);
+    }
+}
+
+fn two_cpus() -> bool {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+}
+
+#[test]
+fn check_reports_every_sched_probe_available() {
+    let _k = KernelTest::start();
+    let out = hostprobe(&["check", "--json"]);
+    let r = json(&out);
+    for p in r["probes"].as_array().unwrap() {
+        assert_eq!(p["attached"], true, "probe not available: {p}");
+    }
+    assert_eq!(r["privileges"]["ok"], true);
+    assert_eq!(r["btf"]["ok"], true);
+    let text = hostprobe(&["check"]);
+    assert!(text.status.success());
+    assert!(String::from_utf8_lossy(&text.stdout).contains("hostprobe can run here."));
+}
+
+#[test]
+fn diagnose_counts_exactly_the_migrations_of_a_pid() {
+    assert!(two_cpus(), "this test needs two CPUs");
+    let _k = KernelTest::start();
+    let spinner = Spinner::start();
+    spinner.move_to(0);
+    let pid = spinner.pid().to_string();
+    let diag = start_diagnose(&["--duration", "8s", "--pid", &pid]);
+    flip(&spinner);
+    // Exiting switches the task out a last time, which attributes the rest.
+    spinner.stop();
+    let s = finish(diag);
+    assert_eq!(s["filter"], format!("pid {pid}"));
+    let n = total_migrations(&s);
+    assert!(
+        n.abs_diff(FLIPS as u64) <= 1,
+        "expected {FLIPS} ± 1 migrations for pid {pid}, hostprobe saw {n}: {s}"
+    );
+}
+
+#[test]
+fn diagnose_attributes_migrations_to_the_cgroup() {
+    assert!(two_cpus(), "this test needs two CPUs");
+    let _k = KernelTest::start();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = hostprobe::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let name = format!("hostprobe-test-{}", std::process::id());
+    let dir: PathBuf = root.join(&name);
+    std::fs::create_dir(&dir).expect("create test cgroup");
+    let spinner = Spinner::start();
+    std::fs::write(dir.join("cgroup.procs"), spinner.pid().to_string())
+        .expect("move spinner into the cgroup");
+    spinner.move_to(0);
+    let path = format!("/{name}");
+    let diag = start_diagnose(&["--duration", "8s", "--cgroup", &path]);
+    flip(&spinner);
+    spinner.stop();
+    let s = finish(diag);
+    std::fs::remove_dir(&dir).expect("remove test cgroup");
+    let ours: Vec<&Value> = s["sched"]["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["workload"] == path.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "workload {path} missing: {s}");
+    let n = total_migrations(&s);
+    assert!(
+        n.abs_diff(FLIPS as u64) <= 1,
+        "expected {FLIPS} ± 1 migrations in {path}, hostprobe saw {n}: {s}"
+    );
+    // Every workload is inside the filter: the kernel did the filtering.
+    assert!(s["sched"]["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["workload"] == path.as_str()));
+}
+
+#[test]
+fn diagnose_json_has_the_documented_fields() {
+    let _k = KernelTest::start();
+    let diag = start_diagnose(&["--duration", "2s"]);
+    let load = Command::new("perf")
+        .args(["bench", "sched", "messaging", "-g", "1", "-l", "100"])
+        .output()
+        .expect("perf bench");
+    assert!(load.status.success());
+    let s = finish(diag);
+    for key in [
+        "hostprobe_version",
+        "kernel",
+        "window_seconds",
+        "topology",
+        "filter",
+        "probes",
+        "sched",
+        "map_drops",
+        "collection_seconds",
+    ] {
+        assert!(s.get(key).is_some(), "missing top-level field {key}");
+    }
+    for key in ["online_cpus", "cores", "llcs", "nodes"] {
+        assert!(s["topology"][key].as_u64().unwrap() >= 1, "topology.{key}");
+    }
+    for key in ["same_core", "same_llc", "same_node", "other_node"] {
+        assert!(s["sched"]["host_migrations"][key].is_u64());
+    }
+    let w = &s["sched"]["workloads"];
+    assert!(
+        !w.as_array().unwrap().is_empty(),
+        "no workloads despite a messaging load"
+    );
+    let busiest = &w[0];
+    for key in [
+        "workload",
+        "migrations",
+        "switch_ins",
+        "placement_ratios",
+        "runqueue_latency",
+        "oncpu_seconds",
+    ] {
+        assert!(busiest.get(key).is_some(), "missing workload field {key}");
+    }
+    for key in ["same_cpu", "same_llc", "same_node", "other_node"] {
+        assert!(busiest["switch_ins"][key].is_u64());
+    }
+    let rq = &busiest["runqueue_latency"];
+    assert!(
+        rq["count"].as_u64().unwrap() > 0,
+        "no run-queue latencies measured"
+    );
+    let (p50, p99) = (
+        rq["p50_seconds"].as_f64().unwrap(),
+        rq["p99_seconds"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    assert!(s["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["events"].as_u64().unwrap() > 0 || p["probe"] == "sched_wakeup_new"));
+}
+
+/// A child process, leader of its own process group, that is killed with
+/// all its descendants when dropped (also when a test fails half-way).
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn spawn(cmd: &mut Command) -> Self {
+        KillOnDrop(
+            cmd.process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
+        )
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group we created.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+struct Server {
+    child: KillOnDrop,
+    addr: String,
+}
+
+impl Server {
+    fn start(port: u16) -> Self {
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(BIN);
+        child.args([
+            "serve",
+            "--listen",
+            &addr,
+            "--interval",
+            "100ms",
+            "--log-level",
+            "warn",
+        ]);
+        let s = Server {
+            child: KillOnDrop::spawn(&mut child),
+            addr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.get("/healthz").is_err() {
+            assert!(Instant::now() < deadline, "serve did not answer /healthz");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn get(&self, path: &str) -> std::io::Result<(String, String)> {
+        let mut s = TcpStream::connect(&self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        Ok((head.to_string(), body.to_string()))
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
+        self.child.0.wait().expect("wait for serve")
+    }
+}
+
+/// Sum of all samples of one metric in Prometheus text.
+fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn serve_exposes_metrics_that_promtool_accepts_and_exits_cleanly() {
+    let _k = KernelTest::start();
+    let server = Server::start(19488);
+    let (head, body) = server.get("/metrics").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    for name in [
+        "hostprobe_build_info",
+        "hostprobe_probe_attached",
+        "hostprobe_probe_events_total",
+        "hostprobe_map_drops_total",
+        "hostprobe_sched_migrations_total",
+        "hostprobe_sched_switch_ins_total",
+        "hostprobe_runqueue_latency_seconds_bucket",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs the prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.get("/healthz").unwrap().1, "ok\n");
+    let status = server.stop();
+    assert!(status.success(), "serve exited with {status}");
+}
+
+#[test]
+fn host_migrations_agree_with_perf_stat() {
+    let _k = KernelTest::start();
+    let server = Server::start(19489);
+    // A steady load that migrates tasks, running before and after the window.
+    let load = KillOnDrop::spawn(
+        Command::new("perf")
+            .args(["bench", "sched", "messaging", "-g", "10", "-l", "5000"])
+            .stdout(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // perf counts system-wide from `enable` to `disable` on its control
+    // FIFO; a scrape (which reads the kernel maps) just before and just after
+    // brackets the same window to within a millisecond or so.
+    let dir = tempfile::tempdir().unwrap();
+    let (ctl, ack) = (dir.path().join("ctl"), dir.path().join("ack"));
+    for fifo in [&ctl, &ack] {
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    let control = format!("fifo:{},{}", ctl.display(), ack.display());
+    let perf_stat = Command::new("perf")
+        .args([
+            "stat",
+            "-a",
+            "-x,",
+            "-e",
+            "sched:sched_migrate_task",
+            "-e",
+            "cpu-migrations",
+            "-D",
+            "-1",
+            "--control",
+            &control,
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perf stat");
+    let mut ctl_w = std::fs::OpenOptions::new().write(true).open(&ctl).unwrap();
+    let mut ack_r = BufReader::new(std::fs::File::open(&ack).unwrap());
+    let mut command = |cmd: &str| {
+        writeln!(ctl_w, "{cmd}").unwrap();
+        let mut line = String::new();
+        ack_r.read_line(&mut line).unwrap();
+        // perf terminates each ack with a NUL byte.
+        let ack = line.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+        assert_eq!(ack, "ack", "perf did not acknowledge {cmd}");
+    };
+    // perf reacts to a command some milliseconds after it is written, so
+    // scrapes outside and inside each command bracket perf's window: the
+    // outer pair counts a little more than perf must, the inner a little less.
+    let scrape = || server.get("/metrics").unwrap().1;
+    let outer_start = scrape();
+    command("enable");
+    let inner_start = scrape();
+    std::thread::sleep(Duration::from_secs(2));
+    let inner_end = scrape();
+    command("disable");
+    let outer_end = scrape();
+    let out = perf_stat.wait_with_output().unwrap();
+    drop(load);
+    assert!(server.stop().success());
+    assert!(
+        out.status.success(),
+        "perf stat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let perf = |event: &str| -> f64 {
+        stderr
+            .lines()
+            .find(|l| l.split(',').nth(2) == Some(event))
+            .and_then(|l| l.split(',').next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {event} count in perf output: {stderr}"))
+    };
+    let bracket = |name: &str| {
+        (
+            metric_sum(&inner_end, name) - metric_sum(&inner_start, name),
+            metric_sum(&outer_end, name) - metric_sum(&outer_start, name),
+        )
+    };
+    let check = |what: &str, (inner, outer): (f64, f64), reference: f64, tolerance: f64| {
+        let mid = (inner + outer) / 2.0;
+        let rel = (mid - reference).abs() / reference;
+        eprintln!(
+            "{what}: perf {reference}, hostprobe {inner}..{outer} (midpoint {:+.2}%)",
+            (mid - reference) / reference * 100.0
+        );
+        assert!(
+            reference >= 500.0,
+            "{what}: the load made too few events ({reference}) to compare"
+        );
+        assert!(
+            rel <= tolerance,
+            "{what}: hostprobe's {mid} is {:.1}% from perf's {reference}",
+            rel * 100.0
+        );
+    };
+    // The same kernel event, counted by perf and by the hostprobe program.
+    let tp = perf("sched:sched_migrate_task");
+    let events = bracket("hostprobe_probe_events_total{probe=\"sched_migrate_task\"}");
+    assert!(
+        events.0 <= tp * 1.01 && tp <= events.1 * 1.01,
+        "perf's {tp} sched_migrate_task events outside hostprobe's bracket {events:?}"
+    );
+    check("sched_migrate_task events", events, tp, 0.05);
+    // Moves to another CPU: the events with orig_cpu != dest_cpu.
+    let moves = bracket("hostprobe_sched_host_migrations_total");
+    assert!(moves.1 <= events.1, "more moves than events");
+    check("CPU moves", moves, tp, 0.05);
+    // perf's cpu-migrations software event, emitted at switch-in when the
+    // task moved since it last ran (once however often it moved).
+    let cpu_migrations = perf("cpu-migrations");
+    let switch_ins = bracket("hostprobe_sched_host_migrated_switch_ins_total");
+    assert!(
+        switch_ins.0 <= cpu_migrations * 1.02 && cpu_migrations <= switch_ins.1 * 1.02,
+        "perf's {cpu_migrations} cpu-migrations outside hostprobe's bracket {switch_ins:?}"
+    );
+    check(
+        "migrated switch-ins (perf: cpu-migrations)",
+        switch_ins,
+        cpu_migrations,
+        0.05,
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_exit_codes() {
+    let _k = KernelTest::start();
+    let dead = hostprobe(&["diagnose", "--pid", "4194304", "--duration", "1s"]);
+    assert_eq!(dead.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("no process with pid 4194304"));
+
+    let no_cgroup = hostprobe(&[
+        "diagnose",
+        "--cgroup",
+        "/no/such/cgroup",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(no_cgroup.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&no_cgroup.stderr).contains("cgroup \"/no/such/cgroup\" not found")
+    );
+
+    let bad_duration = hostprobe(&["diagnose", "--duration", "ten seconds"]);
+    assert_eq!(bad_duration.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_duration.stderr).contains("--duration"));
+
+    let bad_addr = hostprobe(&["serve", "--listen", "localhost"]);
+    assert_eq!(bad_addr.status.code(), Some(2));
+
+    // Without privileges: one clear line naming the capabilities, exit 2.
+    let unprivileged = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+            "diagnose",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&unprivileged.stderr);
+    assert_eq!(unprivileged.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
+        "{err}"
+    );
+    let check = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+            "check",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "check without privileges must fail"
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("privileges  FAIL"));
+}

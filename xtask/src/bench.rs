@@ -1,0 +1,492 @@
+//! Overhead benchmark: scheduler-heavy loads with no agent, with `hostprobe
+//! serve`, and with a bpftrace runqlat-style script, in rounds that run the
+//! three modes in random order (see shared/design/PERF.md for why: the
+//! noise here is large and drifts, so only differences within a round and
+//! their medians over many rounds mean anything).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Pipe round trips per run (`perf bench sched pipe -l`).
+    #[arg(long, default_value_t = 50_000)]
+    pipe_loops: u32,
+    /// Stop when the 95% interval of the added pipe cost is this narrow (+- us/op).
+    #[arg(long, default_value_t = 0.25)]
+    target_us: f64,
+    #[arg(long, default_value_t = 20)]
+    min_rounds: usize,
+    #[arg(long, default_value_t = 90)]
+    max_rounds: usize,
+    /// Rounds of the messaging load.
+    #[arg(long, default_value_t = 30)]
+    messaging_rounds: usize,
+    /// Skip the bpftrace comparison.
+    #[arg(long)]
+    no_bpftrace: bool,
+}
+
+const LISTEN: &str = "127.0.0.1:19499";
+
+/// The peer a user would reach for: runqlat in bpftrace (as in bpftrace's
+/// tools/runqlat.bt, with TASK_RUNNING = 0 spelled out).
+const BPFTRACE_RUNQLAT: &str = r#"
+tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new { @qtime[args->pid] = nsecs; }
+tracepoint:sched:sched_switch {
+  if (args->prev_state == 0) { @qtime[args->prev_pid] = nsecs; }
+  $ns = @qtime[args->next_pid];
+  if ($ns) { @usecs = hist((nsecs - $ns) / 1000); }
+  delete(@qtime[args->next_pid]);
+}
+"#;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Baseline,
+    Hostprobe,
+    Bpftrace,
+}
+
+struct Load {
+    name: &'static str,
+    cmd: Vec<String>,
+    ops: f64,
+}
+
+/// Agent resource use seen over the hostprobe runs.
+#[derive(Default)]
+struct AgentUse {
+    cpu_seconds: Vec<f64>,
+    peak_rss_kib: Vec<f64>,
+    wall_seconds: Vec<f64>,
+}
+
+pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
+    let mut rng = Rng::seeded();
+    let pipe = Load {
+        name: "pipe",
+        cmd: [
+            "taskset",
+            "-c",
+            "0",
+            "perf",
+            "bench",
+            "sched",
+            "pipe",
+            "-l",
+            &args.pipe_loops.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        ops: f64::from(args.pipe_loops),
+    };
+    let messaging = Load {
+        name: "messaging",
+        cmd: [
+            "perf",
+            "bench",
+            "sched",
+            "messaging",
+            "-g",
+            "2",
+            "-l",
+            "300",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ops: 1.0,
+    };
+    let mut modes = vec![Mode::Baseline, Mode::Hostprobe];
+    if !args.no_bpftrace {
+        modes.push(Mode::Bpftrace);
+    }
+
+    let events_per_op = measure_events_per_op(hostprobe, &pipe)?;
+    let mut agent_use = AgentUse::default();
+
+    let mut pipe_rounds: Vec<Vec<(Mode, f64)>> = Vec::new();
+    let started = Instant::now();
+    while pipe_rounds.len() < args.max_rounds {
+        pipe_rounds.push(round(hostprobe, &pipe, &modes, &mut rng, &mut agent_use)?);
+        let added = diffs(&pipe_rounds, Mode::Hostprobe, |m, b| {
+            (m - b) / pipe.ops * 1e6
+        });
+        let (lo, mid, hi) = median_ci(&added);
+        eprint!(
+            "\rbench pipe: round {:>3}, hostprobe adds {mid:.2} us/op [{lo:.2}, {hi:.2}]   ",
+            pipe_rounds.len()
+        );
+        if pipe_rounds.len() >= args.min_rounds && (hi - lo) / 2.0 <= args.target_us {
+            break;
+        }
+    }
+    eprintln!();
+    let pipe_secs = started.elapsed().as_secs_f64();
+    let mut msg_rounds = Vec::new();
+    for i in 0..args.messaging_rounds {
+        msg_rounds.push(round(
+            hostprobe,
+            &messaging,
+            &modes,
+            &mut rng,
+            &mut agent_use,
+        )?);
+        eprint!(
+            "\rbench messaging: round {:>3}/{}   ",
+            i + 1,
+            args.messaging_rounds
+        );
+    }
+    eprintln!();
+
+    println!("\nhostprobe overhead benchmark ({} pipe rounds in {:.0} s, {} messaging rounds; modes in random order within each round)", pipe_rounds.len(), pipe_secs, msg_rounds.len());
+    println!(
+        "{:<34} {:>12} {:>24} {:>20}",
+        "", "baseline", "hostprobe", "bpftrace runqlat"
+    );
+    let base_us: Vec<f64> = pipe_rounds
+        .iter()
+        .filter_map(|r| value(r, Mode::Baseline))
+        .map(|s| s / pipe.ops * 1e6)
+        .collect();
+    let row = |label: &str, base: String, f: &dyn Fn(Mode) -> String| {
+        println!(
+            "{label:<34} {base:>12} {:>24} {:>20}",
+            f(Mode::Hostprobe),
+            if modes.contains(&Mode::Bpftrace) {
+                f(Mode::Bpftrace)
+            } else {
+                "-".into()
+            }
+        );
+    };
+    row(
+        "pipe, us/op (median)",
+        format!("{:.2}", median(&base_us)),
+        &|m| {
+            let v: Vec<f64> = pipe_rounds
+                .iter()
+                .filter_map(|r| value(r, m))
+                .map(|s| s / pipe.ops * 1e6)
+                .collect();
+            format!("{:.2}", median(&v))
+        },
+    );
+    row("pipe, added us/op [95% CI]", "-".into(), &|m| {
+        let (lo, mid, hi) = median_ci(&diffs(&pipe_rounds, m, |x, b| (x - b) / pipe.ops * 1e6));
+        format!("{mid:+.2} [{lo:+.2}, {hi:+.2}]")
+    });
+    row("pipe, ratio [95% CI]", "1".into(), &|m| {
+        let (lo, mid, hi) = median_ci(&diffs(&pipe_rounds, m, |x, b| x / b));
+        format!("{mid:.3} [{lo:.3}, {hi:.3}]")
+    });
+    row("messaging, ratio [95% CI]", "1".into(), &|m| {
+        let (lo, mid, hi) = median_ci(&diffs(&msg_rounds, m, |x, b| x / b));
+        format!("{mid:.3} [{lo:.3}, {hi:.3}]")
+    });
+    println!("{:<34} {:>12.2}", "probe events per pipe op", events_per_op);
+    println!(
+        "{:<34} {:>12.2} ms CPU per s of wall time (median over runs), peak RSS {:.1} MiB (max)",
+        "agent",
+        median(
+            &agent_use
+                .cpu_seconds
+                .iter()
+                .zip(&agent_use.wall_seconds)
+                .map(|(c, w)| c / w * 1e3)
+                .collect::<Vec<_>>()
+        ),
+        agent_use.peak_rss_kib.iter().cloned().fold(0.0, f64::max) / 1024.0
+    );
+    Ok(())
+}
+
+fn value(round: &[(Mode, f64)], m: Mode) -> Option<f64> {
+    round.iter().find(|(x, _)| *x == m).map(|(_, v)| *v)
+}
+
+fn diffs(rounds: &[Vec<(Mode, f64)>], m: Mode, f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    rounds
+        .iter()
+        .filter_map(|r| Some(f(value(r, m)?, value(r, Mode::Baseline)?)))
+        .collect()
+}
+
+/// One round: every mode once, in random order, alternating which goes first.
+fn round(
+    hostprobe: &Path,
+    load: &Load,
+    modes: &[Mode],
+    rng: &mut Rng,
+    agent_use: &mut AgentUse,
+) -> Result<Vec<(Mode, f64)>> {
+    let mut order = modes.to_vec();
+    rng.shuffle(&mut order);
+    let mut out = Vec::new();
+    for m in order {
+        let secs = match m {
+            Mode::Baseline => run_load(load)?,
+            Mode::Hostprobe => {
+                let agent = Agent::start(hostprobe, "5s")?;
+                let t0 = Instant::now();
+                let cpu0 = agent.cpu_seconds()?;
+                let secs = run_load(load)?;
+                let wall = t0.elapsed().as_secs_f64();
+                agent_use.cpu_seconds.push(agent.cpu_seconds()? - cpu0);
+                agent_use.wall_seconds.push(wall);
+                agent_use.peak_rss_kib.push(agent.peak_rss_kib()?);
+                agent.stop()?;
+                secs
+            }
+            Mode::Bpftrace => {
+                let bt = Bpftrace::start()?;
+                let secs = run_load(load)?;
+                bt.stop();
+                secs
+            }
+        };
+        out.push((m, secs));
+    }
+    Ok(out)
+}
+
+/// Runs a load and returns its own reported time ("Total time: X [sec]").
+fn run_load(load: &Load) -> Result<f64> {
+    let out = Command::new(&load.cmd[0])
+        .args(&load.cmd[1..])
+        .output()
+        .with_context(|| format!("running {:?}", load.cmd))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            load.cmd,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Total time:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no `Total time` in the output of {}: {text}", load.name))
+}
+
+fn measure_events_per_op(hostprobe: &Path, pipe: &Load) -> Result<f64> {
+    let agent = Agent::start(hostprobe, "100ms")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = agent.events()?;
+    run_load(pipe)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after = agent.events()?;
+    agent.stop()?;
+    Ok((after - before) / pipe.ops)
+}
+
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(bin: &Path, interval: &str) -> Result<Self> {
+        let child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                LISTEN,
+                "--interval",
+                interval,
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let agent = Agent { child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get("/healthz").is_err() {
+            if Instant::now() > deadline {
+                bail!("hostprobe serve did not answer /healthz within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(agent)
+    }
+
+    fn events(&self) -> Result<f64> {
+        let body = http_get("/metrics")?;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with("hostprobe_probe_events_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    fn proc_file(&self, name: &str) -> Result<String> {
+        let p = format!("/proc/{}/{name}", self.child.id());
+        std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))
+    }
+
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = self.proc_file("stat")?;
+        let after_comm = stat.rsplit_once(')').context("bad /proc/PID/stat")?.1;
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        // Fields 14 and 15 (utime, stime), counted from after the comm field.
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        Ok(ticks / clock_ticks())
+    }
+
+    fn peak_rss_kib(&self) -> Result<f64> {
+        let status = self.proc_file("status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmHWM in /proc/PID/status")
+    }
+
+    fn stop(mut self) -> Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("hostprobe serve exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct Bpftrace {
+    child: Child,
+}
+
+impl Bpftrace {
+    fn start() -> Result<Self> {
+        let mut child = Command::new("bpftrace")
+            .args(["-e", BPFTRACE_RUNQLAT])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bpftrace")?;
+        let stdout = child.stdout.take().context("bpftrace stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        // bpftrace prints "Attaching N probes..." once its programs are attached.
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("Attaching") => {}
+            other => bail!("bpftrace did not attach: {other:?}"),
+        }
+        // Keep draining so bpftrace never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child })
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(LISTEN)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+fn median(v: &[f64]) -> f64 {
+    median_ci(v).1
+}
+
+/// Median with a distribution-free 95% interval (order statistics of the
+/// binomial(n, 1/2) distribution, normal approximation).
+fn median_ci(v: &[f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let mid = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    let half = 1.96 * (n as f64).sqrt() / 2.0;
+    let lo = ((n as f64 / 2.0 - half).floor().max(0.0)) as usize;
+    let hi = ((n as f64 / 2.0 + half).ceil() as usize).min(n - 1);
+    (s[lo], mid, s[hi])
+}
+
+/// xorshift64*: enough randomness to order modes, without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Rng(t | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_interval_brackets_the_median() {
+        let v: Vec<f64> = (1..=61).map(f64::from).collect();
+        let (lo, mid, hi) = median_ci(&v);
+        assert_eq!(mid, 31.0);
+        assert!(lo < mid && mid < hi);
+        assert!(
+            (23.0..=25.0).contains(&lo) && (37.0..=39.0).contains(&hi),
+            "{lo} {hi}"
+        );
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation() {
+        let mut r = Rng(42);
+        let mut v = vec![1, 2, 3];
+        r.shuffle(&mut v);
+        v.sort();
+        assert_eq!(v, [1, 2, 3]);
+    }
+}
