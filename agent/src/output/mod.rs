@@ -87,6 +87,7 @@ pub(crate) mod tests {
                     same_node: 0,
                     other_node: 0,
                 },
+                host_migrated_switch_ins: 6,
                 workloads: vec![db, other],
             },
             map_drops: BTreeMap::from([("SCHED_WORKLOADS".into(), 0), ("TASK_SLOTS".into(), 2)]),
