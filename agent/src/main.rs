@@ -78,8 +78,8 @@ struct Tuning {
     /// Workloads with their own label; the rest are summed as `other`.
     #[arg(long, default_value_t = 10)]
     top_k: usize,
-    /// Bound of the kernel's per-workload map (cgroups).
-    #[arg(long, default_value_t = DEFAULT_MAX_WORKLOADS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Workloads (cgroups) the kernel table holds per CPU (a power of two; each entry is 424 bytes per CPU).
+    #[arg(long, default_value_t = DEFAULT_MAX_WORKLOADS, value_parser = clap::value_parser!(u32).range(4..=65_536))]
     max_workloads: u32,
     /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).
     #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = clap::value_parser!(u32).range(2..=(1 << 22)))]

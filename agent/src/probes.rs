@@ -10,7 +10,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
-use hostprobe_common::{CpuTopo, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS};
+use hostprobe_common::{CpuTopo, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, WORKLOAD_PROBES};
 use tracing::{debug, info, warn};
 
 use crate::btf::{Btf, TypeShape};
@@ -86,7 +86,7 @@ pub struct LoadOptions {
     pub cgroup_id: Option<u64>,
     /// Per-task slots (rounded up to a power of two).
     pub task_slots: u32,
-    /// Bound of the per-workload map.
+    /// Entries per CPU of the workload table (rounded up to a power of two).
     pub max_workloads: u32,
     /// Attach the programs (false: load through the verifier only).
     pub attach: bool,
@@ -231,6 +231,8 @@ impl Probes {
         let m = migrate.as_ref().ok().copied();
         let slots = opts.task_slots.max(2).next_power_of_two();
         let mask = slots - 1;
+        let workloads = opts.max_workloads.max(WORKLOAD_PROBES).next_power_of_two();
+        let workloads_mask = workloads - 1;
         let (pid_off, tgid_off) = (t.map_or(0, |t| t.pid), t.map_or(0, |t| t.tgid));
         let (mpid, morig, mdest) = (
             m.map_or(0, |m| m.pid),
@@ -247,11 +249,12 @@ impl Probes {
             .override_global("MIGRATE_ORIG_CPU_OFFSET", &morig, true)
             .override_global("MIGRATE_DEST_CPU_OFFSET", &mdest, true)
             .override_global("TASK_SLOTS_MASK", &mask, true)
+            .override_global("WORKLOADS_MASK", &workloads_mask, true)
             .override_global("FILTER_TGID", &filter_tgid, true)
             .override_global("FILTER_CGROUP", &filter_cgroup, true)
             .map_max_entries("TASK_SLOTS", slots)
             .map_max_entries("CPU_TOPO", ncpus)
-            .map_max_entries("SCHED_WORKLOADS", opts.max_workloads.max(1))
+            .map_max_entries("SCHED_WORKLOADS", workloads)
             .load(PROBES_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
 

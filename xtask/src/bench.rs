@@ -433,10 +433,11 @@ fn median_ci(v: &[f64]) -> (f64, f64, f64) {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     };
+    // 1-based ranks r = n/2 - z*sqrt(n)/2 and s = 1 + n/2 + z*sqrt(n)/2 (Conover).
     let half = 1.96 * (n as f64).sqrt() / 2.0;
-    let lo = ((n as f64 / 2.0 - half).floor().max(0.0)) as usize;
-    let hi = ((n as f64 / 2.0 + half).ceil() as usize).min(n - 1);
-    (s[lo], mid, s[hi])
+    let r = (n as f64 / 2.0 - half).round().max(1.0) as usize;
+    let k = ((1.0 + n as f64 / 2.0 + half).round() as usize).min(n);
+    (s[r - 1], mid, s[k - 1])
 }
 
 /// xorshift64*: enough randomness to order modes, without a dependency.

@@ -2,11 +2,11 @@
 //! `ebpf-probes/probes/src/sched.rs`, turns per-cgroup cumulative values
 //! into per-workload counters with bounded labels (top-K + `other`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::Ebpf;
-use hostprobe_common::{counter, SchedStats, DIST_CLASSES, HIST_BUCKETS};
+use hostprobe_common::{counter, SchedStats, DEAD_CGROUPS, DIST_CLASSES, HIST_BUCKETS};
 
 use crate::cgroup::CgroupResolver;
 use crate::error::{Error, Result};
@@ -24,25 +24,22 @@ pub struct SchedTotals {
 }
 
 impl SchedTotals {
-    fn from_per_cpu<'a>(values: impl Iterator<Item = &'a SchedStats>) -> Self {
-        let mut t = SchedTotals::default();
-        for v in values {
-            for (a, b) in t
-                .runq
-                .buckets
-                .iter_mut()
-                .zip(v.runq_hist.iter().take(HIST_BUCKETS))
-            {
-                *a += b;
-            }
-            t.runq.sum_ns += v.runq_sum_ns;
-            for i in 0..DIST_CLASSES {
-                t.switch_ins[i] += v.switch_ins[i];
-                t.migrations[i] += v.migrations[i];
-            }
-            t.oncpu_ns += v.oncpu_ns;
+    /// Adds one CPU's entry.
+    fn add_entry(&mut self, v: &SchedStats) {
+        for (a, b) in self
+            .runq
+            .buckets
+            .iter_mut()
+            .zip(v.runq_hist.iter().take(HIST_BUCKETS))
+        {
+            *a += b;
         }
-        t
+        self.runq.sum_ns += v.runq_sum_ns;
+        for i in 0..DIST_CLASSES {
+            self.switch_ins[i] += v.switch_ins[i];
+            self.migrations[i] += v.migrations[i];
+        }
+        self.oncpu_ns += v.oncpu_ns;
     }
 
     fn delta(&self, earlier: &SchedTotals) -> SchedTotals {
@@ -145,12 +142,18 @@ impl WorkloadLabels {
 }
 
 pub struct SchedCollector {
-    workloads: PerCpuHashMap<MapData, u64, SchedStats>,
+    workloads: PerCpuArray<MapData, SchedStats>,
+    dead: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     cgroups: CgroupResolver,
     last: HashMap<u64, SchedTotals>,
     /// Last known path of each cgroup id, to name a cgroup's final delta.
     names: HashMap<u64, String>,
+    /// Removed cgroups whose final values were counted; their entries stay
+    /// in the kernel table until reused, and must not be counted again.
+    retired: HashSet<u64>,
+    /// Next slot of the kernel's `DEAD_CGROUPS` ring.
+    dead_next: u32,
     labels: WorkloadLabels,
 }
 
@@ -173,12 +176,14 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
 
 impl SchedCollector {
     pub fn new(ebpf: &mut Ebpf, cgroups: CgroupResolver, top_k: usize) -> Result<Self> {
+        let dead = Array::try_from(take(ebpf, "DEAD_CGROUPS")?).map_err(|source| Error::Map {
+            name: "DEAD_CGROUPS",
+            source,
+        })?;
         let workloads =
-            PerCpuHashMap::try_from(take(ebpf, "SCHED_WORKLOADS")?).map_err(|source| {
-                Error::Map {
-                    name: "SCHED_WORKLOADS",
-                    source,
-                }
+            PerCpuArray::try_from(take(ebpf, "SCHED_WORKLOADS")?).map_err(|source| Error::Map {
+                name: "SCHED_WORKLOADS",
+                source,
             })?;
         let counters =
             PerCpuArray::try_from(take(ebpf, "SCHED_COUNTERS")?).map_err(|source| Error::Map {
@@ -187,10 +192,13 @@ impl SchedCollector {
             })?;
         Ok(Self {
             workloads,
+            dead,
             counters,
             cgroups,
             last: HashMap::new(),
             names: HashMap::new(),
+            retired: HashSet::new(),
+            dead_next: 0,
             labels: WorkloadLabels::new(top_k),
         })
     }
@@ -205,13 +213,21 @@ impl SchedCollector {
     /// live workloads.
     pub fn collect(&mut self) -> Result<(SchedSection, SchedCounters)> {
         let mut now: HashMap<u64, SchedTotals> = HashMap::new();
-        for item in self.workloads.iter() {
-            let (id, per_cpu) = item.map_err(|source| Error::Map {
+        let mut present = HashSet::new();
+        for index in 0..self.workloads.len() {
+            let per_cpu = self.workloads.get(&index, 0).map_err(|source| Error::Map {
                 name: "SCHED_WORKLOADS",
                 source,
             })?;
-            now.insert(id, SchedTotals::from_per_cpu(per_cpu.iter()));
+            for entry in per_cpu.iter().filter(|e| e.cgroup_id != 0) {
+                present.insert(entry.cgroup_id);
+                if !self.retired.contains(&entry.cgroup_id) {
+                    now.entry(entry.cgroup_id).or_default().add_entry(entry);
+                }
+            }
         }
+        // Once the kernel has reused a retired entry, forget the id.
+        self.retired.retain(|id| present.contains(id));
         let mut deltas = Vec::with_capacity(now.len());
         let mut gone = Vec::new();
         for (id, totals) in &now {
@@ -240,8 +256,14 @@ impl SchedCollector {
         self.labels.round(&deltas, &gone_paths);
         for (id, _) in &gone {
             now.remove(id);
-            // Already gone from the map is fine.
-            let _ = self.workloads.remove(id);
+            self.retired.insert(*id);
+            // The kernel reuses the entries of ids in this ring.
+            let slot = self.dead_next % DEAD_CGROUPS;
+            self.dead_next = self.dead_next.wrapping_add(1);
+            self.dead.set(slot, *id, 0).map_err(|source| Error::Map {
+                name: "DEAD_CGROUPS",
+                source,
+            })?;
         }
         self.last = now;
 
@@ -306,7 +328,9 @@ mod tests {
         a.oncpu_ns = 10;
         let mut b = a;
         b.migrations[2] = 7;
-        let s = SchedTotals::from_per_cpu([a, b].iter());
+        let mut s = SchedTotals::default();
+        s.add_entry(&a);
+        s.add_entry(&b);
         assert_eq!(
             (
                 s.runq.buckets[3],

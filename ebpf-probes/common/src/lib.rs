@@ -88,11 +88,15 @@ pub const NO_CPU: u32 = u32::MAX;
 pub const NO_PENDING: u64 = u64::MAX;
 pub const NO_PENDING_PLACE: u32 = u32::MAX;
 
-/// Scheduler statistics of one workload (cgroup v2 id) on one CPU; the value
-/// of the per-CPU hash `SCHED_WORKLOADS`.
+/// Scheduler statistics of one workload (cgroup v2 id) on one CPU: an entry
+/// of the per-CPU array `SCHED_WORKLOADS`, used as an open-addressed table
+/// (an inlined array lookup instead of a hash-map helper call on every
+/// context switch; measured at ~100 ns per switch on the test VM).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SchedStats {
+    /// Owner of this entry on this CPU; 0 when free.
+    pub cgroup_id: u64,
     /// Run-queue latency log2 histogram, nanoseconds.
     pub runq_hist: [u64; HIST_BUCKETS],
     /// Sum of run-queue latencies, nanoseconds.
@@ -108,6 +112,7 @@ pub struct SchedStats {
 impl Default for SchedStats {
     fn default() -> Self {
         Self {
+            cgroup_id: 0,
             runq_hist: [0; HIST_BUCKETS],
             runq_sum_ns: 0,
             switch_ins: [0; DIST_CLASSES],
@@ -131,7 +136,8 @@ pub mod counter {
     /// the definition of perf's `cpu-migrations` software event, which the
     /// kernel emits at switch-in, once however often the task moved.
     pub const MIGRATED_SWITCH_INS: u32 = MIGRATIONS + super::DIST_CLASSES as u32;
-    /// A workload could not be added because `SCHED_WORKLOADS` was full.
+    /// A workload could not be added because its probe sequence in
+    /// `SCHED_WORKLOADS` was full on that CPU.
     pub const DROP_WORKLOAD_MAP_FULL: u32 = MIGRATED_SWITCH_INS + 1;
     /// A task slot was taken over by another thread id while it still held
     /// unattributed data (direct-mapped slot collision).
@@ -144,7 +150,19 @@ pub mod counter {
 
 /// Map sizes used when the agent does not override them.
 pub const DEFAULT_TASK_SLOTS: u32 = 1 << 15;
-pub const DEFAULT_MAX_WORKLOADS: u32 = 4096;
+/// Entries per CPU of `SCHED_WORKLOADS` (a power of two).
+pub const DEFAULT_MAX_WORKLOADS: u32 = 256;
+/// Entries looked at for one cgroup before giving up (linear probing).
+pub const WORKLOAD_PROBES: u32 = 4;
+/// Ring of cgroup ids the agent found removed; the kernel reuses their
+/// entries (on its own CPU, so without racing the agent).
+pub const DEAD_CGROUPS: u32 = 64;
+
+/// First table index probed for `cgroup` (Fibonacci hashing).
+#[inline(always)]
+pub fn workload_index(cgroup: u64, mask: u32) -> u32 {
+    (cgroup.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 & mask
+}
 pub const MAX_CPUS: u32 = 4096;
 
 #[cfg(feature = "user")]
@@ -167,7 +185,7 @@ mod tests {
         assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 8);
         assert_eq!(
             size_of::<SchedStats>(),
-            8 * (HIST_BUCKETS + 1 + DIST_CLASSES * 2 + 1)
+            8 * (1 + HIST_BUCKETS + 1 + DIST_CLASSES * 2 + 1)
         );
     }
 }

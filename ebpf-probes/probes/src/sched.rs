@@ -15,14 +15,15 @@ use aya_ebpf::{
         bpf_ktime_get_ns,
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
 use hostprobe_common::{
-    counter, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS,
-    DIST_CLASSES, DIST_SAME_CPU, HIST_BUCKETS, MAX_CPUS, NO_CPU, NO_PENDING, NO_PENDING_PLACE,
+    counter, workload_index, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS,
+    DEFAULT_TASK_SLOTS, DIST_CLASSES, DIST_SAME_CPU, HIST_BUCKETS, MAX_CPUS, NO_CPU, NO_PENDING,
+    NO_PENDING_PLACE, WORKLOAD_PROBES,
 };
 
 // Load-time constants, set by the agent (aya freezes .rodata, so the
@@ -39,6 +40,8 @@ static MIGRATE_ORIG_CPU_OFFSET: Global<u32> = Global::new(0);
 static MIGRATE_DEST_CPU_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static TASK_SLOTS_MASK: Global<u32> = Global::new(DEFAULT_TASK_SLOTS - 1);
+#[no_mangle]
+static WORKLOADS_MASK: Global<u32> = Global::new(DEFAULT_MAX_WORKLOADS - 1);
 /// Only tasks of this process (tgid) when non-zero.
 #[no_mangle]
 static FILTER_TGID: Global<u32> = Global::new(0);
@@ -51,14 +54,12 @@ static TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS,
 #[map]
 static CPU_TOPO: Array<CpuTopo> = Array::with_max_entries(MAX_CPUS, 0);
 #[map]
-static SCHED_WORKLOADS: PerCpuHashMap<u64, SchedStats> =
-    PerCpuHashMap::with_max_entries(DEFAULT_MAX_WORKLOADS, 0);
+static SCHED_WORKLOADS: PerCpuArray<SchedStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_WORKLOADS, 0);
+#[map]
+static DEAD_CGROUPS: Array<u64> = Array::with_max_entries(hostprobe_common::DEAD_CGROUPS, 0);
 #[map]
 static SCHED_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-/// Never written: a zeroed value to insert from, as `SchedStats` is too big
-/// for the 512-byte BPF stack next to everything else.
-#[map]
-static SCHED_ZERO: Array<SchedStats> = Array::with_max_entries(1, 0);
 /// One flag per rare condition, so each is logged once, not per event.
 #[map]
 static SCHED_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
@@ -238,22 +239,54 @@ fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64) {
 }
 
 fn workload_stats<C: EbpfContext>(ctx: &C, cgroup: u64) -> Option<*mut SchedStats> {
-    if let Some(p) = SCHED_WORKLOADS.get_ptr_mut(cgroup) {
-        return Some(p);
-    }
-    let zero = SCHED_ZERO.get(0)?;
-    if SCHED_WORKLOADS.insert(cgroup, zero, 0).is_err() {
-        bump(counter::DROP_WORKLOAD_MAP_FULL, 1);
-        if first_time(counter::DROP_WORKLOAD_MAP_FULL) {
-            warn!(
-                ctx,
-                "SCHED_WORKLOADS is full: cgroup {} and later new workloads are not counted (raise --max-workloads)",
-                cgroup
-            );
+    let mask = WORKLOADS_MASK.load();
+    let first = workload_index(cgroup, mask);
+    for i in 0..WORKLOAD_PROBES {
+        let e = SCHED_WORKLOADS.get_ptr_mut((first + i) & mask)?;
+        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+        let st = unsafe { &mut *e };
+        if st.cgroup_id == cgroup {
+            return Some(e);
         }
-        return None;
+        if st.cgroup_id == 0 || is_dead(st.cgroup_id) {
+            reset(st, cgroup);
+            return Some(e);
+        }
     }
-    SCHED_WORKLOADS.get_ptr_mut(cgroup)
+    bump(counter::DROP_WORKLOAD_MAP_FULL, 1);
+    if first_time(counter::DROP_WORKLOAD_MAP_FULL) {
+        warn!(
+            ctx,
+            "SCHED_WORKLOADS is full on a CPU: cgroup {} and later new workloads are not counted there (raise --max-workloads)",
+            cgroup
+        );
+    }
+    None
+}
+
+/// Whether the agent has reported `cgroup` removed (and read its last
+/// values), so that its entry may be reused.
+fn is_dead(cgroup: u64) -> bool {
+    for i in 0..hostprobe_common::DEAD_CGROUPS {
+        if DEAD_CGROUPS.get(i).is_some_and(|&d| d == cgroup) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Zeroes an entry field by field: the struct is too big for the BPF stack.
+fn reset(st: &mut SchedStats, cgroup: u64) {
+    st.cgroup_id = cgroup;
+    for b in st.runq_hist.iter_mut() {
+        *b = 0;
+    }
+    st.runq_sum_ns = 0;
+    for i in 0..DIST_CLASSES {
+        st.switch_ins[i] = 0;
+        st.migrations[i] = 0;
+    }
+    st.oncpu_ns = 0;
 }
 
 /// The slot of `tid`, taken over from another thread if needed.
