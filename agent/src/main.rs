@@ -39,7 +39,7 @@ enum Command {
         /// Address to listen on. Loopback by default: expose it deliberately.
         #[arg(long, default_value = serve::DEFAULT_LISTEN)]
         listen: SocketAddr,
-        /// How often kernel maps are read.
+        /// How often kernel maps are read when nobody scrapes (every scrape reads them too).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         interval: Duration,
         #[command(flatten)]

@@ -388,8 +388,20 @@ struct Server {
 
 impl Server {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// Starts serve, behind `wrapper` (e.g. `chrt -f 50`) if not empty.
+    fn start_with(port: u16, wrapper: &[&str]) -> Self {
         let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(BIN);
+        let mut child = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         child.args([
             "serve",
             "--listen",
@@ -487,20 +499,38 @@ fn serve_exposes_metrics_that_promtool_accepts_and_exits_cleanly() {
     assert!(status.success(), "serve exited with {status}");
 }
 
-#[test]
-fn host_migrations_agree_with_perf_stat() {
-    let _k = KernelTest::start();
-    let server = Server::start(19489);
-    // A steady load that migrates tasks, running before and after the window.
-    let load = KillOnDrop::spawn(
-        Command::new("perf")
-            .args(["bench", "sched", "messaging", "-g", "10", "-l", "5000"])
-            .stdout(Stdio::null()),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    // perf counts system-wide from `enable` to `disable` on its control
-    // FIFO; a scrape (which reads the kernel maps) just before and just after
-    // brackets the same window to within a millisecond or so.
+/// hostprobe's counts over a window of perf's: `inner` from scrapes taken
+/// inside perf's enable..disable, `outer` from scrapes just outside it.
+struct Window {
+    perf: Vec<(String, f64)>,
+    inner: String,
+    inner_end: String,
+    outer: String,
+    outer_end: String,
+}
+
+impl Window {
+    fn perf(&self, event: &str) -> f64 {
+        self.perf
+            .iter()
+            .find(|(e, _)| e == event)
+            .map(|(_, n)| *n)
+            .unwrap_or_else(|| panic!("perf did not count {event}"))
+    }
+
+    fn bracket(&self, metric: &str) -> (f64, f64) {
+        (
+            metric_sum(&self.inner_end, metric) - metric_sum(&self.inner, metric),
+            metric_sum(&self.outer_end, metric) - metric_sum(&self.outer, metric),
+        )
+    }
+}
+
+/// Counts 2 s of a running load with `perf stat -a` (started disabled,
+/// enabled and disabled through its control FIFO) while scraping hostprobe
+/// just before and after each command. perf and the scraping server run
+/// SCHED_FIFO so that the load does not delay them.
+fn perf_window(server: &Server) -> Window {
     let dir = tempfile::tempdir().unwrap();
     let (ctl, ack) = (dir.path().join("ctl"), dir.path().join("ack"));
     for fifo in [&ctl, &ack] {
@@ -509,26 +539,13 @@ fn host_migrations_agree_with_perf_stat() {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     }
     let control = format!("fifo:{},{}", ctl.display(), ack.display());
-    let perf_stat = Command::new("perf")
-        .args([
-            "stat",
-            "-a",
-            "-x,",
-            "-e",
-            "sched:sched_migrate_task",
-            "-e",
-            "cpu-migrations",
-            "-D",
-            "-1",
-            "--control",
-            &control,
-            "--",
-            "sleep",
-            "30",
-        ])
+    let perf_stat = Command::new("chrt")
+        .args(["-f", "50", "perf", "stat", "-a", "-x,"])
+        .args(["-e", "sched:sched_migrate_task", "-e", "cpu-migrations"])
+        .args(["-D", "-1", "--control", &control, "--", "sleep", "4"])
         .stderr(Stdio::piped())
         .spawn()
-        .expect("perf stat");
+        .expect("chrt + perf stat");
     let mut ctl_w = std::fs::OpenOptions::new().write(true).open(&ctl).unwrap();
     let mut ack_r = BufReader::new(std::fs::File::open(&ack).unwrap());
     let mut command = |cmd: &str| {
@@ -539,82 +556,94 @@ fn host_migrations_agree_with_perf_stat() {
         let ack = line.trim_matches(|c: char| c == '\0' || c.is_whitespace());
         assert_eq!(ack, "ack", "perf did not acknowledge {cmd}");
     };
-    // perf reacts to a command some milliseconds after it is written, so
-    // scrapes outside and inside each command bracket perf's window: the
-    // outer pair counts a little more than perf must, the inner a little less.
     let scrape = || server.get("/metrics").unwrap().1;
-    let outer_start = scrape();
+    let outer = scrape();
     command("enable");
-    let inner_start = scrape();
+    let inner = scrape();
     std::thread::sleep(Duration::from_secs(2));
     let inner_end = scrape();
     command("disable");
     let outer_end = scrape();
     let out = perf_stat.wait_with_output().unwrap();
-    drop(load);
-    assert!(server.stop().success());
-    assert!(
-        out.status.success(),
-        "perf stat: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let perf = |event: &str| -> f64 {
-        stderr
-            .lines()
-            .find(|l| l.split(',').nth(2) == Some(event))
-            .and_then(|l| l.split(',').next()?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {event} count in perf output: {stderr}"))
-    };
-    let bracket = |name: &str| {
+    assert!(out.status.success(), "perf stat: {stderr}");
+    let perf = stderr
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f.get(2)?.to_string(), f.first()?.trim().parse().ok()?))
+        })
+        .collect();
+    Window {
+        perf,
+        inner,
+        inner_end,
+        outer,
+        outer_end,
+    }
+}
+
+#[test]
+fn host_migrations_agree_with_perf_stat() {
+    let _k = KernelTest::start();
+    let server = Server::start_with(19489, &["chrt", "-f", "50"]);
+    // A steady load that migrates tasks, running before and after the window.
+    let _load = KillOnDrop::spawn(
+        Command::new("perf")
+            .args(["bench", "sched", "messaging", "-g", "10", "-l", "100000"])
+            .stdout(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let pairs = [
+        // The same kernel event, counted by perf and by hostprobe's program.
         (
-            metric_sum(&inner_end, name) - metric_sum(&inner_start, name),
-            metric_sum(&outer_end, name) - metric_sum(&outer_start, name),
-        )
+            "sched:sched_migrate_task",
+            "hostprobe_probe_events_total{probe=\"sched_migrate_task\"}",
+        ),
+        // Moves to another CPU (the events with orig_cpu != dest_cpu).
+        (
+            "sched:sched_migrate_task",
+            "hostprobe_sched_host_migrations_total",
+        ),
+        // perf's software event, emitted at switch-in when the task moved
+        // since it last ran (once however often it moved).
+        (
+            "cpu-migrations",
+            "hostprobe_sched_host_migrated_switch_ins_total",
+        ),
+    ];
+    // hostprobe's count over perf's exact window lies in [inner, outer]; the
+    // check has teeth only when that bracket is narrow, so a window in which
+    // the machine stalled perf for long is measured again.
+    let mut attempt = 0;
+    let w = loop {
+        attempt += 1;
+        let w = perf_window(&server);
+        let (inner, outer) = w.bracket(pairs[0].1);
+        if (outer - inner) / w.perf(pairs[0].0) <= 0.10 || attempt == 3 {
+            break w;
+        }
+        eprintln!("bracket {inner}..{outer} too wide, measuring again");
     };
-    let check = |what: &str, (inner, outer): (f64, f64), reference: f64, tolerance: f64| {
-        let mid = (inner + outer) / 2.0;
-        let rel = (mid - reference).abs() / reference;
-        eprintln!(
-            "{what}: perf {reference}, hostprobe {inner}..{outer} (midpoint {:+.2}%)",
-            (mid - reference) / reference * 100.0
+    assert!(server.stop().success());
+    for (event, metric) in pairs {
+        let perf = w.perf(event);
+        let (inner, outer) = w.bracket(metric);
+        eprintln!("{metric}: perf {event} {perf}, hostprobe {inner}..{outer}");
+        assert!(
+            perf >= 500.0,
+            "{event}: the load made too few events ({perf}) to compare"
         );
         assert!(
-            reference >= 500.0,
-            "{what}: the load made too few events ({reference}) to compare"
+            (outer - inner) / perf <= 0.10,
+            "{metric}: bracket {inner}..{outer} too wide to compare with {perf}"
         );
+        // Within 5% of perf: some count in hostprobe's bracket is.
         assert!(
-            rel <= tolerance,
-            "{what}: hostprobe's {mid} is {:.1}% from perf's {reference}",
-            rel * 100.0
+            inner <= perf * 1.05 && perf * 0.95 <= outer,
+            "{metric}: perf counted {perf} {event}, hostprobe {inner}..{outer}"
         );
-    };
-    // The same kernel event, counted by perf and by the hostprobe program.
-    let tp = perf("sched:sched_migrate_task");
-    let events = bracket("hostprobe_probe_events_total{probe=\"sched_migrate_task\"}");
-    assert!(
-        events.0 <= tp * 1.01 && tp <= events.1 * 1.01,
-        "perf's {tp} sched_migrate_task events outside hostprobe's bracket {events:?}"
-    );
-    check("sched_migrate_task events", events, tp, 0.05);
-    // Moves to another CPU: the events with orig_cpu != dest_cpu.
-    let moves = bracket("hostprobe_sched_host_migrations_total");
-    assert!(moves.1 <= events.1, "more moves than events");
-    check("CPU moves", moves, tp, 0.05);
-    // perf's cpu-migrations software event, emitted at switch-in when the
-    // task moved since it last ran (once however often it moved).
-    let cpu_migrations = perf("cpu-migrations");
-    let switch_ins = bracket("hostprobe_sched_host_migrated_switch_ins_total");
-    assert!(
-        switch_ins.0 <= cpu_migrations * 1.02 && cpu_migrations <= switch_ins.1 * 1.02,
-        "perf's {cpu_migrations} cpu-migrations outside hostprobe's bracket {switch_ins:?}"
-    );
-    check(
-        "migrated switch-ins (perf: cpu-migrations)",
-        switch_ins,
-        cpu_migrations,
-        0.05,
-    );
+    }
 }
 
 #[test]

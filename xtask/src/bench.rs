@@ -59,12 +59,12 @@ struct Load {
     ops: f64,
 }
 
-/// Agent resource use seen over the hostprobe runs.
+/// Agent resource use seen over the hostprobe runs: CPU time of the whole
+/// process (start, attach, one load run, one scrape) and peak RSS.
 #[derive(Default)]
 struct AgentUse {
     cpu_seconds: Vec<f64>,
     peak_rss_kib: Vec<f64>,
-    wall_seconds: Vec<f64>,
 }
 
 pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
@@ -192,16 +192,9 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     });
     println!("{:<34} {:>12.2}", "probe events per pipe op", events_per_op);
     println!(
-        "{:<34} {:>12.2} ms CPU per s of wall time (median over runs), peak RSS {:.1} MiB (max)",
+        "{:<34} {:>12.1} ms CPU per run (start, attach, load, one scrape; median), peak RSS {:.1} MiB (max)",
         "agent",
-        median(
-            &agent_use
-                .cpu_seconds
-                .iter()
-                .zip(&agent_use.wall_seconds)
-                .map(|(c, w)| c / w * 1e3)
-                .collect::<Vec<_>>()
-        ),
+        median(&agent_use.cpu_seconds.iter().map(|c| c * 1e3).collect::<Vec<_>>()),
         agent_use.peak_rss_kib.iter().cloned().fold(0.0, f64::max) / 1024.0
     );
     Ok(())
@@ -234,12 +227,10 @@ fn round(
             Mode::Baseline => run_load(load)?,
             Mode::Hostprobe => {
                 let agent = Agent::start(hostprobe, "5s")?;
-                let t0 = Instant::now();
-                let cpu0 = agent.cpu_seconds()?;
                 let secs = run_load(load)?;
-                let wall = t0.elapsed().as_secs_f64();
-                agent_use.cpu_seconds.push(agent.cpu_seconds()? - cpu0);
-                agent_use.wall_seconds.push(wall);
+                // One scrape, as Prometheus would do, before reading its use.
+                agent.events()?;
+                agent_use.cpu_seconds.push(agent.cpu_seconds()?);
                 agent_use.peak_rss_kib.push(agent.peak_rss_kib()?);
                 agent.stop()?;
                 secs
