@@ -304,41 +304,46 @@ fn diagnose_json_has_the_documented_fields() {
         .expect("perf bench");
     assert!(load.status.success());
     let s = finish(diag);
-    for key in [
-        "hostprobe_version",
-        "kernel",
-        "window_seconds",
-        "topology",
-        "filter",
-        "probes",
-        "sched",
-        "map_drops",
-        "collection_seconds",
-    ] {
-        assert!(s.get(key).is_some(), "missing top-level field {key}");
-    }
+    let has = |v: &Value, keys: &[&str], what: &str| {
+        for key in keys {
+            assert!(v.get(key).is_some(), "missing {what} field {key}: {v}");
+        }
+    };
+    has(
+        &s,
+        &[
+            "hostprobe_version",
+            "kernel",
+            "window_seconds",
+            "topology",
+            "filter",
+        ],
+        "top-level",
+    );
+    has(
+        &s,
+        &["probes", "sched", "map_drops", "collection_seconds"],
+        "top-level",
+    );
     for key in ["online_cpus", "cores", "llcs", "nodes"] {
         assert!(s["topology"][key].as_u64().unwrap() >= 1, "topology.{key}");
     }
     for key in ["same_core", "same_llc", "same_node", "other_node"] {
         assert!(s["sched"]["host_migrations"][key].is_u64());
     }
+    assert!(s["sched"]["host_migrated_switch_ins"].is_u64());
     let w = &s["sched"]["workloads"];
     assert!(
         !w.as_array().unwrap().is_empty(),
         "no workloads despite a messaging load"
     );
     let busiest = &w[0];
-    for key in [
+    has(
+        busiest,
+        &["workload", "migrations", "switch_ins", "placement_ratios"],
         "workload",
-        "migrations",
-        "switch_ins",
-        "placement_ratios",
-        "runqueue_latency",
-        "oncpu_seconds",
-    ] {
-        assert!(busiest.get(key).is_some(), "missing workload field {key}");
-    }
+    );
+    has(busiest, &["runqueue_latency", "oncpu_seconds"], "workload");
     for key in ["same_cpu", "same_llc", "same_node", "other_node"] {
         assert!(busiest["switch_ins"][key].is_u64());
     }
