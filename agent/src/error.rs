@@ -51,6 +51,8 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("the embedded eBPF object breaks the agent's contract: {reason}")]
+    Contract { reason: String },
     #[error("no probe could be attached: {reasons}")]
     NothingAttached { reasons: String },
 }

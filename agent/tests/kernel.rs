@@ -109,8 +109,14 @@ fn json(out: &Output) -> Value {
     })
 }
 
+/// A running `hostprobe diagnose --json`, and its stderr lines.
+struct Diagnose {
+    child: Child,
+    stderr: std::thread::JoinHandle<Vec<String>>,
+}
+
 /// Starts `hostprobe diagnose` and returns once every probe is attached.
-fn start_diagnose(args: &[&str]) -> Child {
+fn start_diagnose(args: &[&str]) -> Diagnose {
     let mut child = Command::new(BIN)
         .args(["diagnose", "--json", "--log-level", "info"])
         .args(args)
@@ -120,24 +126,36 @@ fn start_diagnose(args: &[&str]) -> Child {
         .expect("start hostprobe diagnose");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut ready = 0;
+    let stderr = std::thread::spawn(move || {
+        let mut lines = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("probe ready") {
-                ready += 1;
+                let ready = lines
+                    .iter()
+                    .filter(|l: &&String| l.contains("probe ready"))
+                    .count()
+                    + 1;
                 if ready == OUR_PROGRAMS.len() {
                     let _ = tx.send(());
                 }
             }
+            lines.push(line);
         }
+        lines
     });
     rx.recv_timeout(Duration::from_secs(30))
         .expect("hostprobe diagnose did not attach its probes within 30 s");
-    child
+    Diagnose { child, stderr }
 }
 
-fn finish(child: Child) -> Value {
-    json(&child.wait_with_output().expect("wait for hostprobe"))
+fn finish(diag: Diagnose) -> Value {
+    finish_with_log(diag).0
+}
+
+/// The JSON document and the log lines (stderr).
+fn finish_with_log(diag: Diagnose) -> (Value, Vec<String>) {
+    let out = diag.child.wait_with_output().expect("wait for hostprobe");
+    (json(&out), diag.stderr.join().unwrap())
 }
 
 /// A process that spins on one CPU; `sh` builtins only, so it never forks.
@@ -292,6 +310,48 @@ fn diagnose_attributes_migrations_to_the_cgroup() {
         .unwrap()
         .iter()
         .all(|w| w["workload"] == path.as_str()));
+}
+
+#[test]
+fn a_full_workload_table_is_counted_and_logged_once() {
+    let _k = KernelTest::start();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = hostprobe::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let dirs: Vec<PathBuf> = (0..8)
+        .map(|i| root.join(format!("hostprobe-full-{}-{i}", std::process::id())))
+        .collect();
+    // Four entries per CPU, so eight busy cgroups cannot all fit.
+    let diag = start_diagnose(&["--duration", "3s", "--max-workloads", "4"]);
+    for dir in &dirs {
+        std::fs::create_dir(dir).unwrap();
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && for i in 1 2 3 4 5; do sleep 0.01; done",
+            dir.display()
+        );
+        let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+        assert!(status.success());
+    }
+    let (s, log) = finish_with_log(diag);
+    for dir in &dirs {
+        std::fs::remove_dir(dir).unwrap();
+    }
+    let drops = s["map_drops"]["SCHED_WORKLOADS"].as_u64().unwrap();
+    assert!(
+        drops > 0,
+        "no drops counted with 8 cgroups in a 4-entry table: {s}"
+    );
+    // Logged by the kernel program through aya-log: once per CPU at most
+    // (the once-flag is not atomic across CPUs), never per event.
+    let warnings = log
+        .iter()
+        .filter(|l| l.contains("SCHED_WORKLOADS is full"))
+        .count();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        (1..=cpus).contains(&warnings),
+        "{warnings} warnings for {drops} drops:\n{}",
+        log.join("\n")
+    );
 }
 
 #[test]
