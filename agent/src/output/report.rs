@@ -85,6 +85,11 @@ pub fn render(s: &Snapshot) -> String {
         "  {:>10} {:>10} {:>10} {:>10}",
         h.same_core, h.same_llc, h.same_node, h.other_node
     );
+    let _ = writeln!(
+        o,
+        "  {} switch-ins after a move (what perf's cpu-migrations counts: a task moved twice before it runs counts once)",
+        s.sched.host_migrated_switch_ins
+    );
 
     let _ = writeln!(
         o,
@@ -198,6 +203,7 @@ mod tests {
             "/db.service",
             "other",
             "Lost updates: TASK_SLOTS: 2",
+            "6 switch-ins after a move",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
