@@ -57,7 +57,6 @@ impl Agent {
             cgroup_id,
             task_slots: opts.task_slots,
             max_workloads: opts.max_workloads,
-            attach: true,
         };
         let mut probes = Probes::load(&load)?;
         forward_kernel_logs(&mut probes);
@@ -96,10 +95,6 @@ impl Agent {
             map_drops: counters.drops,
             collection_seconds: t0.elapsed().as_secs_f64(),
         })
-    }
-
-    pub fn cgroup_root(&self) -> &std::path::Path {
-        self.sched.cgroups().root()
     }
 }
 

@@ -45,13 +45,6 @@ impl CgroupResolver {
         self.by_id.get(&id).cloned()
     }
 
-    /// Whether cgroup `id` still exists (without rescanning).
-    pub fn alive(&self, id: u64) -> bool {
-        self.by_id
-            .get(&id)
-            .is_some_and(|p| self.root.join(p.trim_start_matches('/')).is_dir())
-    }
-
     /// Id of the cgroup at `path` (relative to the v2 root, leading `/`
     /// optional, or absolute under the mount point).
     pub fn id_of(&self, path: &str) -> Result<u64> {
@@ -155,9 +148,10 @@ mod tests {
         std::fs::create_dir(dir.path().join("late")).unwrap();
         let late = r.id_of("/late").unwrap();
         assert_eq!(r.path(late).as_deref(), Some("/late"));
-        assert!(r.alive(late));
+        // A removed cgroup is gone after the rescan its miss triggers.
         std::fs::remove_dir(dir.path().join("late")).unwrap();
-        assert!(!r.alive(late));
+        r.rescan();
+        assert_eq!(r.path(late), None);
     }
 
     #[test]

@@ -159,8 +159,6 @@ pub struct LoadOptions {
     pub task_slots: u32,
     /// Entries per CPU of the workload table (rounded up to a power of two).
     pub max_workloads: u32,
-    /// Attach the programs (false: load through the verifier only).
-    pub attach: bool,
 }
 
 impl Default for LoadOptions {
@@ -170,7 +168,6 @@ impl Default for LoadOptions {
             cgroup_id: None,
             task_slots: DEFAULT_TASK_SLOTS,
             max_workloads: DEFAULT_MAX_WORKLOADS,
-            attach: true,
         }
     }
 }
@@ -357,7 +354,7 @@ impl Probes {
             };
             let outcome = match prerequisite {
                 Some(reason) => Err(reason),
-                None => load_program(&mut ebpf, spec, kernel_btf.as_ref(), opts.attach),
+                None => load_program(&mut ebpf, spec, kernel_btf.as_ref()),
             };
             match &outcome {
                 Ok(()) => {
@@ -395,7 +392,6 @@ fn load_program(
     ebpf: &mut Ebpf,
     spec: ProgramSpec,
     kernel_btf: Option<&AyaBtf>,
-    attach: bool,
 ) -> std::result::Result<(), String> {
     let prog = ebpf
         .program_mut(spec.program)
@@ -406,16 +402,12 @@ fn load_program(
             let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
             p.load(tp, btf)
                 .map_err(|e| format!("verifier/load: {e:#}"))?;
-            if attach {
-                p.attach().map_err(|e| format!("attach: {e:#}"))?;
-            }
+            p.attach().map_err(|e| format!("attach: {e:#}"))?;
         }
         Hook::Tracepoint(cat, name) => {
             let p: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
             p.load().map_err(|e| format!("verifier/load: {e:#}"))?;
-            if attach {
-                p.attach(cat, name).map_err(|e| format!("attach: {e:#}"))?;
-            }
+            p.attach(cat, name).map_err(|e| format!("attach: {e:#}"))?;
         }
     }
     Ok(())

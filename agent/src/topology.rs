@@ -62,13 +62,6 @@ impl Topology {
             cpus,
         })
     }
-
-    /// CPUs of NUMA node `node`, for recommendations and reports.
-    pub fn node_cpus(&self, node: u32) -> Vec<u32> {
-        (0..self.cpus.len() as u32)
-            .filter(|&c| self.cpus[c as usize].present == 1 && self.cpus[c as usize].node == node)
-            .collect()
-    }
 }
 
 /// `nodeN/cpulist` gives each CPU its node; without `node/` (non-NUMA
@@ -265,7 +258,7 @@ pub(crate) mod tests {
         assert_eq!(d(0, 5), Some(DIST_SAME_LLC));
         assert_eq!(d(1, 6), Some(DIST_OTHER_NODE));
         assert_eq!(d(7, 3), Some(DIST_SAME_CORE));
-        assert_eq!(t.node_cpus(1), vec![2, 3, 6, 7]);
+        assert_eq!(t.cpus[6].node, 1);
     }
 
     #[test]
