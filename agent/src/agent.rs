@@ -8,6 +8,9 @@ use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
 use crate::cgroup::CgroupResolver;
+use std::collections::BTreeMap;
+
+use crate::collectors::lock::LockCollector;
 use crate::collectors::sched::SchedCollector;
 use crate::error::{Error, Result};
 use crate::probes::{LoadOptions, Probes};
@@ -26,11 +29,15 @@ pub struct AgentOptions {
     pub top_k: usize,
     pub task_slots: u32,
     pub max_workloads: u32,
+    /// Lock types to trace, as a `lock_types::mask`; 0 traces all.
+    pub lock_types: u64,
 }
 
 pub struct Agent {
     probes: Probes,
+    cgroups: CgroupResolver,
     sched: SchedCollector,
+    lock: LockCollector,
     started: Instant,
     kernel: String,
     filter: Option<String>,
@@ -57,10 +64,12 @@ impl Agent {
             cgroup_id,
             task_slots: opts.task_slots,
             max_workloads: opts.max_workloads,
+            lock_types: opts.lock_types,
         };
         let mut probes = Probes::load(&load)?;
         forward_kernel_logs(&mut probes);
-        let sched = SchedCollector::new(&mut probes.ebpf, cgroups, opts.top_k)?;
+        let sched = SchedCollector::new(&mut probes.ebpf, opts.top_k)?;
+        let lock = LockCollector::new(&mut probes.ebpf, opts.top_k)?;
         let filter = match (&opts.target.pid, &opts.target.cgroup) {
             (Some(pid), _) => Some(format!("pid {pid}")),
             (None, Some(c)) => Some(format!("cgroup {c}")),
@@ -68,7 +77,9 @@ impl Agent {
         };
         Ok(Self {
             probes,
+            cgroups,
             sched,
+            lock,
             started: Instant::now(),
             kernel: kernel_release(),
             filter,
@@ -78,12 +89,19 @@ impl Agent {
     /// Reads every collector and returns the snapshot since start.
     pub fn snapshot(&mut self) -> Result<Snapshot> {
         let t0 = Instant::now();
-        let (sched, counters) = self.sched.collect()?;
+        let (sched, counters) = self.sched.collect(&mut self.cgroups)?;
+        let (lock, lock_counters) = self.lock.collect(&mut self.cgroups)?;
+        let mut events: BTreeMap<&str, u64> = counters.events.clone();
+        events.extend(&lock_counters.events);
+        let mut errors: BTreeMap<&str, u64> = counters.errors.clone();
+        errors.extend(&lock_counters.errors);
         let mut probes = self.probes.status.clone();
         for p in &mut probes {
-            p.events = counters.events.get(p.probe.as_str()).copied().unwrap_or(0);
-            p.errors = counters.errors.get(p.probe.as_str()).copied().unwrap_or(0);
+            p.events = events.get(p.probe.as_str()).copied().unwrap_or(0);
+            p.errors = errors.get(p.probe.as_str()).copied().unwrap_or(0);
         }
+        let mut map_drops = counters.drops;
+        map_drops.extend(lock_counters.drops);
         Ok(Snapshot {
             hostprobe_version: env!("CARGO_PKG_VERSION"),
             kernel: self.kernel.clone(),
@@ -92,7 +110,8 @@ impl Agent {
             filter: self.filter.clone(),
             probes,
             sched,
-            map_drops: counters.drops,
+            lock,
+            map_drops,
             collection_seconds: t0.elapsed().as_secs_f64(),
         })
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::agent::kernel_release;
 use crate::cgroup::{cgroup2_mount, CgroupResolver};
 use crate::error::Error;
-use crate::probes::{require_privileges, LoadOptions, Probes, SCHED_PROGRAMS, VMLINUX_BTF};
+use crate::probes::{require_privileges, LoadOptions, Probes, PROGRAMS, VMLINUX_BTF};
 use crate::snapshot::ProbeStatus;
 use crate::topology::{Topology, SYSFS_SYSTEM};
 use crate::tracefs;
@@ -95,7 +95,7 @@ pub fn run() -> CheckReport {
 }
 
 fn unavailable(reason: &str) -> Vec<ProbeStatus> {
-    SCHED_PROGRAMS
+    PROGRAMS
         .iter()
         .map(|s| ProbeStatus {
             probe: s.program.to_string(),

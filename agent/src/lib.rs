@@ -12,6 +12,8 @@ pub mod check;
 pub mod collectors;
 pub mod error;
 pub mod hist;
+pub mod kallsyms;
+pub mod lock_types;
 pub mod output;
 pub mod probes;
 pub mod serve;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use hostprobe::agent::{Agent, AgentOptions, Target};
 use hostprobe::error::Error;
 use hostprobe::output::report;
-use hostprobe::{check, serve};
+use hostprobe::{check, lock_types, serve};
 use hostprobe_common::{DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS};
 use tracing_subscriber::EnvFilter;
 
@@ -62,6 +62,13 @@ enum Command {
         /// Only this cgroup v2 path, e.g. /system.slice/nginx.service (filtered in the kernel).
         #[arg(long)]
         cgroup: Option<String>,
+        /// Only this lock type (filtered in the kernel): semaphore, spinlock, rwlock:R, rwlock:W,
+        /// rwsem:R, rwsem:W, rt-mutex, rwlock-rt:R, rwlock-rt:W, pcpu-sem:R, pcpu-sem:W, mutex.
+        #[arg(long, value_name = "TYPE", value_parser = parse_lock_type)]
+        lock_type: Option<u64>,
+        /// Print the full kernel stack of the top lock contention entries.
+        #[arg(long)]
+        stacks: bool,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -151,7 +158,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             interval,
             tuning,
         } => {
-            let agent = Agent::start(&options(Target::default(), &tuning))?;
+            let agent = Agent::start(&options(Target::default(), &tuning, 0))?;
             serve::run(agent, listen, interval).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -160,9 +167,12 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             json,
             pid,
             cgroup,
+            lock_type,
+            stacks,
             tuning,
         } => {
-            let mut agent = Agent::start(&options(Target { pid, cgroup }, &tuning))?;
+            let target = Target { pid, cgroup };
+            let mut agent = Agent::start(&options(target, &tuning, lock_type.unwrap_or(0)))?;
             collect_for(duration).await;
             let snapshot = agent.snapshot()?;
             drop(agent);
@@ -172,20 +182,30 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                     serde_json::to_string_pretty(&snapshot).expect("serializable")
                 );
             } else {
-                print!("{}", report::render(&snapshot));
+                print!("{}", report::render(&snapshot, stacks));
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn options(target: Target, t: &Tuning) -> AgentOptions {
+fn options(target: Target, t: &Tuning, lock_types: u64) -> AgentOptions {
     AgentOptions {
         target,
         top_k: t.top_k,
         task_slots: t.task_slots,
         max_workloads: t.max_workloads,
+        lock_types,
     }
+}
+
+fn parse_lock_type(name: &str) -> Result<u64, String> {
+    lock_types::mask(name).ok_or_else(|| {
+        format!(
+            "unknown lock type; one of: {}",
+            lock_types::names().join(", ")
+        )
+    })
 }
 
 /// Waits for `duration` (or Ctrl-C, which ends collection early), drawing a

@@ -13,7 +13,7 @@ use aya::{
 use std::mem::size_of;
 
 use hostprobe_common::{
-    CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, WORKLOAD_PROBES,
+    lock, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, WORKLOAD_PROBES,
 };
 use tracing::{debug, info, warn};
 
@@ -32,10 +32,21 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// How a program attaches.
 #[derive(Debug, Clone, Copy)]
 pub enum Hook {
-    /// BTF-typed tracepoint: needs kernel BTF.
-    BtfTracepoint(&'static str),
+    /// BTF-typed tracepoint (category, name): needs kernel BTF.
+    BtfTracepoint(&'static str, &'static str),
     /// Classic tracepoint: needs tracefs for its format and id.
     Tracepoint(&'static str, &'static str),
+}
+
+/// What a program needs resolved from the running kernel before it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// task_struct offsets and tracepoint prototypes from BTF.
+    TaskBtf,
+    /// The sched_migrate_task format.
+    MigrateFormat,
+    /// The lock:contention_begin/end formats.
+    LockFormat,
 }
 
 /// A kernel program of the object and where it attaches.
@@ -43,35 +54,66 @@ pub enum Hook {
 pub struct ProgramSpec {
     pub program: &'static str,
     pub hook: Hook,
+    pub needs: Needs,
 }
 
-pub const SCHED_PROGRAMS: [ProgramSpec; 4] = [
+const fn spec(program: &'static str, hook: Hook, needs: Needs) -> ProgramSpec {
     ProgramSpec {
-        program: "sched_switch",
-        hook: Hook::BtfTracepoint("sched_switch"),
-    },
-    ProgramSpec {
-        program: "sched_wakeup",
-        hook: Hook::BtfTracepoint("sched_wakeup"),
-    },
-    ProgramSpec {
-        program: "sched_wakeup_new",
-        hook: Hook::BtfTracepoint("sched_wakeup_new"),
-    },
-    ProgramSpec {
-        program: "sched_migrate_task",
-        hook: Hook::Tracepoint("sched", "sched_migrate_task"),
-    },
+        program,
+        hook,
+        needs,
+    }
+}
+
+/// Every program of the object: the scheduler signal (`sched.rs`), then
+/// lock contention (`lock.rs`).
+pub const PROGRAMS: [ProgramSpec; 6] = [
+    spec(
+        "sched_switch",
+        Hook::BtfTracepoint("sched", "sched_switch"),
+        Needs::TaskBtf,
+    ),
+    spec(
+        "sched_wakeup",
+        Hook::BtfTracepoint("sched", "sched_wakeup"),
+        Needs::TaskBtf,
+    ),
+    spec(
+        "sched_wakeup_new",
+        Hook::BtfTracepoint("sched", "sched_wakeup_new"),
+        Needs::TaskBtf,
+    ),
+    spec(
+        "sched_migrate_task",
+        Hook::Tracepoint("sched", "sched_migrate_task"),
+        Needs::MigrateFormat,
+    ),
+    spec(
+        "contention_begin",
+        Hook::Tracepoint("lock", "contention_begin"),
+        Needs::LockFormat,
+    ),
+    spec(
+        "contention_end",
+        Hook::Tracepoint("lock", "contention_end"),
+        Needs::LockFormat,
+    ),
 ];
 
 /// Maps the collectors and the loader use, with the value size the agent
 /// expects: the kernel and user sides must agree on every record type.
-pub const MAP_CONTRACT: [(&str, usize); 5] = [
+pub const MAP_CONTRACT: [(&str, usize); 11] = [
     ("TASK_SLOTS", size_of::<TaskSlot>()),
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
     ("SCHED_COUNTERS", size_of::<u64>()),
     ("DEAD_CGROUPS", size_of::<u64>()),
+    ("LOCK_BY_CALLER", size_of::<lock::Stat>()),
+    ("LOCK_BY_ADDR", size_of::<lock::Stat>()),
+    ("LOCK_WORKLOADS", size_of::<lock::Stat>()),
+    ("LOCK_HIST", size_of::<lock::Hist>()),
+    ("LOCK_COUNTERS", size_of::<u64>()),
+    ("LOCK_TASK_SLOTS", size_of::<lock::TaskSlot>()),
 ];
 
 /// Checks the embedded object against what the agent expects of it, as
@@ -89,7 +131,7 @@ pub fn check_object(data: &[u8]) -> Result<()> {
             .and_then(|s| s.section_index())
             .and_then(|i| file.section_by_index(i).ok())
     };
-    for spec in SCHED_PROGRAMS {
+    for spec in PROGRAMS {
         let want = spec.hook.section();
         let found = section_of(spec.program).and_then(|s| s.name().ok().map(str::to_string));
         if found.as_deref() != Some(want.as_str()) {
@@ -127,21 +169,20 @@ impl Hook {
     /// ELF section aya derives the program type and attach point from.
     pub fn section(&self) -> String {
         match self {
-            Hook::BtfTracepoint(n) => format!("tp_btf/{n}"),
+            Hook::BtfTracepoint(_, n) => format!("tp_btf/{n}"),
             Hook::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
         }
     }
 
     pub fn tracepoint(&self) -> String {
         match self {
-            Hook::BtfTracepoint(n) => format!("sched:{n}"),
-            Hook::Tracepoint(c, n) => format!("{c}:{n}"),
+            Hook::BtfTracepoint(c, n) | Hook::Tracepoint(c, n) => format!("{c}:{n}"),
         }
     }
 
     pub fn attach_type(&self) -> &'static str {
         match self {
-            Hook::BtfTracepoint(_) => "tp_btf",
+            Hook::BtfTracepoint(..) => "tp_btf",
             Hook::Tracepoint(..) => "tracepoint",
         }
     }
@@ -159,6 +200,8 @@ pub struct LoadOptions {
     pub task_slots: u32,
     /// Entries per CPU of the workload table (rounded up to a power of two).
     pub max_workloads: u32,
+    /// Lock types to trace (bit per flag value, see `lock_types::mask`); 0: all.
+    pub lock_types: u64,
 }
 
 impl Default for LoadOptions {
@@ -168,6 +211,7 @@ impl Default for LoadOptions {
             cgroup_id: None,
             task_slots: DEFAULT_TASK_SLOTS,
             max_workloads: DEFAULT_MAX_WORKLOADS,
+            lock_types: 0,
         }
     }
 }
@@ -238,6 +282,24 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
     Ok(offsets)
 }
 
+/// Offsets in the `contention_begin` and `contention_end` records.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockOffsets {
+    pub begin_lock: u32,
+    pub begin_flags: u32,
+    pub end_lock: u32,
+}
+
+pub fn lock_offsets(tracefs: &Path) -> Result<LockOffsets> {
+    let begin = Format::read(tracefs, "lock", "contention_begin")?;
+    let end = Format::read(tracefs, "lock", "contention_end")?;
+    Ok(LockOffsets {
+        begin_lock: begin.int_field("lock_addr", 8)?,
+        begin_flags: begin.int_field("flags", 4)?,
+        end_lock: end.int_field("lock_addr", 8)?,
+    })
+}
+
 pub fn migrate_offsets(tracefs: &Path) -> Result<MigrateOffsets> {
     let f = Format::read(tracefs, "sched", "sched_migrate_task")?;
     Ok(MigrateOffsets {
@@ -291,10 +353,17 @@ impl Probes {
                 path: btf_path.to_path_buf(),
             })
         };
-        let migrate = tracefs::mount_point()
-            .ok_or(Error::NoTracefs)
-            .and_then(|t| migrate_offsets(&t));
-        debug!(?task, ?migrate, "resolved kernel offsets");
+        let tracefs = tracefs::mount_point().ok_or(Error::NoTracefs);
+        let migrate = tracefs
+            .as_ref()
+            .map_err(|_| Error::NoTracefs)
+            .and_then(|t| migrate_offsets(t));
+        let locks = tracefs
+            .as_ref()
+            .map_err(|_| Error::NoTracefs)
+            .and_then(|t| lock_offsets(t));
+        debug!(?task, ?migrate, ?locks, "resolved kernel offsets");
+        let l = locks.as_ref().ok().copied().unwrap_or_default();
 
         let t = task.as_ref().ok().copied();
         let m = migrate.as_ref().ok().copied();
@@ -321,6 +390,11 @@ impl Probes {
             .override_global("WORKLOADS_MASK", &workloads_mask, true)
             .override_global("FILTER_TGID", &filter_tgid, true)
             .override_global("FILTER_CGROUP", &filter_cgroup, true)
+            .override_global("LOCK_BEGIN_ADDR_OFFSET", &l.begin_lock, true)
+            .override_global("LOCK_BEGIN_FLAGS_OFFSET", &l.begin_flags, true)
+            .override_global("LOCK_END_ADDR_OFFSET", &l.end_lock, true)
+            .override_global("LOCK_TYPE_MASK", &opts.lock_types, true)
+            .map_max_entries("LOCK_TASK_SLOTS", slots)
             .map_max_entries("TASK_SLOTS", slots)
             .map_max_entries("CPU_TOPO", ncpus)
             .map_max_entries("SCHED_WORKLOADS", workloads)
@@ -347,10 +421,11 @@ impl Probes {
 
         let kernel_btf = AyaBtf::from_sys_fs().ok();
         let mut status = Vec::new();
-        for spec in SCHED_PROGRAMS {
-            let prerequisite = match spec.hook {
-                Hook::BtfTracepoint(_) => task.as_ref().err().map(ToString::to_string),
-                Hook::Tracepoint(..) => migrate.as_ref().err().map(ToString::to_string),
+        for spec in PROGRAMS {
+            let prerequisite = match spec.needs {
+                Needs::TaskBtf => task.as_ref().err().map(ToString::to_string),
+                Needs::MigrateFormat => migrate.as_ref().err().map(ToString::to_string),
+                Needs::LockFormat => locks.as_ref().err().map(ToString::to_string),
             };
             let outcome = match prerequisite {
                 Some(reason) => Err(reason),
@@ -397,7 +472,7 @@ fn load_program(
         .program_mut(spec.program)
         .ok_or_else(|| format!("program {} missing from the object", spec.program))?;
     match spec.hook {
-        Hook::BtfTracepoint(tp) => {
+        Hook::BtfTracepoint(_, tp) => {
             let btf = kernel_btf.ok_or("kernel BTF unavailable")?;
             let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
             p.load(tp, btf)
@@ -469,5 +544,7 @@ mod tests {
             tracefs::mount_point().expect("tracefs mounted (cargo xtask setup mounts it)");
         let m = migrate_offsets(&tracefs).unwrap();
         assert!(m.dest_cpu > m.orig_cpu && m.orig_cpu > m.pid);
+        let l = lock_offsets(&tracefs).unwrap();
+        assert!(l.begin_flags > l.begin_lock);
     }
 }

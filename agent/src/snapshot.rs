@@ -23,6 +23,7 @@ pub struct Snapshot {
     pub filter: Option<String>,
     pub probes: Vec<ProbeStatus>,
     pub sched: SchedSection,
+    pub lock: LockSection,
     /// Updates lost because a bounded kernel map was full or a slot was
     /// taken, by map name.
     pub map_drops: BTreeMap<String, u64>,
@@ -189,6 +190,64 @@ impl LatencySummary {
             sum_ns: (self.sum_seconds * 1e9).round() as u64,
         }
     }
+}
+
+/// Kernel lock contention, shaped like `perf lock contention`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LockSection {
+    /// Per lock type (perf's names), most waited first.
+    pub by_type: Vec<LockTypeStats>,
+    /// Per (type, waiter stack), most waited first: perf's rows.
+    pub callers: Vec<LockCaller>,
+    /// Per (type, calling function), top-K + `other`: the metric labels.
+    pub caller_totals: Vec<LockTotal>,
+    /// Per lock (static locks by symbol), most waited first.
+    pub locks: Vec<LockObject>,
+    /// Per workload (cgroup of the waiter), top-K + `other`.
+    pub workloads: Vec<LockTotal>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockTypeStats {
+    pub lock_type: String,
+    pub contentions: u64,
+    pub wait_seconds: f64,
+    pub max_wait_seconds: f64,
+    pub wait: LatencySummary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockCaller {
+    pub lock_type: String,
+    /// First frame outside the locking code, `function+0xoff`.
+    pub caller: String,
+    pub contentions: u64,
+    pub wait_seconds: f64,
+    pub max_wait_seconds: f64,
+    pub avg_wait_seconds: f64,
+    /// The waiter's kernel stack, innermost first.
+    pub stack: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockObject {
+    /// Symbol of a static lock, or `(dynamic)`.
+    pub lock: String,
+    pub address: String,
+    pub lock_type: String,
+    pub contentions: u64,
+    pub wait_seconds: f64,
+    pub max_wait_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockTotal {
+    /// Empty for workloads.
+    pub lock_type: String,
+    /// Calling function, workload path, or `other`.
+    pub name: String,
+    pub contentions: u64,
+    pub wait_seconds: f64,
 }
 
 #[cfg(test)]

@@ -74,6 +74,73 @@ impl<K: Ord + Clone> TopK<K> {
     }
 }
 
+/// Counters of one label that can be summed and ranked.
+pub trait Totals: Default {
+    /// How busy: the top-K ranking key.
+    fn activity(&self) -> u64;
+    fn add(&mut self, other: &Self);
+}
+
+/// Per-key deltas folded into monotonic totals per exported label: the K
+/// busiest keys (sticky, see [`TopK`]) and `other`. Pure bookkeeping, so
+/// the label rules are unit-tested apart from the kernel.
+#[derive(Debug)]
+pub struct Labels<T> {
+    topk: TopK<String>,
+    totals: BTreeMap<String, T>,
+}
+
+impl<T: Totals> Labels<T> {
+    pub fn new(k: usize) -> Self {
+        Self {
+            topk: TopK::new(k),
+            totals: BTreeMap::new(),
+        }
+    }
+
+    /// One round: `deltas` per key since the last round, `gone` the keys
+    /// that no longer exist (their last delta counts).
+    pub fn round(&mut self, deltas: &[(String, T)], gone: &[String]) {
+        let activity: Vec<(String, u64)> = deltas
+            .iter()
+            .map(|(k, d)| (k.clone(), d.activity()))
+            .collect();
+        self.topk.update(&activity);
+        for (key, d) in deltas {
+            let label = if self.topk.is_labeled(key) {
+                key.as_str()
+            } else {
+                OTHER
+            };
+            self.totals.entry(label.to_string()).or_default().add(d);
+        }
+        for key in gone {
+            self.topk.forget(key);
+        }
+        // Series of keys that lost their label stop; `other` stays.
+        let topk = &self.topk;
+        self.totals
+            .retain(|label, _| label == OTHER || topk.is_labeled(label));
+    }
+
+    /// Busiest first, `other` last.
+    pub fn view(&self) -> Vec<(&str, &T)> {
+        let mut named: Vec<(&str, &T)> = self
+            .totals
+            .iter()
+            .filter(|(l, _)| *l != OTHER)
+            .map(|(l, t)| (l.as_str(), t))
+            .collect();
+        named.sort_by(|a, b| {
+            b.1.activity()
+                .cmp(&a.1.activity())
+                .then_with(|| a.0.cmp(b.0))
+        });
+        named.extend(self.totals.get(OTHER).map(|t| (OTHER, t)));
+        named
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,11 +15,13 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hostprobe");
 /// Program names as the kernel keeps them (at most 15 characters).
-const OUR_PROGRAMS: [&str; 4] = [
+const OUR_PROGRAMS: [&str; 6] = [
     "sched_switch",
     "sched_wakeup",
     "sched_wakeup_ne",
     "sched_migrate_t",
+    "contention_begi",
+    "contention_end",
 ];
 
 static KERNEL: Mutex<()> = Mutex::new(());

@@ -12,7 +12,7 @@ use crate::cgroup::CgroupResolver;
 use crate::error::{Error, Result};
 use crate::hist::Log2Hist;
 use crate::snapshot::{Distances, LatencySummary, Placements, SchedSection, WorkloadSched};
-use crate::topk::{TopK, OTHER};
+use crate::topk::{Labels, Totals};
 
 /// Per-workload totals, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,7 +53,9 @@ impl SchedTotals {
             oncpu_ns: self.oncpu_ns.saturating_sub(earlier.oncpu_ns),
         }
     }
+}
 
+impl Totals for SchedTotals {
     fn add(&mut self, other: &SchedTotals) {
         self.runq.add(&other.runq);
         for i in 0..DIST_CLASSES {
@@ -64,10 +66,12 @@ impl SchedTotals {
     }
 
     /// Events in these totals: how busy the workload was, for top-K.
-    pub fn activity(&self) -> u64 {
+    fn activity(&self) -> u64 {
         self.switch_ins.iter().sum::<u64>() + self.migrations.iter().sum::<u64>()
     }
+}
 
+impl SchedTotals {
     fn view(&self, workload: String) -> WorkloadSched {
         let switch_ins = Placements::from_classes(&self.switch_ins);
         WorkloadSched {
@@ -81,71 +85,10 @@ impl SchedTotals {
     }
 }
 
-/// Attributes per-cgroup deltas to labels. Pure bookkeeping, no I/O, so the
-/// label rules are unit-tested apart from the kernel.
-#[derive(Debug)]
-pub struct WorkloadLabels {
-    topk: TopK<String>,
-    /// Monotonic totals per exported label.
-    totals: BTreeMap<String, SchedTotals>,
-}
-
-impl WorkloadLabels {
-    pub fn new(k: usize) -> Self {
-        Self {
-            topk: TopK::new(k),
-            totals: BTreeMap::new(),
-        }
-    }
-
-    /// One round: `deltas` per workload path since the last round, `gone`
-    /// the paths whose cgroup no longer exists (their last delta counts).
-    pub fn round(&mut self, deltas: &[(String, SchedTotals)], gone: &[String]) {
-        let activity: Vec<(String, u64)> = deltas
-            .iter()
-            .map(|(p, d)| (p.clone(), d.activity()))
-            .collect();
-        self.topk.update(&activity);
-        for (path, d) in deltas {
-            let label = if self.topk.is_labeled(path) {
-                path.as_str()
-            } else {
-                OTHER
-            };
-            self.totals.entry(label.to_string()).or_default().add(d);
-        }
-        for path in gone {
-            self.topk.forget(path);
-        }
-        // Series of workloads that lost their label stop; `other` stays.
-        let topk = &self.topk;
-        self.totals
-            .retain(|label, _| label == OTHER || topk.is_labeled(label));
-    }
-
-    /// Busiest first, `other` last.
-    pub fn view(&self) -> Vec<WorkloadSched> {
-        let mut named: Vec<(&String, &SchedTotals)> =
-            self.totals.iter().filter(|(l, _)| *l != OTHER).collect();
-        named.sort_by(|a, b| {
-            b.1.activity()
-                .cmp(&a.1.activity())
-                .then_with(|| a.0.cmp(b.0))
-        });
-        let mut out: Vec<WorkloadSched> =
-            named.into_iter().map(|(l, t)| t.view(l.clone())).collect();
-        if let Some(other) = self.totals.get(OTHER) {
-            out.push(other.view(OTHER.to_string()));
-        }
-        out
-    }
-}
-
 pub struct SchedCollector {
     workloads: PerCpuArray<MapData, SchedStats>,
     dead: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
-    cgroups: CgroupResolver,
     last: HashMap<u64, SchedTotals>,
     /// Last known path of each cgroup id, to name a cgroup's final delta.
     names: HashMap<u64, String>,
@@ -154,7 +97,7 @@ pub struct SchedCollector {
     retired: HashSet<u64>,
     /// Next slot of the kernel's `DEAD_CGROUPS` ring.
     dead_next: u32,
-    labels: WorkloadLabels,
+    labels: Labels<SchedTotals>,
 }
 
 /// Self-metrics of the scheduler programs, read from `SCHED_COUNTERS`.
@@ -175,7 +118,7 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
 }
 
 impl SchedCollector {
-    pub fn new(ebpf: &mut Ebpf, cgroups: CgroupResolver, top_k: usize) -> Result<Self> {
+    pub fn new(ebpf: &mut Ebpf, top_k: usize) -> Result<Self> {
         let dead = Array::try_from(take(ebpf, "DEAD_CGROUPS")?).map_err(|source| Error::Map {
             name: "DEAD_CGROUPS",
             source,
@@ -194,24 +137,22 @@ impl SchedCollector {
             workloads,
             dead,
             counters,
-            cgroups,
             last: HashMap::new(),
             names: HashMap::new(),
             retired: HashSet::new(),
             dead_next: 0,
-            labels: WorkloadLabels::new(top_k),
+            labels: Labels::new(top_k),
         })
-    }
-
-    pub fn cgroups(&self) -> &CgroupResolver {
-        &self.cgroups
     }
 
     /// Reads the maps once and folds the deltas into the workload labels.
     /// Entries of cgroups that no longer exist are removed from the kernel
     /// map after their last values are counted, so the map stays bounded by
     /// live workloads.
-    pub fn collect(&mut self) -> Result<(SchedSection, SchedCounters)> {
+    pub fn collect(
+        &mut self,
+        cgroups: &mut CgroupResolver,
+    ) -> Result<(SchedSection, SchedCounters)> {
         let mut now: HashMap<u64, SchedTotals> = HashMap::new();
         let mut present = HashSet::new();
         for index in 0..self.workloads.len() {
@@ -235,7 +176,7 @@ impl SchedCollector {
                 Some(prev) => totals.delta(prev),
                 None => totals.clone(),
             };
-            let path = match self.cgroups.path(*id) {
+            let path = match cgroups.path(*id) {
                 Some(path) => {
                     self.names.insert(*id, path.clone());
                     path
@@ -302,7 +243,12 @@ impl SchedCollector {
         let section = SchedSection {
             host_migrations: counters.host_migrations,
             host_migrated_switch_ins: counters.host_migrated_switch_ins,
-            workloads: self.labels.view(),
+            workloads: self
+                .labels
+                .view()
+                .into_iter()
+                .map(|(label, t)| t.view(label.to_string()))
+                .collect(),
         };
         Ok((section, counters))
     }
@@ -311,6 +257,13 @@ impl SchedCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn views(l: &Labels<SchedTotals>) -> Vec<WorkloadSched> {
+        l.view()
+            .into_iter()
+            .map(|(n, t)| t.view(n.to_string()))
+            .collect()
+    }
 
     fn t(switch_ins: u64, migrations: u64) -> SchedTotals {
         let mut x = SchedTotals::default();
@@ -345,9 +298,9 @@ mod tests {
 
     #[test]
     fn labels_busiest_and_folds_the_rest_into_other() {
-        let mut l = WorkloadLabels::new(1);
+        let mut l = Labels::<SchedTotals>::new(1);
         l.round(&[("/a".into(), t(10, 0)), ("/b".into(), t(100, 5))], &[]);
-        let v = l.view();
+        let v = views(&l);
         assert_eq!(
             v.iter().map(|w| w.workload.as_str()).collect::<Vec<_>>(),
             ["/b", "other"]
@@ -358,10 +311,10 @@ mod tests {
 
     #[test]
     fn counters_stay_monotonic_across_rounds() {
-        let mut l = WorkloadLabels::new(1);
+        let mut l = Labels::<SchedTotals>::new(1);
         l.round(&[("/a".into(), t(10, 1))], &[]);
         l.round(&[("/a".into(), t(5, 1)), ("/b".into(), t(50, 0))], &[]);
-        let v = l.view();
+        let v = views(&l);
         // /a keeps its label (sticky); /b's activity goes to other.
         assert_eq!(v[0].workload, "/a");
         assert_eq!(v[0].switch_ins.same_cpu, 15);
@@ -372,10 +325,10 @@ mod tests {
 
     #[test]
     fn gone_workloads_free_their_label() {
-        let mut l = WorkloadLabels::new(1);
+        let mut l = Labels::<SchedTotals>::new(1);
         l.round(&[("/a".into(), t(10, 0))], &["/a".into()]);
         l.round(&[("/b".into(), t(1, 0))], &[]);
-        let names: Vec<String> = l.view().into_iter().map(|w| w.workload).collect();
+        let names: Vec<String> = views(&l).into_iter().map(|w| w.workload).collect();
         assert_eq!(names, ["/b"]);
     }
 

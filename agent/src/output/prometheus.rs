@@ -7,7 +7,7 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, TextEncoder};
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{LatencySummary, Snapshot};
 
 /// Histogram upper bounds as powers of two nanoseconds: 2^10 ns (~1 us) to
 /// 2^34 ns (~17 s), every factor of 4. Each is a kernel bucket edge, so the
@@ -56,6 +56,30 @@ impl Family {
             m.set_gauge(g);
         });
     }
+}
+
+/// Adds a histogram with the log2 buckets of `summary` at `RUNQ_BOUNDS_LOG2`.
+fn histogram(f: &mut Family, labels: &[(&str, &str)], summary: &LatencySummary) {
+    let hist = summary.hist();
+    let cumulative = hist.cumulative_at(&RUNQ_BOUNDS_LOG2);
+    f.push(labels, |m| {
+        let mut h = Histogram::default();
+        h.set_sample_count(hist.count());
+        h.set_sample_sum(summary.sum_seconds);
+        h.set_bucket(
+            RUNQ_BOUNDS_LOG2
+                .iter()
+                .zip(cumulative)
+                .map(|(k, n)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound((1u64 << k) as f64 / 1e9);
+                    b.set_cumulative_count(n);
+                    b
+                })
+                .collect(),
+        );
+        m.set_histogram(h);
+    });
 }
 
 /// Renders the snapshot in the Prometheus text format.
@@ -150,28 +174,45 @@ pub fn render(s: &Snapshot) -> String {
             sw.counter(&[("workload", wl), ("placement", p)], n as f64);
         }
         oncpu.counter(&[("workload", wl)], w.oncpu_seconds);
-        let hist = w.runqueue_latency.hist();
-        let cumulative = hist.cumulative_at(&RUNQ_BOUNDS_LOG2);
-        runq.push(&[("workload", wl)], |m| {
-            let mut h = Histogram::default();
-            h.set_sample_count(hist.count());
-            h.set_sample_sum(w.runqueue_latency.sum_seconds);
-            h.set_bucket(
-                RUNQ_BOUNDS_LOG2
-                    .iter()
-                    .zip(cumulative)
-                    .map(|(k, n)| {
-                        let mut b = Bucket::default();
-                        b.set_upper_bound((1u64 << k) as f64 / 1e9);
-                        b.set_cumulative_count(n);
-                        b
-                    })
-                    .collect(),
-            );
-            m.set_histogram(h);
-        });
+        histogram(&mut runq, &[("workload", wl)], &w.runqueue_latency);
     }
     out.extend([mig, sw, oncpu, runq]);
+
+    let mut contentions = Family::new(
+        "hostprobe_lock_contentions_total",
+        "Contended acquisitions of kernel locks, by lock type (perf lock's names).",
+        COUNTER,
+    );
+    let mut wait = Family::new(
+        "hostprobe_lock_wait_seconds",
+        "Time waiters spent on contended kernel locks, by lock type.",
+        HISTOGRAM,
+    );
+    for t in &s.lock.by_type {
+        let l = [("type", t.lock_type.as_str())];
+        contentions.counter(&l, t.contentions as f64);
+        histogram(&mut wait, &l, &t.wait);
+    }
+    let mut by_caller = Family::new(
+        "hostprobe_lock_wait_seconds_total",
+        "Time waited on contended kernel locks by lock type and calling function (top-K + other).",
+        COUNTER,
+    );
+    for c in &s.lock.caller_totals {
+        by_caller.counter(
+            &[("type", c.lock_type.as_str()), ("caller", c.name.as_str())],
+            c.wait_seconds,
+        );
+    }
+    let mut by_workload = Family::new(
+        "hostprobe_workload_lock_wait_seconds_total",
+        "Time the workload's tasks waited on contended kernel locks (top-K + other).",
+        COUNTER,
+    );
+    for w in &s.lock.workloads {
+        by_workload.counter(&[("workload", w.name.as_str())], w.wait_seconds);
+    }
+    out.extend([contentions, wait, by_caller, by_workload]);
 
     let families: Vec<MetricFamily> = out
         .into_iter()
@@ -207,6 +248,10 @@ mod tests {
             "hostprobe_runqueue_latency_seconds_count{workload=\"/db.service\"} 5",
             "# TYPE hostprobe_runqueue_latency_seconds histogram",
             "# TYPE hostprobe_sched_host_migrations_total counter",
+            "hostprobe_lock_contentions_total{type=\"rwsem:W\"} 5",
+            "hostprobe_lock_wait_seconds_count{type=\"rwsem:W\"} 5",
+            "hostprobe_lock_wait_seconds_total{type=\"rwsem:W\",caller=\"do_mmap\"} 0.002",
+            "hostprobe_workload_lock_wait_seconds_total{workload=\"/db.service\"} 0.002",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -34,7 +34,7 @@ fn opt_seconds(s: Option<f64>) -> String {
     s.map_or_else(|| "-".into(), fmt_seconds)
 }
 
-pub fn render(s: &Snapshot) -> String {
+pub fn render(s: &Snapshot, stacks: bool) -> String {
     let mut o = String::new();
     let t = &s.topology;
     let plural =
@@ -152,6 +152,8 @@ pub fn render(s: &Snapshot) -> String {
         "  same-cpu/llc/nod: share of switch-ins on the CPU / another CPU of the LLC / of the node where the task last ran;\n  rq-pNN: run-queue latency percentiles (log2 histogram, exact to a factor of 2)."
     );
 
+    render_locks(&mut o, s, stacks);
+
     let drops: Vec<String> = s
         .map_drops
         .iter()
@@ -168,6 +170,79 @@ pub fn render(s: &Snapshot) -> String {
         }
     );
     o
+}
+
+/// Rows of the lock report shown (the snapshot keeps more).
+const LOCK_ROWS: usize = 10;
+
+fn render_locks(o: &mut String, s: &Snapshot, stacks: bool) {
+    let l = &s.lock;
+    let _ = writeln!(
+        o,
+        "\nLock contention (kernel locks; like `perf lock contention`)"
+    );
+    if l.callers.is_empty() {
+        let _ = writeln!(o, "  (no contended kernel locks seen)");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  {:>10} {:>12} {:>12} {:>12} {:>12}   caller",
+        "contended", "total wait", "max wait", "avg wait", "type"
+    );
+    for c in l.callers.iter().take(LOCK_ROWS) {
+        let _ = writeln!(
+            o,
+            "  {:>10} {:>12} {:>12} {:>12} {:>12}   {}",
+            c.contentions,
+            fmt_seconds(c.wait_seconds),
+            fmt_seconds(c.max_wait_seconds),
+            fmt_seconds(c.avg_wait_seconds),
+            c.lock_type,
+            c.caller
+        );
+        if stacks {
+            for frame in &c.stack {
+                let _ = writeln!(o, "  {:>62}   {frame}", "");
+            }
+        }
+    }
+    let _ = writeln!(o, "\n  by type:");
+    for t in &l.by_type {
+        let _ = writeln!(
+            o,
+            "  {:>10} {:>12} {:>12} {:>12} {:>12}   (p99 {})",
+            t.contentions,
+            fmt_seconds(t.wait_seconds),
+            fmt_seconds(t.max_wait_seconds),
+            fmt_seconds(t.wait_seconds / t.contentions.max(1) as f64),
+            t.lock_type,
+            opt_seconds(t.wait.p99_seconds)
+        );
+    }
+    let _ = writeln!(o, "\n  most waited-on locks:");
+    for k in l.locks.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "  {:>10} {:>12} {:>12} {:>25} {:>12}   {}",
+            k.contentions,
+            fmt_seconds(k.wait_seconds),
+            fmt_seconds(k.max_wait_seconds),
+            k.lock,
+            k.lock_type,
+            k.address
+        );
+    }
+    let _ = writeln!(o, "\n  by workload (cgroup of the waiter):");
+    for w in &l.workloads {
+        let _ = writeln!(
+            o,
+            "  {:>10} {:>12}   {}",
+            w.contentions,
+            fmt_seconds(w.wait_seconds),
+            w.name
+        );
+    }
 }
 
 fn rate(n: u64, secs: f64) -> String {
@@ -193,7 +268,7 @@ mod tests {
 
     #[test]
     fn report_has_every_section() {
-        let text = render(&sample_snapshot());
+        let text = render(&sample_snapshot(), true);
         for needle in [
             "Probes",
             "sched_migrate_task",
@@ -204,6 +279,11 @@ mod tests {
             "other",
             "Lost updates: TASK_SLOTS: 2",
             "6 switch-ins after a move",
+            "Lock contention",
+            "do_mmap+0x10",
+            "rwsem:W",
+            "tasklist_lock",
+            "_raw_spin_lock",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

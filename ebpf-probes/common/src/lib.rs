@@ -10,6 +10,18 @@
 /// far beyond any run-queue wait, so the last bucket is an overflow bucket.
 pub const HIST_BUCKETS: usize = 40;
 
+/// Histogram bucket of a value in nanoseconds: `floor(log2(v))`, with 0 in
+/// bucket 0 and everything from 2^(HIST_BUCKETS-1) in the last bucket.
+#[inline(always)]
+pub fn log2_bucket(v: u64) -> usize {
+    let b = (63 - (v | 1).leading_zeros()) as usize;
+    if b >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
 /// Topology distance between two CPUs, used both for migrations (source vs
 /// destination CPU) and for placement (CPU a task last ran on vs the CPU it
 /// is switched in on).
@@ -165,6 +177,169 @@ pub fn workload_index(cgroup: u64, mask: u32) -> u32 {
 }
 pub const MAX_CPUS: u32 = 4096;
 
+/// Kernel lock contention (`lock:contention_begin` / `contention_end`).
+pub mod lock {
+    /// Flags of `contention_begin`, as the kernel defines them (LCB_F_*).
+    pub const F_SPIN: u32 = 1 << 0;
+    pub const F_READ: u32 = 1 << 1;
+    pub const F_WRITE: u32 = 1 << 2;
+    pub const F_RT: u32 = 1 << 3;
+    pub const F_PERCPU: u32 = 1 << 4;
+    pub const F_MUTEX: u32 = 1 << 5;
+    /// Flag combinations are the lock type; the histogram array has one
+    /// entry per combination.
+    pub const TYPES: u32 = 64;
+    /// Nested spinning contentions tracked per CPU (an interrupt handler
+    /// contending while the CPU already spins). A power of two.
+    pub const CPU_DEPTH: usize = 4;
+
+    /// One waiter's contention in progress.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Wait {
+        pub lock: u64,
+        /// Begin time, 0 when no contention is in progress.
+        pub since_ns: u64,
+        pub flags: u32,
+        /// Kernel stack of the first begin; negative: no stack (error code).
+        pub stack_id: i32,
+    }
+
+    /// What a `contention_begin` did to a waiter's state.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Begin {
+        /// A new contention starts.
+        Started,
+        /// The same lock again (a mutex that spun, then sleeps): one
+        /// contention, timed from its first begin, as `perf lock` does.
+        Continued,
+        /// A different lock while one was in progress: the earlier begin
+        /// never saw its end (missed event); it is dropped and counted.
+        Replaced,
+    }
+
+    impl Wait {
+        pub fn begin(&mut self, lock: u64, flags: u32, stack_id: i32, now: u64) -> Begin {
+            let outcome = if self.since_ns == 0 {
+                Begin::Started
+            } else if self.lock == lock {
+                return Begin::Continued;
+            } else {
+                Begin::Replaced
+            };
+            *self = Wait {
+                lock,
+                since_ns: now,
+                flags,
+                stack_id,
+            };
+            outcome
+        }
+
+        /// The wait that `contention_end` on `lock` closes, if one is in
+        /// progress for that lock; an end without a begin (the probe was
+        /// attached mid-wait) changes nothing and returns `None`.
+        pub fn end(&mut self, lock: u64, now: u64) -> Option<Wait> {
+            if self.since_ns == 0 || self.lock != lock {
+                return None;
+            }
+            let done = Wait {
+                since_ns: now.saturating_sub(self.since_ns),
+                ..*self
+            };
+            self.since_ns = 0;
+            Some(done)
+        }
+    }
+
+    /// Per-task state of sleeping-lock waits, direct-mapped by thread id.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct TaskSlot {
+        pub tid: u32,
+        pub _pad: u32,
+        pub wait: Wait,
+    }
+
+    /// Per-CPU state of spinning waits (preemption is off while spinning,
+    /// so no other task can use this CPU's slots meanwhile).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct CpuSlots {
+        pub depth: u32,
+        pub _pad: u32,
+        pub waits: [Wait; CPU_DEPTH],
+    }
+
+    /// Aggregation key: lock type and the waiter's kernel stack.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct CallerKey {
+        pub flags: u32,
+        pub stack_id: i32,
+    }
+
+    /// Aggregation key: lock address and type.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct AddrKey {
+        pub lock: u64,
+        pub flags: u32,
+        pub _pad: u32,
+    }
+
+    /// Contention count and wait time, per CPU.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Stat {
+        pub count: u64,
+        pub total_ns: u64,
+        pub max_ns: u64,
+    }
+
+    impl Stat {
+        #[inline(always)]
+        pub fn add(&mut self, wait_ns: u64) {
+            self.count += 1;
+            self.total_ns += wait_ns;
+            if wait_ns > self.max_ns {
+                self.max_ns = wait_ns;
+            }
+        }
+    }
+
+    /// Log2 histogram of wait times, one per lock type.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Hist {
+        pub buckets: [u64; super::HIST_BUCKETS],
+    }
+
+    /// Indexes of the per-CPU `LOCK_COUNTERS` array.
+    pub mod counter {
+        pub const EV_BEGIN: u32 = 0;
+        pub const EV_END: u32 = 1;
+        /// An end with no matching begin (attached mid-wait).
+        pub const END_WITHOUT_BEGIN: u32 = 2;
+        /// A begin replaced an unfinished one (its end was missed).
+        pub const REPLACED: u32 = 3;
+        /// Nested spinning deeper than `CPU_DEPTH`.
+        pub const CPU_DEPTH_EXCEEDED: u32 = 4;
+        /// `bpf_get_stackid` failed (stack map full or hash collision).
+        pub const STACK_ERRORS: u32 = 5;
+        pub const DROP_CALLER_MAP_FULL: u32 = 6;
+        pub const DROP_ADDR_MAP_FULL: u32 = 7;
+        pub const DROP_WORKLOAD_MAP_FULL: u32 = 8;
+        pub const DROP_TASK_SLOT_COLLISION: u32 = 9;
+        pub const COUNT: u32 = 10;
+    }
+
+    pub const DEFAULT_STACKS: u32 = 2048;
+    pub const DEFAULT_CALLERS: u32 = 4096;
+    pub const DEFAULT_ADDRS: u32 = 4096;
+    pub const DEFAULT_WORKLOADS: u32 = 1024;
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all types are repr(C), consist only of integers and have no
@@ -172,6 +347,10 @@ mod pod {
     unsafe impl aya::Pod for super::CpuTopo {}
     unsafe impl aya::Pod for super::TaskSlot {}
     unsafe impl aya::Pod for super::SchedStats {}
+    unsafe impl aya::Pod for super::lock::CallerKey {}
+    unsafe impl aya::Pod for super::lock::AddrKey {}
+    unsafe impl aya::Pod for super::lock::Stat {}
+    unsafe impl aya::Pod for super::lock::Hist {}
 }
 
 #[cfg(test)]
@@ -180,7 +359,56 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn log2_buckets() {
+        assert_eq!(log2_bucket(0), 0);
+        assert_eq!(log2_bucket(1), 0);
+        assert_eq!(log2_bucket(1023), 9);
+        assert_eq!(log2_bucket(1024), 10);
+        assert_eq!(log2_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn a_mutex_that_spins_then_sleeps_is_one_contention() {
+        use lock::{Begin, Wait, F_MUTEX, F_SPIN};
+        let mut w = Wait::default();
+        assert_eq!(w.begin(0xa, F_MUTEX | F_SPIN, 7, 100), Begin::Started);
+        assert_eq!(w.begin(0xa, F_MUTEX, 9, 150), Begin::Continued);
+        let done = w.end(0xa, 400).unwrap();
+        assert_eq!(
+            (done.since_ns, done.flags, done.stack_id),
+            (300, F_MUTEX | F_SPIN, 7)
+        );
+        assert_eq!(w.end(0xa, 500), None, "the wait is closed");
+    }
+
+    #[test]
+    fn an_end_without_a_begin_changes_nothing() {
+        use lock::{Begin, Wait};
+        let mut w = Wait::default();
+        assert_eq!(w.end(0xa, 10), None);
+        assert_eq!(w, Wait::default());
+        assert_eq!(w.begin(0xa, 0, 1, 20), Begin::Started);
+        // An end for another lock leaves the wait in progress.
+        assert_eq!(w.end(0xb, 30), None);
+        assert_eq!(w.end(0xa, 50).unwrap().since_ns, 30);
+    }
+
+    #[test]
+    fn a_begin_on_another_lock_replaces_the_unfinished_one() {
+        use lock::{Begin, Wait};
+        let mut w = Wait::default();
+        w.begin(0xa, 0, 1, 10);
+        assert_eq!(w.begin(0xb, 0, 2, 20), Begin::Replaced);
+        assert_eq!(w.end(0xa, 30), None);
+        assert_eq!(w.end(0xb, 30).unwrap().since_ns, 10);
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<lock::Wait>(), 24);
+        assert_eq!(size_of::<lock::TaskSlot>(), 32);
+        assert_eq!(size_of::<lock::CpuSlots>(), 8 + 24 * lock::CPU_DEPTH);
+        assert_eq!(size_of::<lock::AddrKey>(), 16);
         assert_eq!(size_of::<CpuTopo>(), 16);
         assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 8);
         assert_eq!(

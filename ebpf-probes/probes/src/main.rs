@@ -2,7 +2,10 @@
 #![no_std]
 #![no_main]
 
+mod config;
+mod lock;
 mod sched;
+mod util;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -20,9 +20,12 @@ use aya_ebpf::{
     EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
+
+use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
+use crate::util::{bump, first_time};
 use hostprobe_common::{
-    counter, workload_index, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS,
-    DEFAULT_TASK_SLOTS, DIST_CLASSES, DIST_SAME_CPU, HIST_BUCKETS, MAX_CPUS, NO_CPU, NO_PENDING,
+    counter, log2_bucket, workload_index, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS,
+    DEFAULT_TASK_SLOTS, DIST_CLASSES, DIST_SAME_CPU, MAX_CPUS, NO_CPU, NO_PENDING,
     NO_PENDING_PLACE, WORKLOAD_PROBES,
 };
 
@@ -39,15 +42,7 @@ static MIGRATE_ORIG_CPU_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static MIGRATE_DEST_CPU_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
-static TASK_SLOTS_MASK: Global<u32> = Global::new(DEFAULT_TASK_SLOTS - 1);
-#[no_mangle]
 static WORKLOADS_MASK: Global<u32> = Global::new(DEFAULT_MAX_WORKLOADS - 1);
-/// Only tasks of this process (tgid) when non-zero.
-#[no_mangle]
-static FILTER_TGID: Global<u32> = Global::new(0);
-/// Only tasks of this cgroup v2 id when non-zero.
-#[no_mangle]
-static FILTER_CGROUP: Global<u64> = Global::new(0);
 
 #[map]
 static TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
@@ -95,7 +90,7 @@ pub extern "C" fn sched_migrate_task(ctx: *mut core::ffi::c_void) -> u32 {
 }
 
 fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
-    bump(event, 1);
+    bump(&SCHED_COUNTERS, event);
     let task: *const u8 = ctx.arg(0);
     let tid = task_field(task, TASK_PID_OFFSET.load());
     if tid == 0 || !task_selected(task) {
@@ -108,7 +103,7 @@ fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
 }
 
 fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
-    bump(counter::EV_SWITCH, 1);
+    bump(&SCHED_COUNTERS, counter::EV_SWITCH);
     let preempt: u64 = ctx.arg(0);
     let next: *const u8 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
@@ -145,7 +140,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     // Migrations are attributed at switch-out, so any pending now happened
     // since the task last ran.
     if s.pending_migrations.iter().any(|&n| n != 0) {
-        bump(counter::MIGRATED_SWITCH_INS, 1);
+        bump(&SCHED_COUNTERS, counter::MIGRATED_SWITCH_INS);
     }
     if s.last_cpu != NO_CPU {
         if let Some(d) = distance(s.last_cpu, cpu) {
@@ -157,7 +152,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
 }
 
 fn try_migrate(ctx: &TracePointContext) -> Result<(), i32> {
-    bump(counter::EV_MIGRATE, 1);
+    bump(&SCHED_COUNTERS, counter::EV_MIGRATE);
     // SAFETY: offsets come from this kernel's tracefs format file.
     let (tid, orig, dest) = unsafe {
         (
@@ -171,8 +166,8 @@ fn try_migrate(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let Some(d) = distance(orig as u32, dest as u32) else {
-        bump(counter::ERR_BAD_CPU, 1);
-        if first_time(counter::ERR_BAD_CPU) {
+        bump(&SCHED_COUNTERS, counter::ERR_BAD_CPU);
+        if first_time(&SCHED_LOGGED, counter::ERR_BAD_CPU) {
             warn!(
                 ctx,
                 "sched_migrate_task: cpu {} -> {} outside the topology table; tracepoint layout differs from tracefs",
@@ -182,7 +177,7 @@ fn try_migrate(ctx: &TracePointContext) -> Result<(), i32> {
         }
         return Ok(());
     };
-    bump(counter::MIGRATIONS + d as u32, 1);
+    bump(&SCHED_COUNTERS, counter::MIGRATIONS + d as u32);
     if tid <= 0 {
         return Ok(());
     }
@@ -253,8 +248,8 @@ fn workload_stats<C: EbpfContext>(ctx: &C, cgroup: u64) -> Option<*mut SchedStat
             return Some(e);
         }
     }
-    bump(counter::DROP_WORKLOAD_MAP_FULL, 1);
-    if first_time(counter::DROP_WORKLOAD_MAP_FULL) {
+    bump(&SCHED_COUNTERS, counter::DROP_WORKLOAD_MAP_FULL);
+    if first_time(&SCHED_LOGGED, counter::DROP_WORKLOAD_MAP_FULL) {
         warn!(
             ctx,
             "SCHED_WORKLOADS is full on a CPU: cgroup {} and later new workloads are not counted there (raise --max-workloads)",
@@ -300,7 +295,7 @@ fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
                 || s.pending_place != NO_PENDING_PLACE
                 || s.pending_migrations.iter().any(|&n| n != 0))
         {
-            bump(counter::DROP_TASK_SLOT_COLLISION, 1);
+            bump(&SCHED_COUNTERS, counter::DROP_TASK_SLOT_COLLISION);
         }
         *s = TaskSlot {
             tid,
@@ -339,39 +334,4 @@ fn task_field(task: *const u8, offset: u32) -> u32 {
     // SAFETY: `task` is a trusted BTF pointer and `offset` names a 4-byte
     // field of it; the verifier rejects the program otherwise.
     unsafe { core::ptr::read_volatile(task.add(offset as usize).cast::<u32>()) }
-}
-
-#[inline(always)]
-fn log2_bucket(v: u64) -> usize {
-    let b = (63 - (v | 1).leading_zeros()) as usize;
-    if b >= HIST_BUCKETS {
-        HIST_BUCKETS - 1
-    } else {
-        b
-    }
-}
-
-#[inline(always)]
-fn bump(index: u32, by: u64) {
-    if let Some(c) = SCHED_COUNTERS.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        unsafe { *c += by };
-    }
-}
-
-/// True the first time a rare condition is seen (per flag), so it is logged
-/// once rather than on every event.
-fn first_time(flag: u32) -> bool {
-    match SCHED_LOGGED.get_ptr_mut(flag) {
-        // SAFETY: map value pointer from a successful lookup.
-        Some(p) => unsafe {
-            if *p == 0 {
-                *p = 1;
-                true
-            } else {
-                false
-            }
-        },
-        None => false,
-    }
 }

@@ -1,0 +1,29 @@
+//! Helpers every program uses: per-CPU counters and log-once flags.
+
+use aya_ebpf::maps::{Array, PerCpuArray};
+
+#[inline(always)]
+pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(c) = counters.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *c += 1 };
+    }
+}
+
+/// True the first time a rare condition is seen (per flag), so that it is
+/// logged once rather than on every event. Not atomic across CPUs: at most
+/// one log line per CPU.
+pub fn first_time(flags: &Array<u32>, flag: u32) -> bool {
+    match flags.get_ptr_mut(flag) {
+        // SAFETY: map value pointer from a successful lookup.
+        Some(p) => unsafe {
+            if *p == 0 {
+                *p = 1;
+                true
+            } else {
+                false
+            }
+        },
+        None => false,
+    }
+}
