@@ -1,75 +1,85 @@
-//! Bounded workload labels: the K most active workloads get their own label,
-//! everything else is summed into `other`.
+//! Bounded labels: the K busiest keys (workloads, callers) get their own
+//! label, everything else is summed into `other`.
 //!
-//! Labels are sticky so that exported counters stay monotonic: a workload
-//! keeps its label while it is alive and not idle, and its activity is only
-//! ever added to one series at a time. A labelled workload idle for
-//! `EVICT_AFTER_IDLE_ROUNDS` collection rounds gives its place to a busier
-//! newcomer; its series simply stops growing.
+//! Busyness is a decayed score (halved every collection round, plus the
+//! round's activity), so a key that goes quiet fades and a newcomer that is
+//! busy now rises. Labels change only with hysteresis: a key takes the
+//! weakest label only when its score is more than twice that label's, so
+//! series do not flap. A key keeps adding to one series while it holds its
+//! label; one that loses it stops growing (Prometheus sees the series end),
+//! and its later activity goes to `other`.
 
 use std::collections::BTreeMap;
 
 pub const OTHER: &str = "other";
-pub const EVICT_AFTER_IDLE_ROUNDS: u32 = 3;
+/// A newcomer must beat the weakest label's score by this factor.
+pub const TAKEOVER_FACTOR: f64 = 2.0;
+/// Scores below this are forgotten for unlabelled keys (bounds memory).
+const FORGET_BELOW: f64 = 0.5;
 
 #[derive(Debug)]
 pub struct TopK<K> {
     k: usize,
-    /// Labelled keys and how many rounds in a row each has been idle.
-    labeled: BTreeMap<K, u32>,
+    /// Decayed activity of every key seen recently.
+    scores: BTreeMap<K, f64>,
+    labeled: std::collections::BTreeSet<K>,
 }
 
 impl<K: Ord + Clone> TopK<K> {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            labeled: BTreeMap::new(),
+            scores: BTreeMap::new(),
+            labeled: Default::default(),
         }
     }
 
     pub fn is_labeled(&self, key: &K) -> bool {
-        self.labeled.contains_key(key)
+        self.labeled.contains(key)
     }
 
-    /// Drops a key whose workload no longer exists.
+    /// Drops a key that no longer exists.
     pub fn forget(&mut self, key: &K) {
         self.labeled.remove(key);
+        self.scores.remove(key);
     }
 
     /// Takes one round of activity (key, events since the last round) and
     /// updates which keys are labelled.
     pub fn update(&mut self, activity: &[(K, u64)]) {
-        let active: BTreeMap<&K, u64> = activity.iter().map(|(k, a)| (k, *a)).collect();
-        for (key, idle) in self.labeled.iter_mut() {
-            *idle = if active.get(key).copied().unwrap_or(0) == 0 {
-                *idle + 1
-            } else {
-                0
-            };
+        for score in self.scores.values_mut() {
+            *score /= 2.0;
         }
-        let mut candidates: Vec<(&K, u64)> = active
+        for (key, a) in activity {
+            *self.scores.entry(key.clone()).or_default() += *a as f64;
+        }
+        let labeled = &self.labeled;
+        self.scores
+            .retain(|k, s| *s >= FORGET_BELOW || labeled.contains(k));
+        let mut candidates: Vec<(K, f64)> = self
+            .scores
             .iter()
-            .filter(|(k, a)| **a > 0 && !self.labeled.contains_key(**k))
-            .map(|(k, a)| (*k, *a))
+            .filter(|(k, s)| **s > 0.0 && !self.labeled.contains(*k))
+            .map(|(k, s)| (k.clone(), *s))
             .collect();
         // Busiest first; ties by key so the result does not depend on order.
-        candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        for (key, _) in candidates {
+        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (key, score) in candidates {
             if self.labeled.len() >= self.k {
-                let idle = self
+                let weakest = self
                     .labeled
                     .iter()
-                    .filter(|(_, idle)| **idle >= EVICT_AFTER_IDLE_ROUNDS)
-                    .max_by_key(|(_, idle)| **idle)
-                    .map(|(k, _)| k.clone());
-                match idle {
-                    Some(victim) => {
+                    .map(|k| (k, self.scores.get(k).copied().unwrap_or(0.0)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+                    .map(|(k, s)| (k.clone(), s));
+                match weakest {
+                    Some((victim, s)) if score > s * TAKEOVER_FACTOR => {
                         self.labeled.remove(&victim);
                     }
-                    None => break,
+                    _ => break,
                 }
             }
-            self.labeled.insert(key.clone(), 0);
+            self.labeled.insert(key);
         }
     }
 }
@@ -154,24 +164,31 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_sticky_while_active() {
+    fn labels_do_not_flap_between_comparable_keys() {
         let mut t = TopK::new(1);
         t.update(&[(1, 10)]);
-        // A busier newcomer does not steal an active workload's label.
-        t.update(&[(1, 1), (2, 1000)]);
+        // Busier, but not twice as busy as the holder's decayed score.
+        t.update(&[(1, 10), (2, 25)]);
         assert!(t.is_labeled(&1) && !t.is_labeled(&2));
     }
 
     #[test]
-    fn idle_labels_are_evicted_for_busy_newcomers() {
+    fn a_much_busier_newcomer_takes_the_weakest_label_at_once() {
         let mut t = TopK::new(1);
         t.update(&[(1, 10)]);
-        for _ in 0..EVICT_AFTER_IDLE_ROUNDS - 1 {
-            t.update(&[(2, 5)]);
-            assert!(t.is_labeled(&1), "evicted too early");
-        }
-        t.update(&[(2, 5)]);
+        t.update(&[(1, 1), (2, 1000)]);
         assert!(t.is_labeled(&2) && !t.is_labeled(&1));
+    }
+
+    #[test]
+    fn idle_labels_fade_and_give_way() {
+        let mut t = TopK::new(1);
+        t.update(&[(1, 100)]);
+        t.update(&[(2, 30)]);
+        assert!(t.is_labeled(&1), "50 vs 30: not yet");
+        t.update(&[(2, 30)]);
+        t.update(&[(2, 30)]);
+        assert!(t.is_labeled(&2) && !t.is_labeled(&1), "12.5 vs 52.5");
     }
 
     #[test]

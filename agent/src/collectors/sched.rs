@@ -313,14 +313,15 @@ mod tests {
     fn counters_stay_monotonic_across_rounds() {
         let mut l = Labels::<SchedTotals>::new(1);
         l.round(&[("/a".into(), t(10, 1))], &[]);
-        l.round(&[("/a".into(), t(5, 1)), ("/b".into(), t(50, 0))], &[]);
+        l.round(&[("/a".into(), t(5, 1)), ("/b".into(), t(20, 0))], &[]);
         let v = views(&l);
-        // /a keeps its label (sticky); /b's activity goes to other.
+        // /b is busier, but not twice /a's decayed score (11/2 + 6): /a
+        // keeps its label and its series, /b's activity goes to other.
         assert_eq!(v[0].workload, "/a");
         assert_eq!(v[0].switch_ins.same_cpu, 15);
         assert_eq!(v[0].migrations.other_node, 2);
         assert_eq!(v[1].workload, "other");
-        assert_eq!(v[1].switch_ins.same_cpu, 50);
+        assert_eq!(v[1].switch_ins.same_cpu, 20);
     }
 
     #[test]
