@@ -67,37 +67,14 @@ const fn spec(program: &'static str, hook: Hook, needs: Needs) -> ProgramSpec {
 
 /// Every program of the object: the scheduler signal (`sched.rs`), then
 /// lock contention (`lock.rs`).
+#[rustfmt::skip]
 pub const PROGRAMS: [ProgramSpec; 6] = [
-    spec(
-        "sched_switch",
-        Hook::BtfTracepoint("sched", "sched_switch"),
-        Needs::TaskBtf,
-    ),
-    spec(
-        "sched_wakeup",
-        Hook::BtfTracepoint("sched", "sched_wakeup"),
-        Needs::TaskBtf,
-    ),
-    spec(
-        "sched_wakeup_new",
-        Hook::BtfTracepoint("sched", "sched_wakeup_new"),
-        Needs::TaskBtf,
-    ),
-    spec(
-        "sched_migrate_task",
-        Hook::Tracepoint("sched", "sched_migrate_task"),
-        Needs::MigrateFormat,
-    ),
-    spec(
-        "contention_begin",
-        Hook::Tracepoint("lock", "contention_begin"),
-        Needs::LockFormat,
-    ),
-    spec(
-        "contention_end",
-        Hook::Tracepoint("lock", "contention_end"),
-        Needs::LockFormat,
-    ),
+    spec("sched_switch", Hook::BtfTracepoint("sched", "sched_switch"), Needs::TaskBtf),
+    spec("sched_wakeup", Hook::BtfTracepoint("sched", "sched_wakeup"), Needs::TaskBtf),
+    spec("sched_wakeup_new", Hook::BtfTracepoint("sched", "sched_wakeup_new"), Needs::TaskBtf),
+    spec("sched_migrate_task", Hook::Tracepoint("sched", "sched_migrate_task"), Needs::MigrateFormat),
+    spec("contention_begin", Hook::Tracepoint("lock", "contention_begin"), Needs::LockFormat),
+    spec("contention_end", Hook::Tracepoint("lock", "contention_end"), Needs::LockFormat),
 ];
 
 /// Maps the collectors and the loader use, with the value size the agent

@@ -911,6 +911,35 @@ fn lock_contention_agrees_with_perf_lock() {
     );
 }
 
+#[test]
+fn lock_type_filter_applies_in_the_kernel() {
+    use std::sync::atomic::Ordering;
+    let _k = KernelTest::start();
+    let diag = start_diagnose(&["--duration", "3s", "--lock-type", "rwsem:W"]);
+    let (messaging, stop, threads) = lock_load();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    drop(messaging);
+    let s = finish(diag);
+    let types: Vec<&str> = s["lock"]["by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["lock_type"].as_str().unwrap())
+        .collect();
+    // The load contends spinlocks thousands of times a second; none pass.
+    assert_eq!(types, ["rwsem:W"], "{}", s["lock"]);
+    let callers = s["lock"]["callers"].as_array().unwrap();
+    assert!(callers.iter().all(|c| c["lock_type"] == "rwsem:W"));
+    assert!(
+        callers
+            .iter()
+            .any(|c| c["caller"].as_str().unwrap().contains("munmap")),
+        "{callers:?}"
+    );
+}
+
 /// hostprobe's wait per calling function over the outer window, most first.
 fn caller_waits(w: &Window) -> Vec<(String, f64)> {
     let parse = |body: &str| -> BTreeMap<String, f64> {
@@ -970,36 +999,27 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert_eq!(bad_addr.status.code(), Some(2));
 
     // Without privileges: one clear line naming the capabilities, exit 2.
-    let unprivileged = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            BIN,
-            "diagnose",
-            "--duration",
-            "1s",
-        ])
-        .output()
-        .expect("setpriv (util-linux)");
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                BIN,
+            ])
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let unprivileged = as_nobody(&["diagnose", "--duration", "1s"]);
     let err = String::from_utf8_lossy(&unprivileged.stderr);
     assert_eq!(unprivileged.status.code(), Some(2), "{err}");
     assert!(
         err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
         "{err}"
     );
-    let check = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            BIN,
-            "check",
-        ])
-        .output()
-        .unwrap();
+    let check = as_nobody(&["check"]);
     assert_eq!(
         check.status.code(),
         Some(1),
