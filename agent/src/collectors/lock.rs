@@ -18,6 +18,7 @@ use crate::snapshot::{
     LatencySummary, LockCaller, LockObject, LockSection, LockTotal, LockTypeStats,
 };
 use crate::topk::{Labels, Totals};
+use tracing::warn;
 
 /// Entries of each table kept in the snapshot (the report shows fewer).
 const SNAPSHOT_ROWS: usize = 20;
@@ -98,7 +99,10 @@ impl LockCollector {
                 .map_err(map_err("LOCK_COUNTERS"))?,
             stacks: StackTraceMap::try_from(take(ebpf, "LOCK_STACKS")?)
                 .map_err(map_err("LOCK_STACKS"))?,
-            kallsyms: Kallsyms::load()?,
+            kallsyms: Kallsyms::load().unwrap_or_else(|e| {
+                warn!("lock callers and static locks stay unnamed: {e}");
+                Kallsyms::default()
+            }),
             last_callers: HashMap::new(),
             last_workloads: HashMap::new(),
             callers: Labels::new(top_k),

@@ -9,17 +9,22 @@
 //! log2 histogram per type. Classic tracepoints, field offsets from tracefs.
 
 use aya_ebpf::{
+    bindings::{bpf_map_def, bpf_map_type},
+    helpers::generated::bpf_get_stackid,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, PerCpuArray, PerCpuHashMap, StackTrace},
-    programs::{tracing::StackIdContext, TracePointContext},
-    Global,
+    maps::{Array, PerCpuArray, PerCpuHashMap},
+    programs::TracePointContext,
+    EbpfContext, Global,
 };
+use core::cell::UnsafeCell;
+
 use aya_log_ebpf::warn;
 use hostprobe_common::{
     lock::{
         counter, AddrKey, Begin, CallerKey, CpuSlots, Hist, Stat, TaskSlot, Wait, CPU_DEPTH,
-        DEFAULT_ADDRS, DEFAULT_CALLERS, DEFAULT_STACKS, DEFAULT_WORKLOADS, F_MUTEX, F_SPIN, TYPES,
+        DEFAULT_ADDRS, DEFAULT_CALLERS, DEFAULT_STACKS, DEFAULT_WORKLOADS, F_MUTEX, F_SPIN,
+        STACK_DEPTH, TYPES,
     },
     log2_bucket, DEFAULT_TASK_SLOTS,
 };
@@ -41,8 +46,26 @@ static LOCK_TYPE_MASK: Global<u64> = Global::new(0);
 static LOCK_TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
 #[map]
 static LOCK_CPU_SLOTS: PerCpuArray<CpuSlots> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static LOCK_STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_STACKS, 0);
+/// A stack-trace map of `STACK_DEPTH` frames, defined by hand because
+/// aya-ebpf's `StackTrace` always holds 127 frames, and the kernel walks as
+/// many frames as the map value holds.
+#[repr(transparent)]
+pub struct ShortStacks(UnsafeCell<bpf_map_def>);
+
+// SAFETY: the kernel owns the map; the program only passes its address.
+unsafe impl Sync for ShortStacks {}
+
+#[link_section = "maps"]
+#[export_name = "LOCK_STACKS"]
+static LOCK_STACKS: ShortStacks = ShortStacks(UnsafeCell::new(bpf_map_def {
+    type_: bpf_map_type::BPF_MAP_TYPE_STACK_TRACE,
+    key_size: 4,
+    value_size: 8 * STACK_DEPTH,
+    max_entries: DEFAULT_STACKS,
+    map_flags: 0,
+    id: 0,
+    pinning: 0,
+}));
 #[map]
 static LOCK_BY_CALLER: PerCpuHashMap<CallerKey, Stat> =
     PerCpuHashMap::with_max_entries(DEFAULT_CALLERS, 0);
@@ -96,13 +119,12 @@ fn try_begin(ctx: &TracePointContext) -> Result<(), i32> {
     }
     // SAFETY: helper without pointer arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let stack_id = match ctx.get_stackid(&LOCK_STACKS, 0) {
-        Ok(id) => id as i32,
-        Err(e) => {
-            bump(&LOCK_COUNTERS, counter::STACK_ERRORS);
-            e
-        }
-    };
+    // SAFETY: a tracepoint context and the address of a stack-trace map.
+    let stack_id = unsafe { bpf_get_stackid(ctx.as_ptr(), LOCK_STACKS.0.get().cast(), 0) };
+    if stack_id < 0 {
+        bump(&LOCK_COUNTERS, counter::STACK_ERRORS);
+    }
+    let stack_id = stack_id as i32;
     let wait = if spins(flags) {
         let slots = LOCK_CPU_SLOTS.get_ptr_mut(0).ok_or(0)?;
         // SAFETY: this CPU's slot; preemption is off in the tracepoint.
