@@ -31,6 +31,8 @@ pub struct AgentOptions {
     pub max_workloads: u32,
     /// Lock types to trace, as a `lock_types::mask`; 0 traces all.
     pub lock_types: u64,
+    /// Stack walks per second per CPU for spinning lock waits; 0: all.
+    pub spin_stacks_per_sec: u32,
 }
 
 pub struct Agent {
@@ -65,6 +67,7 @@ impl Agent {
             task_slots: opts.task_slots,
             max_workloads: opts.max_workloads,
             lock_types: opts.lock_types,
+            spin_stacks_per_sec: opts.spin_stacks_per_sec,
         };
         let mut probes = Probes::load(&load)?;
         forward_kernel_logs(&mut probes);

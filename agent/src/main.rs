@@ -88,6 +88,11 @@ struct Tuning {
     /// Workloads (cgroups) the kernel table holds per CPU (a power of two; each entry is 424 bytes per CPU).
     #[arg(long, default_value_t = DEFAULT_MAX_WORKLOADS, value_parser = clap::value_parser!(u32).range(4..=65_536))]
     max_workloads: u32,
+    /// Stack walks per second per CPU for spinning lock waits (0: every one). A walk costs
+    /// microseconds; waits beyond the budget are counted in full, under the caller
+    /// "(stack not sampled)". Sleeping waits always get their stack.
+    #[arg(long, default_value_t = hostprobe_common::lock::DEFAULT_SPIN_STACKS_PER_SEC)]
+    lock_stacks: u32,
     /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).
     #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = clap::value_parser!(u32).range(2..=(1 << 22)))]
     task_slots: u32,
@@ -196,6 +201,7 @@ fn options(target: Target, t: &Tuning, lock_types: u64) -> AgentOptions {
         task_slots: t.task_slots,
         max_workloads: t.max_workloads,
         lock_types,
+        spin_stacks_per_sec: t.lock_stacks,
     }
 }
 

@@ -179,6 +179,8 @@ pub struct LoadOptions {
     pub max_workloads: u32,
     /// Lock types to trace (bit per flag value, see `lock_types::mask`); 0: all.
     pub lock_types: u64,
+    /// Stack walks per second per CPU for spinning lock waits; 0: all.
+    pub spin_stacks_per_sec: u32,
 }
 
 impl Default for LoadOptions {
@@ -189,6 +191,7 @@ impl Default for LoadOptions {
             task_slots: DEFAULT_TASK_SLOTS,
             max_workloads: DEFAULT_MAX_WORKLOADS,
             lock_types: 0,
+            spin_stacks_per_sec: lock::DEFAULT_SPIN_STACKS_PER_SEC,
         }
     }
 }
@@ -341,6 +344,8 @@ impl Probes {
             .and_then(|t| lock_offsets(t));
         debug!(?task, ?migrate, ?locks, "resolved kernel offsets");
         let l = locks.as_ref().ok().copied().unwrap_or_default();
+        let windows_per_sec = (1_000_000_000 / lock::STACK_WINDOW_NS) as u32;
+        let spin_stacks_per_window = opts.spin_stacks_per_sec.div_ceil(windows_per_sec);
 
         let t = task.as_ref().ok().copied();
         let m = migrate.as_ref().ok().copied();
@@ -371,6 +376,7 @@ impl Probes {
             .override_global("LOCK_BEGIN_FLAGS_OFFSET", &l.begin_flags, true)
             .override_global("LOCK_END_ADDR_OFFSET", &l.end_lock, true)
             .override_global("LOCK_TYPE_MASK", &opts.lock_types, true)
+            .override_global("SPIN_STACKS_PER_WINDOW", &spin_stacks_per_window, true)
             .map_max_entries("LOCK_TASK_SLOTS", slots)
             .map_max_entries("TASK_SLOTS", slots)
             .map_max_entries("CPU_TOPO", ncpus)

@@ -205,6 +205,10 @@ pub struct LockSection {
     pub locks: Vec<LockObject>,
     /// Per workload (cgroup of the waiter), top-K + `other`.
     pub workloads: Vec<LockTotal>,
+    /// Spinning waits counted without walking their stack (the per-CPU
+    /// budget `--lock-stacks` was spent); their callers read
+    /// `(stack not sampled)`.
+    pub spin_waits_without_stack: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

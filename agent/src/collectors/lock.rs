@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use aya::Ebpf;
-use hostprobe_common::lock::{counter, AddrKey, CallerKey, Hist, Stat, TYPES};
+use hostprobe_common::lock::{counter, AddrKey, CallerKey, Hist, Stat, STACK_NOT_SAMPLED, TYPES};
 use hostprobe_common::HIST_BUCKETS;
 
 use crate::cgroup::CgroupResolver;
@@ -133,9 +133,14 @@ impl LockCollector {
         for (key, stat) in &rows {
             let stack = self.stack(key.stack_id);
             let caller_ip = self.kallsyms.caller(&stack);
+            let unnamed = if key.stack_id == STACK_NOT_SAMPLED {
+                "(stack not sampled)"
+            } else {
+                "(unknown)"
+            };
             let function = caller_ip
                 .and_then(|ip| self.kallsyms.function(ip).map(|(n, _)| n.to_string()))
-                .unwrap_or_else(|| "(unknown)".into());
+                .unwrap_or_else(|| unnamed.into());
             let t = callers_now.entry((key.flags, function)).or_default();
             t.count += stat.count;
             t.total_ns += stat.total_ns;
@@ -143,7 +148,7 @@ impl LockCollector {
                 caller_rows.push(LockCaller {
                     lock_type: lock_types::name(key.flags).to_string(),
                     caller: caller_ip
-                        .map_or_else(|| "(unknown)".into(), |ip| self.kallsyms.describe(ip)),
+                        .map_or_else(|| unnamed.into(), |ip| self.kallsyms.describe(ip)),
                     contentions: stat.count,
                     wait_seconds: stat.total_ns as f64 / 1e9,
                     max_wait_seconds: stat.max_ns as f64 / 1e9,
@@ -316,6 +321,7 @@ impl LockCollector {
             caller_totals: totals(&self.callers),
             locks,
             workloads: totals(&self.workload_labels),
+            spin_waits_without_stack: c(counter::STACKS_NOT_SAMPLED)?,
         };
         Ok((section, counters))
     }

@@ -127,6 +127,7 @@ pub(crate) mod tests {
                     contentions: 5,
                     wait_seconds: 0.002,
                 }],
+                spin_waits_without_stack: 7,
             },
             map_drops: BTreeMap::from([("SCHED_WORKLOADS".into(), 0), ("TASK_SLOTS".into(), 2)]),
             collection_seconds: 0.001,

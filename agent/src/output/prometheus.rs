@@ -212,7 +212,9 @@ pub fn render(s: &Snapshot) -> String {
     for w in &s.lock.workloads {
         by_workload.counter(&[("workload", w.name.as_str())], w.wait_seconds);
     }
-    out.extend([contentions, wait, by_caller, by_workload]);
+    let mut unsampled = Family::new("hostprobe_lock_spin_waits_without_stack_total", "Spinning lock waits counted without their stack because the per-CPU stack budget (--lock-stacks) was spent; their caller label is \"(stack not sampled)\".", COUNTER);
+    unsampled.counter(&[], s.lock.spin_waits_without_stack as f64);
+    out.extend([contentions, wait, by_caller, by_workload, unsampled]);
 
     let families: Vec<MetricFamily> = out
         .into_iter()

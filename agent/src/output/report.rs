@@ -207,6 +207,13 @@ fn render_locks(o: &mut String, s: &Snapshot, stacks: bool) {
             }
         }
     }
+    if l.spin_waits_without_stack > 0 {
+        let _ = writeln!(
+            o,
+            "  ({} spinning waits were counted without a stack: the per-CPU budget --lock-stacks was spent)",
+            l.spin_waits_without_stack
+        );
+    }
     let _ = writeln!(o, "\n  by type:");
     for t in &l.by_type {
         let _ = writeln!(

@@ -262,13 +262,44 @@ pub mod lock {
     }
 
     /// Per-CPU state of spinning waits (preemption is off while spinning,
-    /// so no other task can use this CPU's slots meanwhile).
+    /// so no other task can use this CPU's slots meanwhile), and this CPU's
+    /// budget of stack walks for them.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default)]
     pub struct CpuSlots {
         pub depth: u32,
-        pub _pad: u32,
+        /// Stack walks taken in the current budget window.
+        pub stacks_used: u32,
+        pub window_start_ns: u64,
         pub waits: [Wait; CPU_DEPTH],
+    }
+
+    /// Stack id of a spinning wait whose stack was not walked because this
+    /// CPU's budget was spent (`bpf_get_stackid` costs ~3 us here).
+    pub const STACK_NOT_SAMPLED: i32 = i32::MIN;
+    /// Length of a stack budget window.
+    pub const STACK_WINDOW_NS: u64 = 10_000_000;
+    /// Default stack walks per second per CPU for spinning waits.
+    pub const DEFAULT_SPIN_STACKS_PER_SEC: u32 = 1000;
+
+    impl CpuSlots {
+        /// Whether a spinning wait at `now` may walk its stack, given
+        /// `per_window` walks per `STACK_WINDOW_NS` (0: no limit).
+        #[inline(always)]
+        pub fn take_stack(&mut self, now: u64, per_window: u32) -> bool {
+            if per_window == 0 {
+                return true;
+            }
+            if now.wrapping_sub(self.window_start_ns) >= STACK_WINDOW_NS {
+                self.window_start_ns = now;
+                self.stacks_used = 0;
+            }
+            if self.stacks_used >= per_window {
+                return false;
+            }
+            self.stacks_used += 1;
+            true
+        }
     }
 
     /// Aggregation key: lock type and the waiter's kernel stack.
@@ -331,7 +362,9 @@ pub mod lock {
         pub const DROP_ADDR_MAP_FULL: u32 = 7;
         pub const DROP_WORKLOAD_MAP_FULL: u32 = 8;
         pub const DROP_TASK_SLOT_COLLISION: u32 = 9;
-        pub const COUNT: u32 = 10;
+        /// Spinning waits counted without a stack (budget spent).
+        pub const STACKS_NOT_SAMPLED: u32 = 10;
+        pub const COUNT: u32 = 11;
     }
 
     pub const DEFAULT_STACKS: u32 = 8192;
@@ -409,10 +442,23 @@ mod tests {
     }
 
     #[test]
+    fn stack_budget_refills_every_window() {
+        let mut c = lock::CpuSlots::default();
+        let t0 = lock::STACK_WINDOW_NS * 5;
+        assert!(c.take_stack(t0, 2) && c.take_stack(t0 + 1, 2));
+        assert!(!c.take_stack(t0 + 2, 2), "budget spent");
+        assert!(c.take_stack(t0 + lock::STACK_WINDOW_NS, 2), "new window");
+        assert!(
+            (0..100).all(|i| c.take_stack(t0 + i, 0)),
+            "0 means no limit"
+        );
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<lock::Wait>(), 24);
         assert_eq!(size_of::<lock::TaskSlot>(), 32);
-        assert_eq!(size_of::<lock::CpuSlots>(), 8 + 24 * lock::CPU_DEPTH);
+        assert_eq!(size_of::<lock::CpuSlots>(), 16 + 24 * lock::CPU_DEPTH);
         assert_eq!(size_of::<lock::AddrKey>(), 16);
         assert_eq!(size_of::<CpuTopo>(), 16);
         assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 8);

@@ -23,8 +23,8 @@ use aya_log_ebpf::warn;
 use hostprobe_common::{
     lock::{
         counter, AddrKey, Begin, CallerKey, CpuSlots, Hist, Stat, TaskSlot, Wait, CPU_DEPTH,
-        DEFAULT_ADDRS, DEFAULT_CALLERS, DEFAULT_STACKS, DEFAULT_WORKLOADS, F_MUTEX, F_SPIN,
-        STACK_DEPTH, TYPES,
+        DEFAULT_ADDRS, DEFAULT_CALLERS, DEFAULT_SPIN_STACKS_PER_SEC, DEFAULT_STACKS,
+        DEFAULT_WORKLOADS, F_MUTEX, F_SPIN, STACK_DEPTH, STACK_NOT_SAMPLED, TYPES,
     },
     log2_bucket, DEFAULT_TASK_SLOTS,
 };
@@ -38,6 +38,9 @@ static LOCK_BEGIN_ADDR_OFFSET: Global<u32> = Global::new(0);
 static LOCK_BEGIN_FLAGS_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static LOCK_END_ADDR_OFFSET: Global<u32> = Global::new(0);
+/// Stack walks per `STACK_WINDOW_NS` per CPU for spinning waits; 0: all.
+#[no_mangle]
+static SPIN_STACKS_PER_WINDOW: Global<u32> = Global::new(DEFAULT_SPIN_STACKS_PER_SEC / 100);
 /// Bit `flags` set for each lock type to trace; 0 traces every type.
 #[no_mangle]
 static LOCK_TYPE_MASK: Global<u64> = Global::new(0);
@@ -119,16 +122,23 @@ fn try_begin(ctx: &TracePointContext) -> Result<(), i32> {
     }
     // SAFETY: helper without pointer arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: a tracepoint context and the address of a stack-trace map.
-    let stack_id = unsafe { bpf_get_stackid(ctx.as_ptr(), LOCK_STACKS.0.get().cast(), 0) };
-    if stack_id < 0 {
-        bump(&LOCK_COUNTERS, counter::STACK_ERRORS);
-    }
-    let stack_id = stack_id as i32;
+    let slots = LOCK_CPU_SLOTS.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: this CPU's slot; preemption is off in the tracepoint.
+    let slots = unsafe { &mut *slots };
+    // Walking a stack costs ~3 us: spinning waits (short, frequent) get a
+    // per-CPU budget; sleeping waits (long, rare) always get one.
+    let stack_id = if !spins(flags) || slots.take_stack(now, SPIN_STACKS_PER_WINDOW.load()) {
+        // SAFETY: a tracepoint context and the address of a stack-trace map.
+        let id = unsafe { bpf_get_stackid(ctx.as_ptr(), LOCK_STACKS.0.get().cast(), 0) };
+        if id < 0 {
+            bump(&LOCK_COUNTERS, counter::STACK_ERRORS);
+        }
+        id as i32
+    } else {
+        bump(&LOCK_COUNTERS, counter::STACKS_NOT_SAMPLED);
+        STACK_NOT_SAMPLED
+    };
     let wait = if spins(flags) {
-        let slots = LOCK_CPU_SLOTS.get_ptr_mut(0).ok_or(0)?;
-        // SAFETY: this CPU's slot; preemption is off in the tracepoint.
-        let slots = unsafe { &mut *slots };
         let depth = slots.depth as usize;
         // The same lock again on top of the stack continues that wait.
         if (1..=CPU_DEPTH).contains(&depth) {
