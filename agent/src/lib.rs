@@ -16,6 +16,7 @@ pub mod kallsyms;
 pub mod lock_types;
 pub mod output;
 pub mod probes;
+pub mod readiness;
 pub mod serve;
 pub mod snapshot;
 pub mod topk;
