@@ -10,6 +10,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod check;
 pub mod collectors;
+pub mod dirty;
 pub mod error;
 pub mod hist;
 pub mod kallsyms;

@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use hostprobe::agent::{Agent, AgentOptions, Target};
 use hostprobe::error::Error;
 use hostprobe::output::report;
-use hostprobe::{check, lock_types, serve};
+use hostprobe::readiness::{self, DirtyCurve, Link, ReadinessReport};
+use hostprobe::{check, dirty, lock_types, serve};
 use hostprobe_common::{DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS};
 use tracing_subscriber::EnvFilter;
 
@@ -71,6 +72,33 @@ enum Command {
         stacks: bool,
         #[command(flatten)]
         tuning: Tuning,
+    },
+    /// Predict whether a process would live-migrate by pre-copy: measures how fast it
+    /// dirties memory (content sampling) and simulates the rounds.
+    #[command(
+        after_help = "Examples:\n  hostprobe readiness --pid 4242\n  hostprobe readiness --pid 4242 --bandwidth 10Gbit/s --downtime 100ms --json"
+    )]
+    Readiness {
+        /// The process (for a VM: its QEMU process).
+        #[arg(long)]
+        pid: u32,
+        /// Link bandwidth, e.g. 1Gbit/s, 125MB/s, 64MiB/s.
+        #[arg(long, default_value = "1Gbit/s", value_parser = dirty::parse_bandwidth)]
+        bandwidth: f64,
+        /// Downtime limit (QEMU's default is 300ms).
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+        downtime: Duration,
+        /// Windows at which the dirty set is measured (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s", value_parser = humantime::parse_duration)]
+        windows: Vec<Duration>,
+        /// Sampled pages per GiB of writable memory (QEMU samples 512).
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+        samples_per_gib: u32,
+        /// Rounds after the first pass before giving up.
+        #[arg(long, default_value_t = 30)]
+        max_rounds: u32,
+        #[arg(long)]
+        json: bool,
     },
     /// Check kernel support and privileges, and whether each probe loads.
     #[command(after_help = "Examples:\n  hostprobe check\n  hostprobe check --json")]
@@ -157,6 +185,51 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Readiness {
+            pid,
+            bandwidth,
+            downtime,
+            windows,
+            samples_per_gib,
+            max_rounds,
+            json,
+        } => {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+            let sampler = dirty::Sampler::new(pid, samples_per_gib, seed)?;
+            let memory_bytes = dirty::resident_bytes(pid)? as f64;
+            let points = sampler.measure(&windows)?;
+            let curve = DirtyCurve::new(points.clone());
+            let link = Link {
+                bandwidth_bytes_per_second: bandwidth,
+                downtime_limit_seconds: downtime.as_secs_f64(),
+                max_rounds,
+                time_cap_seconds: None,
+            };
+            let report = ReadinessReport {
+                pid,
+                memory_bytes,
+                method: sampler.method(),
+                dirty: points,
+                link,
+                prediction: readiness::predict(memory_bytes, &curve, &link),
+                min_bandwidth_bytes_per_second: readiness::min_bandwidth(
+                    memory_bytes,
+                    &curve,
+                    &link,
+                ),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializable")
+                );
+            } else {
+                print!("{}", report::render_readiness(&report));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Serve {
             listen,

@@ -98,6 +98,21 @@ pub struct Prediction {
     pub sent_bytes: f64,
 }
 
+/// One readiness answer with its evidence: the view behind
+/// `hostprobe readiness` (text and `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadinessReport {
+    pub pid: u32,
+    /// Resident memory of the target: what the first pass sends.
+    pub memory_bytes: f64,
+    pub method: crate::dirty::SamplingMethod,
+    /// Measured d(w).
+    pub dirty: Vec<DirtyPoint>,
+    pub link: Link,
+    pub prediction: Prediction,
+    pub min_bandwidth_bytes_per_second: Option<f64>,
+}
+
 /// Simulates pre-copy of `memory_bytes` under the dirty curve over `link`.
 pub fn predict(memory_bytes: f64, curve: &DirtyCurve, link: &Link) -> Prediction {
     let b = link.bandwidth_bytes_per_second.max(f64::MIN_POSITIVE);

@@ -172,6 +172,69 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
     o
 }
 
+/// The `hostprobe readiness` answer.
+pub fn render_readiness(r: &crate::readiness::ReadinessReport) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let mut o = String::new();
+    let p = &r.prediction;
+    let _ = writeln!(
+        o,
+        "pid {}: {:.0} MiB resident; link {:.1} MiB/s, downtime limit {}",
+        r.pid,
+        r.memory_bytes / MIB,
+        r.link.bandwidth_bytes_per_second / MIB,
+        fmt_seconds(r.link.downtime_limit_seconds)
+    );
+    let _ = writeln!(
+        o,
+        "dirtied ({}, {} samples over {:.0} MiB of writable mappings):",
+        r.method.method,
+        r.method.samples,
+        r.method.sampled_bytes as f64 / MIB
+    );
+    for d in &r.dirty {
+        let _ = writeln!(
+            o,
+            "  within {:>7}: {:>9.1} MiB  ({:.1} MiB/s)",
+            fmt_seconds(d.window_seconds),
+            d.dirty_bytes / MIB,
+            d.dirty_bytes / MIB / d.window_seconds
+        );
+    }
+    let verdict = if p.converges {
+        "CONVERGES"
+    } else {
+        "DOES NOT CONVERGE"
+    };
+    let _ = writeln!(
+        o,
+        "pre-copy {verdict} ({:?}) after {} dirty rounds",
+        p.verdict, p.rounds
+    );
+    let _ = writeln!(
+        o,
+        "  total time {}, sent {:.0} MiB",
+        fmt_seconds(p.total_seconds),
+        p.sent_bytes / MIB
+    );
+    if let Some(d) = p.downtime_seconds {
+        let _ = writeln!(o, "  downtime {}", fmt_seconds(d));
+    }
+    match r.min_bandwidth_bytes_per_second {
+        Some(b) => {
+            let _ = writeln!(
+                o,
+                "  converges from {:.1} MiB/s for this downtime limit",
+                b / MIB
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  does not converge at any bandwidth up to 1 TB/s");
+        }
+    }
+    o
+}
+
 /// Rows of the lock report shown (the snapshot keeps more).
 const LOCK_ROWS: usize = 10;
 

@@ -1,0 +1,274 @@
+//! Anonymous-memory dirtying of a process, estimated by content sampling:
+//! QEMU's page-sampling method (calc-dirty-rate) applied from outside. Pick
+//! random pages of the target's writable mappings, hash them through
+//! /proc/PID/mem, hash them again after each window, count the changed ones.
+//! Works on every kernel (no soft-dirty needed) and for QEMU guests, whose
+//! RAM is a mapping of the QEMU process. Precision grows with the number of
+//! changed samples n (relative error about 1/sqrt(n)).
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs::File;
+use std::hash::Hasher;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::readiness::DirtyPoint;
+
+pub const PAGE: u64 = 4096;
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// A writable mapping of the target, `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Readable, writable, non-special mappings in `/proc/PID/maps` text.
+pub fn writable_mappings(maps: &str) -> Vec<Mapping> {
+    maps.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let name = f.nth(3).unwrap_or("");
+            let p = perms.as_bytes();
+            if p.first() != Some(&b'r') || p.get(1) != Some(&b'w') || name.starts_with("[v") {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+            })
+        })
+        .filter(|m| m.end > m.start)
+        .collect()
+}
+
+/// What the estimate is based on, reported with every figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct SamplingMethod {
+    pub method: &'static str,
+    pub samples: usize,
+    pub sampled_bytes: u64,
+}
+
+pub struct Sampler {
+    pid: u32,
+    mem: File,
+    pages: Vec<u64>,
+    sampled_bytes: u64,
+}
+
+impl Sampler {
+    /// Picks `samples_per_gib` random pages per GiB of writable mappings
+    /// (at least 64) of process `pid`.
+    pub fn new(pid: u32, samples_per_gib: u32, seed: u64) -> Result<Self> {
+        let maps_path = PathBuf::from(format!("/proc/{pid}/maps"));
+        let maps = std::fs::read_to_string(&maps_path).map_err(|_| Error::NoSuchProcess { pid })?;
+        let mem_path = PathBuf::from(format!("/proc/{pid}/mem"));
+        let mem = File::open(&mem_path).map_err(|e| Error::io(&mem_path, e))?;
+        let mappings = writable_mappings(&maps);
+        let sampled_bytes: u64 = mappings.iter().map(|m| m.end - m.start).sum();
+        let n = ((sampled_bytes as f64 / GIB * f64::from(samples_per_gib)).ceil() as usize).max(64);
+        let pages = pick_pages(&mappings, n, seed);
+        Ok(Self {
+            pid,
+            mem,
+            pages,
+            sampled_bytes,
+        })
+    }
+
+    pub fn method(&self) -> SamplingMethod {
+        SamplingMethod {
+            method: "content sampling (estimate)",
+            samples: self.pages.len(),
+            sampled_bytes: self.sampled_bytes,
+        }
+    }
+
+    /// Hashes of the sampled pages now; pages that cannot be read (unmapped
+    /// meanwhile) hash as `None` and count as unchanged only if still so.
+    fn snapshot(&self) -> Result<Vec<Option<u64>>> {
+        if !std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
+            return Err(Error::NoSuchProcess { pid: self.pid });
+        }
+        let mut buf = vec![0u8; PAGE as usize];
+        Ok(self
+            .pages
+            .iter()
+            .map(|&addr| {
+                self.mem.read_exact_at(&mut buf, addr).ok().map(|()| {
+                    let mut h = DefaultHasher::new();
+                    h.write(&buf);
+                    h.finish()
+                })
+            })
+            .collect())
+    }
+
+    /// d(w) for each window: one baseline, then a re-read at each window's
+    /// end, so all windows are measured in one run of `max(windows)`.
+    pub fn measure(&self, windows: &[Duration]) -> Result<Vec<DirtyPoint>> {
+        let mut windows = windows.to_vec();
+        windows.sort();
+        let base = self.snapshot()?;
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for w in windows {
+            if let Some(left) = w.checked_sub(t0.elapsed()) {
+                std::thread::sleep(left);
+            }
+            let elapsed = t0.elapsed().as_secs_f64();
+            let now = self.snapshot()?;
+            let changed = base.iter().zip(&now).filter(|(a, b)| a != b).count();
+            out.push(DirtyPoint {
+                window_seconds: elapsed,
+                dirty_bytes: changed as f64 / base.len() as f64 * self.sampled_bytes as f64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Resident memory of the process (what a migration must send at least).
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    let path = PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
+    let text = std::fs::read_to_string(&path).map_err(|_| Error::NoSuchProcess { pid })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| Error::Parse {
+            path,
+            reason: "no Rss line".into(),
+        })
+}
+
+/// `n` page addresses spread over the mappings in proportion to their size.
+fn pick_pages(mappings: &[Mapping], n: usize, seed: u64) -> Vec<u64> {
+    let total_pages: u64 = mappings.iter().map(|m| (m.end - m.start) / PAGE).sum();
+    if total_pages == 0 {
+        return Vec::new();
+    }
+    let mut state = seed | 1;
+    let mut next = || {
+        // xorshift64*: cheap, and enough to scatter samples.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    (0..n)
+        .map(|_| {
+            let mut k = next() % total_pages;
+            for m in mappings {
+                let pages = (m.end - m.start) / PAGE;
+                if k < pages {
+                    return m.start + k * PAGE;
+                }
+                k -= pages;
+            }
+            unreachable!("k < total_pages")
+        })
+        .collect()
+}
+
+/// Parses a bandwidth: `1Gbit/s`, `100Mbit/s`, `125MB/s`, `64MiB/s`, or a
+/// plain number of bytes per second.
+pub fn parse_bandwidth(text: &str) -> std::result::Result<f64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 1Gbit/s, 125MB/s or 64MiB/s"))?;
+    let factor = match unit {
+        "" | "B" => 1.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => GIB,
+        "kbit" | "Kbit" => 1e3 / 8.0,
+        "Mbit" => 1e6 / 8.0,
+        "Gbit" => 1e9 / 8.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (B, kB, MB, GB, KiB, MiB, GiB, kbit, Mbit, Gbit)"
+            ))
+        }
+    };
+    if value <= 0.0 {
+        return Err(format!("{text:?}: bandwidth must be positive"));
+    }
+    Ok(value * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_readable_writable_mappings_only() {
+        let maps = "\
+55d0c0000000-55d0c0001000 r--p 00000000 08:01 123 /usr/bin/qemu
+55d0c0001000-55d0c0002000 r-xp 00001000 08:01 123 /usr/bin/qemu
+55d0c0002000-55d0c0004000 rw-p 00002000 08:01 123 /usr/bin/qemu
+7f0000000000-7f0040000000 rw-s 00000000 00:01 9 /memfd:pc.ram (deleted)
+7f0040000000-7f0040001000 ---p 00000000 00:00 0
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+7ffd00022000-7ffd00024000 r--p 00000000 00:00 0 [vvar]
+";
+        let m = writable_mappings(maps);
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            m[1],
+            Mapping {
+                start: 0x7f0000000000,
+                end: 0x7f0040000000
+            }
+        );
+    }
+
+    #[test]
+    fn samples_spread_in_proportion_to_size() {
+        let maps = [
+            Mapping {
+                start: 0,
+                end: 100 * PAGE,
+            },
+            Mapping {
+                start: 1 << 30,
+                end: (1 << 30) + 900 * PAGE,
+            },
+        ];
+        let pages = pick_pages(&maps, 10_000, 7);
+        let in_small = pages.iter().filter(|&&p| p < 100 * PAGE).count();
+        assert!((800..1200).contains(&in_small), "{in_small}");
+        assert!(pages.iter().all(|p| p % PAGE == 0));
+        assert!(pick_pages(&[], 10, 1).is_empty());
+    }
+
+    #[test]
+    fn parses_bandwidths() {
+        assert_eq!(parse_bandwidth("1Gbit/s"), Ok(125e6));
+        assert_eq!(parse_bandwidth("64MiB/s"), Ok(64.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_bandwidth("125MB/s"), Ok(125e6));
+        assert_eq!(parse_bandwidth("1000"), Ok(1000.0));
+        assert!(parse_bandwidth("fast").is_err());
+        assert!(parse_bandwidth("10Xb/s")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_bandwidth("0MB/s").is_err());
+    }
+}

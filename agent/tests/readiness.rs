@@ -1,0 +1,87 @@
+//! `hostprobe readiness` against a process whose dirtying rate the test
+//! sets exactly: this test process, with a thread writing a never-repeating
+//! value into a fixed number of distinct pages per second.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hostprobe");
+const PAGE: usize = 4096;
+const PAGES: usize = 65536; // 256 MiB
+const RATE: f64 = 4000.0; // distinct pages per second
+
+/// Writes `RATE` pages per second round-robin over a 256 MiB buffer, each
+/// with a new counter value (rewriting equal bytes would fool sampling).
+fn dirtier(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![1u8; PAGES * PAGE];
+        let start = Instant::now();
+        let mut written: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let due = (start.elapsed().as_secs_f64() * RATE) as u64;
+            while written < due {
+                let page = (written as usize % PAGES) * PAGE;
+                buf[page..page + 8].copy_from_slice(&written.to_le_bytes());
+                written += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::hint::black_box(&buf);
+    })
+}
+
+#[test]
+fn the_estimate_measures_a_known_dirty_rate_within_15_percent() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = dirtier(stop.clone());
+    // Let the buffer be allocated and touched first.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = std::process::id().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "readiness",
+            "--pid",
+            &pid,
+            "--windows",
+            "1s,2s",
+            "--samples-per-gib",
+            "16384",
+            "--json",
+        ])
+        .output()
+        .expect("run hostprobe readiness");
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(r["method"]["method"], "content sampling (estimate)");
+    for d in r["dirty"].as_array().unwrap() {
+        let w = d["window_seconds"].as_f64().unwrap();
+        let pages_per_s = d["dirty_bytes"].as_f64().unwrap() / PAGE as f64 / w;
+        eprintln!("window {w:.2} s: {pages_per_s:.0} pages/s (set: {RATE})");
+        assert!(
+            (pages_per_s - RATE).abs() / RATE <= 0.15,
+            "measured {pages_per_s:.0} pages/s in {w:.2} s, set {RATE}"
+        );
+    }
+    assert!(r["memory_bytes"].as_f64().unwrap() >= (PAGES * PAGE) as f64);
+    assert!(r["prediction"]["converges"].is_boolean());
+}
+
+#[test]
+fn a_dead_pid_gets_a_clear_error() {
+    let out = Command::new(BIN)
+        .args(["readiness", "--pid", "4194304"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process with pid 4194304"));
+}
