@@ -172,14 +172,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
     match command {
         Command::Check { json } => {
             let r = check::run();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).expect("serializable")
-                );
-            } else {
-                print!("{}", check::render(&r));
-            }
+            print_view(&r, json, check::render);
             Ok(if r.usable() {
                 ExitCode::SUCCESS
             } else {
@@ -221,14 +214,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                     &link,
                 ),
             };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("serializable")
-                );
-            } else {
-                print!("{}", report::render_readiness(&report));
-            }
+            print_view(&report, json, report::render_readiness);
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve {
@@ -254,14 +240,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             collect_for(duration).await;
             let snapshot = agent.snapshot()?;
             drop(agent);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&snapshot).expect("serializable")
-                );
-            } else {
-                print!("{}", report::render(&snapshot, stacks));
-            }
+            print_view(&snapshot, json, |v| report::render(v, stacks));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -275,6 +254,18 @@ fn options(target: Target, t: &Tuning, lock_types: u64) -> AgentOptions {
         max_workloads: t.max_workloads,
         lock_types,
         spin_stacks_per_sec: t.lock_stacks,
+    }
+}
+
+/// Prints one JSON document, or the human view of the same value.
+fn print_view<T: serde::Serialize>(value: &T, json: bool, render: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("serializable")
+        );
+    } else {
+        print!("{}", render(value));
     }
 }
 
