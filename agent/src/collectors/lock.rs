@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use aya::Ebpf;
 use hostprobe_common::lock::{counter, AddrKey, CallerKey, Hist, Stat, STACK_NOT_SAMPLED, TYPES};
 use hostprobe_common::HIST_BUCKETS;
 
+use super::{map_err, take};
 use crate::cgroup::CgroupResolver;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hist::Log2Hist;
 use crate::kallsyms::Kallsyms;
 use crate::lock_types;
@@ -51,17 +52,6 @@ fn sum(per_cpu: &[Stat]) -> Stat {
     })
 }
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
-    move |source| Error::Map { name, source }
-}
-
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
-    ebpf.take_map(name).ok_or(Error::Map {
-        name,
-        source: aya::maps::MapError::InvalidName { name: name.into() },
-    })
-}
-
 pub struct LockCollector {
     by_caller: PerCpuHashMap<MapData, CallerKey, Stat>,
     by_addr: PerCpuHashMap<MapData, AddrKey, Stat>,
@@ -69,6 +59,10 @@ pub struct LockCollector {
     hist: PerCpuArray<MapData, Hist>,
     counters: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
+    /// Frames of each stack id read so far: the kernel never rewrites an
+    /// entry (no BPF_F_REUSE_STACKID) and nothing deletes one, so each is
+    /// read once instead of once per row per scrape.
+    stack_frames: HashMap<i32, Vec<u64>>,
     kallsyms: Kallsyms,
     /// Cumulative values of the last round, for deltas.
     last_callers: HashMap<(u32, String), LockTotals>,
@@ -103,6 +97,7 @@ impl LockCollector {
                 warn!("lock callers and static locks stay unnamed: {e}");
                 Kallsyms::default()
             }),
+            stack_frames: HashMap::new(),
             last_callers: HashMap::new(),
             last_workloads: HashMap::new(),
             callers: Labels::new(top_k),
@@ -110,14 +105,22 @@ impl LockCollector {
         })
     }
 
-    fn stack(&self, stack_id: i32) -> Vec<u64> {
+    fn stack(&mut self, stack_id: i32) -> Vec<u64> {
+        // Negative: not sampled, or the kernel could not store the stack.
         if stack_id < 0 {
             return Vec::new();
         }
-        self.stacks
-            .get(&(stack_id as u32), 0)
-            .map(|s| s.frames().iter().map(|f| f.ip).collect())
-            .unwrap_or_default()
+        if let Some(frames) = self.stack_frames.get(&stack_id) {
+            return frames.clone();
+        }
+        match self.stacks.get(&(stack_id as u32), 0) {
+            Ok(s) => {
+                let frames: Vec<u64> = s.frames().iter().map(|f| f.ip).collect();
+                self.stack_frames.insert(stack_id, frames.clone());
+                frames
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     pub fn collect(&mut self, cgroups: &mut CgroupResolver) -> Result<(LockSection, LockCounters)> {

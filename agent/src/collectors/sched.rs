@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use aya::Ebpf;
 use hostprobe_common::{counter, SchedStats, DEAD_CGROUPS, DIST_CLASSES, HIST_BUCKETS};
 
+use super::{map_err, take};
 use crate::cgroup::CgroupResolver;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hist::Log2Hist;
 use crate::snapshot::{Distances, LatencySummary, Placements, SchedSection, WorkloadSched};
 use crate::topk::{Labels, Totals};
@@ -110,29 +111,13 @@ pub struct SchedCounters {
     pub drops: BTreeMap<String, u64>,
 }
 
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
-    ebpf.take_map(name).ok_or(Error::Map {
-        name,
-        source: aya::maps::MapError::InvalidName { name: name.into() },
-    })
-}
-
 impl SchedCollector {
     pub fn new(ebpf: &mut Ebpf, top_k: usize) -> Result<Self> {
-        let dead = Array::try_from(take(ebpf, "DEAD_CGROUPS")?).map_err(|source| Error::Map {
-            name: "DEAD_CGROUPS",
-            source,
-        })?;
-        let workloads =
-            PerCpuArray::try_from(take(ebpf, "SCHED_WORKLOADS")?).map_err(|source| Error::Map {
-                name: "SCHED_WORKLOADS",
-                source,
-            })?;
-        let counters =
-            PerCpuArray::try_from(take(ebpf, "SCHED_COUNTERS")?).map_err(|source| Error::Map {
-                name: "SCHED_COUNTERS",
-                source,
-            })?;
+        let dead = Array::try_from(take(ebpf, "DEAD_CGROUPS")?).map_err(map_err("DEAD_CGROUPS"))?;
+        let workloads = PerCpuArray::try_from(take(ebpf, "SCHED_WORKLOADS")?)
+            .map_err(map_err("SCHED_WORKLOADS"))?;
+        let counters = PerCpuArray::try_from(take(ebpf, "SCHED_COUNTERS")?)
+            .map_err(map_err("SCHED_COUNTERS"))?;
         Ok(Self {
             workloads,
             dead,
@@ -156,10 +141,10 @@ impl SchedCollector {
         let mut now: HashMap<u64, SchedTotals> = HashMap::new();
         let mut present = HashSet::new();
         for index in 0..self.workloads.len() {
-            let per_cpu = self.workloads.get(&index, 0).map_err(|source| Error::Map {
-                name: "SCHED_WORKLOADS",
-                source,
-            })?;
+            let per_cpu = self
+                .workloads
+                .get(&index, 0)
+                .map_err(map_err("SCHED_WORKLOADS"))?;
             for entry in per_cpu.iter().filter(|e| e.cgroup_id != 0) {
                 present.insert(entry.cgroup_id);
                 if !self.retired.contains(&entry.cgroup_id) {
@@ -201,18 +186,17 @@ impl SchedCollector {
             // The kernel reuses the entries of ids in this ring.
             let slot = self.dead_next % DEAD_CGROUPS;
             self.dead_next = self.dead_next.wrapping_add(1);
-            self.dead.set(slot, *id, 0).map_err(|source| Error::Map {
-                name: "DEAD_CGROUPS",
-                source,
-            })?;
+            self.dead
+                .set(slot, *id, 0)
+                .map_err(map_err("DEAD_CGROUPS"))?;
         }
         self.last = now;
 
         let c = |i: u32| -> Result<u64> {
-            let v = self.counters.get(&i, 0).map_err(|source| Error::Map {
-                name: "SCHED_COUNTERS",
-                source,
-            })?;
+            let v = self
+                .counters
+                .get(&i, 0)
+                .map_err(map_err("SCHED_COUNTERS"))?;
             Ok(v.iter().sum())
         };
         let mut migrations = [0u64; DIST_CLASSES];
