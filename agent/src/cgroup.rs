@@ -48,19 +48,50 @@ impl CgroupResolver {
     /// Id of the cgroup at `path` (relative to the v2 root, leading `/`
     /// optional, or absolute under the mount point).
     pub fn id_of(&self, path: &str) -> Result<u64> {
+        Ok(std::fs::metadata(self.dir_of(path)?)
+            .map_err(|_| self.not_found(path))?
+            .ino())
+    }
+
+    /// Processes in the cgroup at `path` and all its descendants.
+    pub fn procs(&self, path: &str) -> Result<Vec<u32>> {
+        let mut pids = Vec::new();
+        let mut stack = vec![self.dir_of(path)?];
+        while let Some(dir) = stack.pop() {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    fn dir_of(&self, path: &str) -> Result<PathBuf> {
         let rel = Path::new(path)
             .strip_prefix(&self.root)
             .map(Path::to_path_buf)
             .unwrap_or_else(|_| PathBuf::from(path.trim_start_matches('/')));
         let full = self.root.join(rel);
-        std::fs::metadata(&full)
-            .ok()
-            .filter(|m| m.is_dir())
-            .map(|m| m.ino())
-            .ok_or_else(|| Error::NoSuchCgroup {
-                path: path.to_string(),
-                root: self.root.clone(),
-            })
+        if full.is_dir() {
+            Ok(full)
+        } else {
+            Err(self.not_found(path))
+        }
+    }
+
+    fn not_found(&self, path: &str) -> Error {
+        Error::NoSuchCgroup {
+            path: path.to_string(),
+            root: self.root.clone(),
+        }
     }
 
     /// The cgroup v2 path of a process, from `/proc/PID/cgroup`.

@@ -57,28 +57,74 @@ pub struct SamplingMethod {
     pub sampled_bytes: u64,
 }
 
+/// Memory of one process to measure: its pid and the mappings that count.
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub pid: u32,
+    pub mappings: Vec<Mapping>,
+}
+
+impl Region {
+    /// All readable, writable mappings of a process.
+    pub fn process(pid: u32) -> Result<Self> {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map_err(|_| Error::NoSuchProcess { pid })?;
+        Ok(Self {
+            pid,
+            mappings: writable_mappings(&maps),
+        })
+    }
+
+    fn bytes(&self) -> u64 {
+        self.mappings.iter().map(|m| m.end - m.start).sum()
+    }
+}
+
+/// d(w) at each window, plus how much of the sampled memory is zero pages
+/// (which pre-copy sends as a flag, not as 4 KiB).
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub points: Vec<DirtyPoint>,
+    pub zero_share: f64,
+}
+
 pub struct Sampler {
-    pid: u32,
-    mem: File,
-    pages: Vec<u64>,
+    regions: Vec<(u32, File)>,
+    /// (index into `regions`, page address).
+    pages: Vec<(usize, u64)>,
     sampled_bytes: u64,
 }
 
 impl Sampler {
-    /// Picks `samples_per_gib` random pages per GiB of writable mappings
-    /// (at least 64) of process `pid`.
-    pub fn new(pid: u32, samples_per_gib: u32, seed: u64) -> Result<Self> {
-        let maps_path = PathBuf::from(format!("/proc/{pid}/maps"));
-        let maps = std::fs::read_to_string(&maps_path).map_err(|_| Error::NoSuchProcess { pid })?;
-        let mem_path = PathBuf::from(format!("/proc/{pid}/mem"));
-        let mem = File::open(&mem_path).map_err(|e| Error::io(&mem_path, e))?;
-        let mappings = writable_mappings(&maps);
-        let sampled_bytes: u64 = mappings.iter().map(|m| m.end - m.start).sum();
+    /// Picks `samples_per_gib` random pages per GiB of the regions' mappings
+    /// (at least 64), in proportion to their size.
+    pub fn new(regions: &[Region], samples_per_gib: u32, seed: u64) -> Result<Self> {
+        let sampled_bytes: u64 = regions.iter().map(Region::bytes).sum();
         let n = ((sampled_bytes as f64 / GIB * f64::from(samples_per_gib)).ceil() as usize).max(64);
-        let pages = pick_pages(&mappings, n, seed);
+        let all: Vec<(usize, Mapping)> = regions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.mappings.iter().map(move |&m| (i, m)))
+            .collect();
+        let maps: Vec<Mapping> = all.iter().map(|&(_, m)| m).collect();
+        let pages = pick_pages(&maps, n, seed)
+            .into_iter()
+            .map(|(m, addr)| (all[m].0, addr))
+            .collect();
+        let files = regions
+            .iter()
+            .map(|r| {
+                let path = PathBuf::from(format!("/proc/{}/mem", r.pid));
+                File::open(&path)
+                    .map(|f| (r.pid, f))
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid: r.pid },
+                        _ => Error::io(&path, e),
+                    })
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
-            pid,
-            mem,
+            regions: files,
             pages,
             sampled_bytes,
         })
@@ -92,47 +138,62 @@ impl Sampler {
         }
     }
 
-    /// Hashes of the sampled pages now; pages that cannot be read (unmapped
-    /// meanwhile) hash as `None` and count as unchanged only if still so.
-    fn snapshot(&self) -> Result<Vec<Option<u64>>> {
-        if !std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
-            return Err(Error::NoSuchProcess { pid: self.pid });
+    /// Hashes of the sampled pages now (`None`: unreadable, e.g. unmapped
+    /// meanwhile) and how many are all zeros. The first process found gone
+    /// is an error: its figures would be meaningless.
+    fn snapshot(&self) -> Result<(Vec<Option<u64>>, usize)> {
+        if let Some(&(pid, _)) = self
+            .regions
+            .iter()
+            .find(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        {
+            return Err(Error::NoSuchProcess { pid });
         }
         let mut buf = vec![0u8; PAGE as usize];
-        Ok(self
+        let mut zeros = 0;
+        let hashes = self
             .pages
             .iter()
-            .map(|&addr| {
-                self.mem.read_exact_at(&mut buf, addr).ok().map(|()| {
-                    let mut h = DefaultHasher::new();
-                    h.write(&buf);
-                    h.finish()
-                })
+            .map(|&(i, addr)| {
+                self.regions[i]
+                    .1
+                    .read_exact_at(&mut buf, addr)
+                    .ok()
+                    .map(|()| {
+                        zeros += usize::from(buf.iter().all(|&b| b == 0));
+                        let mut h = DefaultHasher::new();
+                        h.write(&buf);
+                        h.finish()
+                    })
             })
-            .collect())
+            .collect();
+        Ok((hashes, zeros))
     }
 
     /// d(w) for each window: one baseline, then a re-read at each window's
     /// end, so all windows are measured in one run of `max(windows)`.
-    pub fn measure(&self, windows: &[Duration]) -> Result<Vec<DirtyPoint>> {
+    pub fn measure(&self, windows: &[Duration]) -> Result<Measurement> {
         let mut windows = windows.to_vec();
         windows.sort();
-        let base = self.snapshot()?;
+        let (base, zeros) = self.snapshot()?;
         let t0 = Instant::now();
-        let mut out = Vec::new();
+        let mut points = Vec::new();
         for w in windows {
             if let Some(left) = w.checked_sub(t0.elapsed()) {
                 std::thread::sleep(left);
             }
             let elapsed = t0.elapsed().as_secs_f64();
-            let now = self.snapshot()?;
+            let (now, _) = self.snapshot()?;
             let changed = base.iter().zip(&now).filter(|(a, b)| a != b).count();
-            out.push(DirtyPoint {
+            points.push(DirtyPoint {
                 window_seconds: elapsed,
                 dirty_bytes: changed as f64 / base.len() as f64 * self.sampled_bytes as f64,
             });
         }
-        Ok(out)
+        Ok(Measurement {
+            points,
+            zero_share: zeros as f64 / base.len().max(1) as f64,
+        })
     }
 }
 
@@ -150,8 +211,9 @@ pub fn resident_bytes(pid: u32) -> Result<u64> {
         })
 }
 
-/// `n` page addresses spread over the mappings in proportion to their size.
-fn pick_pages(mappings: &[Mapping], n: usize, seed: u64) -> Vec<u64> {
+/// `n` pages, as (mapping index, address), spread over the mappings in
+/// proportion to their size.
+fn pick_pages(mappings: &[Mapping], n: usize, seed: u64) -> Vec<(usize, u64)> {
     let total_pages: u64 = mappings.iter().map(|m| (m.end - m.start) / PAGE).sum();
     if total_pages == 0 {
         return Vec::new();
@@ -167,10 +229,10 @@ fn pick_pages(mappings: &[Mapping], n: usize, seed: u64) -> Vec<u64> {
     (0..n)
         .map(|_| {
             let mut k = next() % total_pages;
-            for m in mappings {
+            for (i, m) in mappings.iter().enumerate() {
                 let pages = (m.end - m.start) / PAGE;
                 if k < pages {
-                    return m.start + k * PAGE;
+                    return (i, m.start + k * PAGE);
                 }
                 k -= pages;
             }
@@ -253,9 +315,11 @@ mod tests {
             },
         ];
         let pages = pick_pages(&maps, 10_000, 7);
-        let in_small = pages.iter().filter(|&&p| p < 100 * PAGE).count();
+        let in_small = pages.iter().filter(|&&(_, p)| p < 100 * PAGE).count();
         assert!((800..1200).contains(&in_small), "{in_small}");
-        assert!(pages.iter().all(|p| p % PAGE == 0));
+        assert!(pages
+            .iter()
+            .all(|&(i, p)| p % PAGE == 0 && (maps[i].start..maps[i].end).contains(&p)));
         assert!(pick_pages(&[], 10, 1).is_empty());
     }
 

@@ -35,6 +35,10 @@ pub enum Error {
     Privileges { missing: String },
     #[error("no process with pid {pid} (it may have exited)")]
     NoSuchProcess { pid: u32 },
+    #[error("no QEMU VM named {name:?} is running (running: {running}); name one with `-name guest=NAME`")]
+    NoSuchVm { name: String, running: String },
+    #[error("cgroup {path:?} has no processes to measure")]
+    EmptyCgroup { path: String },
     #[error("cgroup {path:?} not found under the cgroup v2 mount {root}")]
     NoSuchCgroup { path: String, root: PathBuf },
     #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
@@ -69,9 +73,11 @@ impl Error {
     /// differently (privileges, arguments), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Privileges { .. } | Error::NoSuchProcess { .. } | Error::NoSuchCgroup { .. } => {
-                2
-            }
+            Error::Privileges { .. }
+            | Error::NoSuchProcess { .. }
+            | Error::NoSuchVm { .. }
+            | Error::EmptyCgroup { .. }
+            | Error::NoSuchCgroup { .. } => 2,
             _ => 1,
         }
     }

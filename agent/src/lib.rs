@@ -6,6 +6,7 @@
 //! [`output`].
 
 pub mod agent;
+pub mod assess;
 pub mod btf;
 pub mod cgroup;
 pub mod check;
@@ -17,6 +18,7 @@ pub mod kallsyms;
 pub mod lock_types;
 pub mod output;
 pub mod probes;
+pub mod qemu;
 pub mod readiness;
 pub mod serve;
 pub mod snapshot;

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use hostprobe::agent::{Agent, AgentOptions, Target};
+use hostprobe::assess;
 use hostprobe::error::Error;
 use hostprobe::output::report;
-use hostprobe::readiness::{self, DirtyCurve, Link, ReadinessReport};
+use hostprobe::readiness::Link;
 use hostprobe::{check, dirty, lock_types, serve};
 use hostprobe_common::{DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS};
 use tracing_subscriber::EnvFilter;
@@ -73,30 +74,41 @@ enum Command {
         #[command(flatten)]
         tuning: Tuning,
     },
-    /// Predict whether a process would live-migrate by pre-copy: measures how fast it
-    /// dirties memory (content sampling) and simulates the rounds.
+    /// Predict whether a process, cgroup or QEMU VM would live-migrate by pre-copy: measures
+    /// how fast it dirties memory (content sampling) and simulates the rounds.
     #[command(
-        after_help = "Examples:\n  hostprobe readiness --pid 4242\n  hostprobe readiness --pid 4242 --bandwidth 10Gbit/s --downtime 100ms --json"
+        after_help = "Examples:\n  hostprobe readiness --pid 4242\n  hostprobe readiness --vm web1 --bandwidth 10Gbit/s --downtime 100ms --json\n  hostprobe readiness --cgroup /system.slice/db.service --windows 1s,4s,16s",
+        group = clap::ArgGroup::new("target").required(true).args(["pid", "cgroup", "vm"])
     )]
     Readiness {
-        /// The process (for a VM: its QEMU process).
+        /// A process.
         #[arg(long)]
-        pid: u32,
+        pid: Option<u32>,
+        /// A cgroup v2 path: all processes in it and below.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// A QEMU VM by its `-name` (its guest RAM is measured in the QEMU process).
+        #[arg(long)]
+        vm: Option<String>,
         /// Link bandwidth, e.g. 1Gbit/s, 125MB/s, 64MiB/s.
         #[arg(long, default_value = "1Gbit/s", value_parser = dirty::parse_bandwidth)]
         bandwidth: f64,
         /// Downtime limit (QEMU's default is 300ms).
         #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
         downtime: Duration,
-        /// Windows at which the dirty set is measured (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s", value_parser = humantime::parse_duration)]
+        /// Windows at which the dirty set is measured (comma-separated); the longest is how
+        /// long the measurement takes.
+        #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s,16s", value_parser = humantime::parse_duration)]
         windows: Vec<Duration>,
-        /// Sampled pages per GiB of writable memory (QEMU samples 512).
+        /// Sampled pages per GiB of memory (QEMU samples 512); more samples, less noise.
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
         samples_per_gib: u32,
         /// Rounds after the first pass before giving up.
         #[arg(long, default_value_t = 30)]
         max_rounds: u32,
+        /// Give up (does not converge) after this long, like a migration time cap.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_time: Option<Duration>,
         #[arg(long)]
         json: bool,
     },
@@ -181,39 +193,35 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         }
         Command::Readiness {
             pid,
+            cgroup,
+            vm,
             bandwidth,
             downtime,
             windows,
             samples_per_gib,
             max_rounds,
+            max_time,
             json,
         } => {
-            let seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64);
-            let sampler = dirty::Sampler::new(pid, samples_per_gib, seed)?;
-            let memory_bytes = dirty::resident_bytes(pid)? as f64;
-            let points = sampler.measure(&windows)?;
-            let curve = DirtyCurve::new(points.clone());
+            let target = match (pid, cgroup, vm) {
+                (Some(pid), _, _) => assess::Target::Pid(pid),
+                (_, Some(path), _) => assess::Target::Cgroup(path),
+                (_, _, Some(name)) => assess::Target::Vm(name),
+                _ => unreachable!("clap requires one target"),
+            };
+            let sampling = assess::Sampling {
+                windows,
+                samples_per_gib,
+                seed: seed(),
+            };
             let link = Link {
                 bandwidth_bytes_per_second: bandwidth,
                 downtime_limit_seconds: downtime.as_secs_f64(),
                 max_rounds,
-                time_cap_seconds: None,
+                time_cap_seconds: max_time.map(|d| d.as_secs_f64()),
             };
-            let report = ReadinessReport {
-                pid,
-                memory_bytes,
-                method: sampler.method(),
-                dirty: points,
-                link,
-                prediction: readiness::predict(memory_bytes, &curve, &link),
-                min_bandwidth_bytes_per_second: readiness::min_bandwidth(
-                    memory_bytes,
-                    &curve,
-                    &link,
-                ),
-            };
+            let resolved = assess::Resolved::new(&target)?;
+            let report = assess::assess(&resolved, &sampling, &link)?;
             print_view(&report, json, report::render_readiness);
             Ok(ExitCode::SUCCESS)
         }
@@ -301,4 +309,11 @@ async fn collect_for(duration: Duration) {
     if tty {
         eprint!("\r{}\r", " ".repeat(60));
     }
+}
+
+/// A different sample of pages on every run.
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
 }

@@ -35,6 +35,7 @@ impl DirtyCurve {
             max = max.max(p.dirty_bytes.max(0.0));
             p.dirty_bytes = max;
         }
+        points.dedup_by(|b, a| b.window_seconds == a.window_seconds);
         Self { points }
     }
 
@@ -43,7 +44,9 @@ impl DirtyCurve {
     }
 
     /// `d(w)`: linear in `w` below the first point (a constant rate), linear
-    /// between points, flat after the last (saturated).
+    /// between points, and beyond the last at the last segment's rate: flat
+    /// if the measured curve already saturated, still rising if not (the
+    /// cautious guess; the caller caps it at the memory size).
     pub fn at(&self, w: f64) -> f64 {
         let Some(first) = self.points.first() else {
             return 0.0;
@@ -58,7 +61,15 @@ impl DirtyCurve {
                 return a.dirty_bytes + f * (b.dirty_bytes - a.dirty_bytes);
             }
         }
-        self.points.last().map_or(0.0, |p| p.dirty_bytes)
+        let last = self.points[self.points.len() - 1];
+        let slope = match self.points.len() {
+            1 => last.dirty_bytes / last.window_seconds,
+            n => {
+                let a = self.points[n - 2];
+                (last.dirty_bytes - a.dirty_bytes) / (last.window_seconds - a.window_seconds)
+            }
+        };
+        last.dirty_bytes + slope * (w - last.window_seconds)
     }
 }
 
@@ -96,21 +107,6 @@ pub struct Prediction {
     pub downtime_seconds: Option<f64>,
     /// Bytes sent in total (or until the model gave up).
     pub sent_bytes: f64,
-}
-
-/// One readiness answer with its evidence: the view behind
-/// `hostprobe readiness` (text and `--json`).
-#[derive(Debug, Clone, Serialize)]
-pub struct ReadinessReport {
-    pub pid: u32,
-    /// Resident memory of the target: what the first pass sends.
-    pub memory_bytes: f64,
-    pub method: crate::dirty::SamplingMethod,
-    /// Measured d(w).
-    pub dirty: Vec<DirtyPoint>,
-    pub link: Link,
-    pub prediction: Prediction,
-    pub min_bandwidth_bytes_per_second: Option<f64>,
 }
 
 /// Simulates pre-copy of `memory_bytes` under the dirty curve over `link`.
@@ -240,6 +236,23 @@ mod tests {
         assert_eq!(c.at(16.0), 400.0);
         assert_eq!(c.at(1000.0), 400.0);
         assert_eq!(DirtyCurve::new(vec![]).at(3.0), 0.0);
+        // Not saturated when measured: goes on at the last rate.
+        let rising = DirtyCurve::new(vec![
+            DirtyPoint {
+                window_seconds: 1.0,
+                dirty_bytes: 100.0,
+            },
+            DirtyPoint {
+                window_seconds: 4.0,
+                dirty_bytes: 250.0,
+            },
+        ]);
+        assert_eq!(rising.at(10.0), 550.0);
+        let one = DirtyCurve::new(vec![DirtyPoint {
+            window_seconds: 2.0,
+            dirty_bytes: 100.0,
+        }]);
+        assert_eq!((one.at(1.0), one.at(8.0)), (50.0, 400.0));
     }
 
     #[test]

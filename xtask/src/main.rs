@@ -2,7 +2,9 @@
 //! eBPF toolchain, running, testing, benchmarking.
 
 mod bench;
+mod migration;
 mod setup;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,6 +34,27 @@ enum Task {
     Test,
     /// Measure the agent's overhead on scheduler-heavy loads (see README).
     Bench(bench::BenchArgs),
+    /// The QEMU rig: install QEMU 10, fetch the guest kernel, build the initramfs; or boot a guest.
+    Vm {
+        #[command(subcommand)]
+        task: VmTask,
+    },
+    /// Predict with hostprobe, then live-migrate real QEMU guests on loopback and compare (~15 min).
+    ValidateMigration(migration::MigrationArgs),
+}
+
+#[derive(Subcommand)]
+enum VmTask {
+    /// Install and build everything the rig needs.
+    Build,
+    /// Boot a 1 GiB guest whose dirtier writes RATE distinct pages/s, until Ctrl-C.
+    Dirtier {
+        #[arg(long, default_value_t = 4000)]
+        rate: u32,
+        /// The VM's name, for `hostprobe readiness --vm NAME`.
+        #[arg(long, default_value = "hostprobe-demo")]
+        name: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +78,14 @@ fn main() -> Result<()> {
         Task::Bench(args) => {
             let bin = build()?;
             bench::run(&bin, &args)
+        }
+        Task::Vm { task } => match task {
+            VmTask::Build => migration::initramfs(&vm::prepare()?).map(drop),
+            VmTask::Dirtier { rate, name } => migration::demo(rate, &name),
+        },
+        Task::ValidateMigration(args) => {
+            let bin = build()?;
+            migration::run(&bin, &args)
         }
     }
 }

@@ -21,12 +21,12 @@ pub struct Tools {
 pub fn run() -> Result<Tools> {
     ensure_nightly()?;
     let bpf_linker_dir = ensure_bpf_linker()?;
-    ensure_packages()?;
+    ensure_packages(&PACKAGES)?;
     ensure_tracefs()?;
     Ok(Tools { bpf_linker_dir })
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -37,7 +37,7 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn status(cmd: &mut Command) -> Result<()> {
+pub fn status(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask setup: {cmd:?}");
     let s = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !s.success() {
@@ -116,7 +116,7 @@ fn nightly() -> Result<Nightly> {
     })
 }
 
-fn data_dir() -> PathBuf {
+pub fn data_dir() -> PathBuf {
     std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
@@ -184,8 +184,8 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.into_iter().filter(|p| !installed(p)).collect();
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -173,21 +173,28 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
 }
 
 /// The `hostprobe readiness` answer.
-pub fn render_readiness(r: &crate::readiness::ReadinessReport) -> String {
+pub fn render_readiness(r: &crate::assess::ReadinessReport) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
     let mut o = String::new();
     let p = &r.prediction;
+    let memory = match r.memory_method {
+        crate::assess::MemoryMethod::Resident => "resident",
+        crate::assess::MemoryMethod::GuestRamNonZero => "of non-zero guest RAM",
+    };
+    let pids = r.target.pids.iter().map(u32::to_string).collect::<Vec<_>>();
     let _ = writeln!(
         o,
-        "pid {}: {:.0} MiB resident; link {:.1} MiB/s, downtime limit {}",
-        r.pid,
+        "{} {} (pid {}): {:.0} MiB {memory}; link {:.1} MiB/s, downtime limit {}",
+        r.target.kind,
+        r.target.name,
+        pids.join(","),
         r.memory_bytes / MIB,
         r.link.bandwidth_bytes_per_second / MIB,
         fmt_seconds(r.link.downtime_limit_seconds)
     );
     let _ = writeln!(
         o,
-        "dirtied ({}, {} samples over {:.0} MiB of writable mappings):",
+        "dirtied ({}, {} samples over {:.0} MiB of writable memory):",
         r.method.method,
         r.method.samples,
         r.method.sampled_bytes as f64 / MIB

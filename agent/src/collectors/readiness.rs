@@ -1,0 +1,124 @@
+//! Migration readiness of the VMs on the host (found automatically) and of
+//! named processes and cgroups, re-assessed on an interval in a thread of
+//! its own: a measurement lasts as long as its longest window, far longer
+//! than a scrape may take. Scrapes read the latest results.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::assess::{self, ReadinessReport, Resolved, Sampling, Target};
+use crate::qemu;
+use crate::readiness::Link;
+
+#[derive(Debug, Clone)]
+pub struct ReadinessOptions {
+    /// Assess every QEMU VM found (receiving ends of a migration excepted).
+    pub vms: bool,
+    /// Processes and cgroups named on the command line.
+    pub targets: Vec<Target>,
+    pub link: Link,
+    pub windows: Vec<Duration>,
+    pub samples_per_gib: u32,
+    /// Time from the start of one pass over the targets to the next.
+    pub interval: Duration,
+    /// At most this many targets per pass (the rest are counted, not assessed).
+    pub max_targets: usize,
+}
+
+/// The latest assessment of every target: part of the snapshot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReadinessSection {
+    /// Bandwidth and downtime limit the predictions are for.
+    pub link: Option<Link>,
+    pub targets: Vec<ReadinessReport>,
+    /// Assessments that failed (target gone, memory unreadable), in total.
+    pub errors: u64,
+    /// Targets skipped because of `max_targets`, in the last pass.
+    pub skipped: u64,
+}
+
+pub struct ReadinessCollector {
+    latest: Arc<Mutex<ReadinessSection>>,
+}
+
+impl ReadinessCollector {
+    /// Starts the assessment thread; it stops when the collector is dropped.
+    pub fn start(opts: ReadinessOptions) -> Self {
+        let latest = Arc::new(Mutex::new(ReadinessSection {
+            link: Some(opts.link),
+            ..Default::default()
+        }));
+        let weak = Arc::downgrade(&latest);
+        std::thread::Builder::new()
+            .name("readiness".into())
+            .spawn(move || {
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+                loop {
+                    let t0 = Instant::now();
+                    let Some(shared) = weak.upgrade() else {
+                        return;
+                    };
+                    let (targets, skipped) = resolve(&opts);
+                    drop(shared);
+                    let mut reports = Vec::new();
+                    let mut errors = 0;
+                    for t in targets {
+                        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        let sampling = Sampling {
+                            windows: opts.windows.clone(),
+                            samples_per_gib: opts.samples_per_gib,
+                            seed,
+                        };
+                        match t.and_then(|t| assess::assess(&t, &sampling, &opts.link)) {
+                            Ok(r) => reports.push(r),
+                            Err(e) => {
+                                debug!("readiness assessment failed: {e}");
+                                errors += 1;
+                            }
+                        }
+                    }
+                    let Some(shared) = weak.upgrade() else {
+                        return;
+                    };
+                    {
+                        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        s.targets = reports;
+                        s.errors += errors;
+                        s.skipped = skipped as u64;
+                    }
+                    drop(shared);
+                    if let Some(left) = opts.interval.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(left);
+                    }
+                }
+            })
+            .map_err(|e| warn!("readiness thread not started: {e}"))
+            .ok();
+        Self { latest }
+    }
+
+    pub fn collect(&self) -> ReadinessSection {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// This pass's targets: named ones first, then VMs; beyond `max_targets`
+/// only counted.
+fn resolve(opts: &ReadinessOptions) -> (Vec<crate::error::Result<Resolved>>, usize) {
+    let mut all: Vec<crate::error::Result<Resolved>> =
+        opts.targets.iter().map(Resolved::new).collect();
+    if opts.vms {
+        all.extend(
+            qemu::find_vms()
+                .iter()
+                .filter(|v| !v.incoming)
+                .map(Resolved::vm),
+        );
+    }
+    let skipped = all.len().saturating_sub(opts.max_targets);
+    all.truncate(opts.max_targets);
+    (all, skipped)
+}

@@ -1,0 +1,244 @@
+//! QEMU virtual machines on this host, found from /proc: processes named
+//! `qemu-system-*`, their name (`-name`) and RAM size (`-m`). A guest's RAM
+//! is a mapping of its QEMU process, so its dirtying is measured there.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::dirty::Mapping;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vm {
+    pub pid: u32,
+    /// `-name` (its `guest=` part), or `qemu-<pid>` when there is none.
+    pub name: String,
+    /// `-m` in bytes; QEMU's default is 128 MiB.
+    pub ram_bytes: u64,
+    /// Started with `-incoming`: the receiving end of a migration.
+    pub incoming: bool,
+}
+
+const MIB: u64 = 1024 * 1024;
+const DEFAULT_RAM: u64 = 128 * MIB;
+
+/// Every running QEMU system emulator.
+pub fn find_vms() -> Vec<Vm> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut vms: Vec<Vm> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            // comm is cut at 15 bytes: "qemu-system-x86".
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            if !comm.starts_with("qemu-system-") {
+                return None;
+            }
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Some(from_args(pid, &args))
+        })
+        .collect();
+    vms.sort_by_key(|v| v.pid);
+    vms
+}
+
+/// The VM called `name`; the error lists the ones that exist.
+pub fn find_vm(name: &str) -> Result<Vm> {
+    let vms = find_vms();
+    vms.iter()
+        .find(|v| v.name == name)
+        .cloned()
+        .ok_or_else(|| Error::NoSuchVm {
+            name: name.to_string(),
+            running: if vms.is_empty() {
+                "none".into()
+            } else {
+                vms.iter()
+                    .map(|v| format!("{} (pid {})", v.name, v.pid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
+}
+
+/// What `/proc/PID/cmdline` tells about a VM.
+pub fn from_args(pid: u32, args: &[String]) -> Vm {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag || a.strip_prefix('-') == Some(flag))
+            .and_then(|i| args.get(i + 1))
+    };
+    let name = value("-name")
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| p.strip_prefix("guest="))
+                .or_else(|| v.split(',').next().filter(|p| !p.contains('=')))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| format!("qemu-{pid}"));
+    let ram_bytes = value("-m")
+        .and_then(|v| {
+            let size = v
+                .split(',')
+                .find_map(|p| p.strip_prefix("size="))
+                .or_else(|| v.split(',').next().filter(|p| !p.contains('=')))?;
+            parse_size(size)
+        })
+        .unwrap_or(DEFAULT_RAM);
+    Vm {
+        pid,
+        name,
+        ram_bytes,
+        incoming: value("-incoming").is_some(),
+    }
+}
+
+/// QEMU's size syntax: a number with an optional K/M/G/T suffix; a bare
+/// number means MiB for `-m`.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num.parse().ok()?;
+    let factor = match unit.to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" => MIB,
+        "K" | "KB" => 1024,
+        "G" | "GB" => 1024 * MIB,
+        "T" | "TB" => 1024 * 1024 * MIB,
+        _ => return None,
+    };
+    Some((n * factor as f64) as u64)
+}
+
+/// The guest-RAM mappings of a QEMU process: its largest writable,
+/// non-executable mappings, as many as add up to the RAM size. TCG's code
+/// buffer is as large but executable (rwx), which tells them apart.
+pub fn ram_mappings(maps: &str, ram_bytes: u64) -> Vec<Mapping> {
+    let mut candidates: Vec<Mapping> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            if !perms.starts_with("rw") || perms.as_bytes().get(2) == Some(&b'x') {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+            })
+        })
+        .filter(|m| m.end - m.start >= 16 * MIB)
+        .collect();
+    candidates.sort_by_key(|m| std::cmp::Reverse(m.end - m.start));
+    let mut total = 0;
+    let mut out = Vec::new();
+    for m in candidates {
+        // QEMU may round a RAM block up to its alignment (2 MiB).
+        if total >= ram_bytes || total + (m.end - m.start) > ram_bytes + 4 * MIB {
+            continue;
+        }
+        total += m.end - m.start;
+        out.push(m);
+    }
+    out
+}
+
+/// The RAM mappings of a running VM; an error if none can be told apart.
+pub fn vm_ram(vm: &Vm) -> Result<Vec<Mapping>> {
+    let path = PathBuf::from(format!("/proc/{}/maps", vm.pid));
+    let maps = std::fs::read_to_string(&path).map_err(|_| Error::NoSuchProcess { pid: vm.pid })?;
+    let ram = ram_mappings(&maps, vm.ram_bytes);
+    if ram.is_empty() {
+        return Err(Error::Parse {
+            path,
+            reason: format!(
+                "no writable mapping of up to {} MiB that could be the guest RAM of VM {}",
+                vm.ram_bytes / MIB,
+                vm.name
+            ),
+        });
+    }
+    Ok(ram)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn reads_name_ram_and_role_from_the_command_line() {
+        let table = [
+            (
+                "qemu-system-x86_64 -accel tcg -m 1G -name guest=web1,debug-threads=on",
+                "web1",
+                1024 * MIB,
+                false,
+            ),
+            (
+                "qemu-system-x86_64 -name db -m 2048",
+                "db",
+                2048 * MIB,
+                false,
+            ),
+            (
+                "qemu-system-x86_64 -m size=4G,slots=2,maxmem=8G -incoming tcp:127.0.0.1:4444",
+                "qemu-7",
+                4096 * MIB,
+                true,
+            ),
+            (
+                "qemu-system-aarch64 --name a -m 512M",
+                "a",
+                512 * MIB,
+                false,
+            ),
+            ("qemu-system-x86_64", "qemu-7", 128 * MIB, false),
+        ];
+        for (cmd, name, ram, incoming) in table {
+            let vm = from_args(7, &args(cmd));
+            assert_eq!(
+                (vm.name.as_str(), vm.ram_bytes, vm.incoming),
+                (name, ram, incoming),
+                "{cmd}"
+            );
+        }
+    }
+
+    #[test]
+    fn guest_ram_is_the_writable_non_executable_mapping_of_its_size() {
+        // From a QEMU 10 TCG guest with -m 1G: guest RAM (rw-p) and TCG's
+        // code buffer (rwxp), both about 1 GiB.
+        let maps = "\
+55d0c0002000-55d0c0004000 rw-p 00002000 08:01 123 /usr/bin/qemu-system-x86_64
+7f0633e00000-7f0673e00000 rw-p 00000000 00:00 0
+7f067c000000-7f06bbfff000 rwxp 00000000 00:00 0
+7f06c0000000-7f06c4000000 rw-p 00000000 00:00 0
+";
+        assert_eq!(
+            ram_mappings(maps, 1024 * MIB),
+            vec![Mapping {
+                start: 0x7f0633e00000,
+                end: 0x7f0673e00000
+            }]
+        );
+        // Two NUMA memory backends of 1 GiB each.
+        let numa = "\
+7f0000000000-7f0040000000 rw-p 00000000 00:00 0
+7f0040000000-7f0080000000 rw-p 00000000 00:00 0
+7f0080000000-7f00bffff000 rwxp 00000000 00:00 0
+";
+        assert_eq!(ram_mappings(numa, 2048 * MIB).len(), 2);
+    }
+}

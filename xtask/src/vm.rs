@@ -1,0 +1,331 @@
+//! The QEMU rig (see the design's VMRIG.md): QEMU 10 from bookworm-backports
+//! under TCG, Debian's 6.1 guest kernel, a busybox initramfs with static
+//! test programs, guests driven over QMP.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use crate::setup;
+
+/// bookworm's QEMU 7.2 corrupts a guest that writes memory while migrating
+/// under TCG (fixed in 9.0); backports has 10.
+const MIN_QEMU_MAJOR: u32 = 9;
+const BACKPORTS: &str = "/etc/apt/sources.list.d/hostprobe-bookworm-backports.sources";
+
+pub struct Rig {
+    pub kernel: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Installs QEMU and the guest's parts, builds the static guest programs.
+pub fn prepare() -> Result<Rig> {
+    ensure_qemu()?;
+    setup::ensure_packages(&["busybox-static", "cpio", "gcc", "libc6-dev"])?;
+    let dir = setup::data_dir().join("vm");
+    std::fs::create_dir_all(&dir)?;
+    let kernel = guest_kernel(&dir)?;
+    Ok(Rig { kernel, dir })
+}
+
+fn qemu_major() -> Option<u32> {
+    let out = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(3)?;
+    version.split('.').next()?.parse().ok()
+}
+
+fn ensure_qemu() -> Result<()> {
+    if qemu_major().is_some_and(|m| m >= MIN_QEMU_MAJOR) {
+        return Ok(());
+    }
+    let codename = std::fs::read_to_string("/etc/os-release")?
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(str::to_string)
+        .unwrap_or_default();
+    if codename == "bookworm" && !Path::new(BACKPORTS).exists() {
+        std::fs::write(
+            BACKPORTS,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )
+        .with_context(|| format!("writing {BACKPORTS} (needs root)"))?;
+    }
+    let mut install = Command::new("apt-get");
+    install.args(["install", "-y", "-q", "--no-install-recommends"]);
+    if codename == "bookworm" {
+        install.args(["-t", "bookworm-backports"]);
+    }
+    install
+        .arg("qemu-system-x86")
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    setup::status(Command::new("apt-get").args(["update", "-q"]))?;
+    setup::status(&mut install)?;
+    match qemu_major() {
+        Some(m) if m >= MIN_QEMU_MAJOR => Ok(()),
+        found => bail!(
+            "QEMU >= {MIN_QEMU_MAJOR} is needed for live migration under TCG, found {found:?}; \
+             install qemu-system-x86 from bookworm-backports"
+        ),
+    }
+}
+
+/// Debian 6.1's kernel image, unpacked from its package (not installed:
+/// the host's /boot stays untouched).
+fn guest_kernel(dir: &Path) -> Result<PathBuf> {
+    if let Some(k) = find_vmlinuz(dir) {
+        return Ok(k);
+    }
+    let depends = setup::output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let pkg = depends
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with("linux-image-6.1"))
+        .context("linux-image-amd64 does not depend on a 6.1 kernel: is this Debian bookworm?")?
+        .to_string();
+    let dl = dir.join("download");
+    std::fs::create_dir_all(&dl)?;
+    setup::status(
+        Command::new("apt-get")
+            .args(["download", &pkg])
+            .current_dir(&dl),
+    )?;
+    let deb = std::fs::read_dir(&dl)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    setup::status(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("kernel")),
+    )?;
+    std::fs::remove_dir_all(&dl)?;
+    find_vmlinuz(dir).context("the kernel package holds no /boot/vmlinuz-*")
+}
+
+fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir.join("kernel/boot"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1"))
+        })
+}
+
+impl Rig {
+    /// Compiles a static C program from `xtask/rig/` for the guest.
+    pub fn static_program(&self, name: &str) -> Result<PathBuf> {
+        let src = crate::workspace_root().join(format!("xtask/rig/{name}.c"));
+        let out = self.dir.join(name);
+        setup::status(
+            Command::new("gcc")
+                .args(["-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o"])
+                .arg(&out)
+                .arg(&src),
+        )?;
+        Ok(out)
+    }
+
+    /// An initramfs of busybox, the given files (host path, guest path) and
+    /// `/init` running `init_script` after mounting /proc and /sys.
+    pub fn initramfs(
+        &self,
+        name: &str,
+        files: &[(PathBuf, &str)],
+        init_script: &str,
+    ) -> Result<PathBuf> {
+        let stage = self.dir.join(format!("{name}.d"));
+        let _ = std::fs::remove_dir_all(&stage);
+        for d in ["bin", "proc", "sys", "dev", "tmp"] {
+            std::fs::create_dir_all(stage.join(d))?;
+        }
+        std::fs::copy("/bin/busybox", stage.join("bin/busybox"))
+            .context("copying /bin/busybox (package busybox-static)")?;
+        for (src, dst) in files {
+            let to = stage.join(dst.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().expect("guest paths have a parent"))?;
+            std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
+        }
+        let init = format!(
+            "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\n\
+             mount -t sysfs sys /sys\nmount -t devtmpfs dev /dev 2>/dev/null\n{init_script}\n"
+        );
+        let init_path = stage.join("init");
+        std::fs::write(&init_path, init)?;
+        setup::status(Command::new("chmod").arg("+x").arg(&init_path))?;
+        let out = self.dir.join(format!("{name}.cpio.gz"));
+        setup::status(
+            Command::new("sh")
+                .arg("-c")
+                .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
+                .arg(&out)
+                .current_dir(&stage),
+        )?;
+        Ok(out)
+    }
+}
+
+/// A running QEMU, killed when dropped.
+pub struct Qemu {
+    child: Child,
+    pub name: String,
+    pub serial: PathBuf,
+    pub qmp_path: PathBuf,
+}
+
+pub struct QemuSpec<'a> {
+    pub name: &'a str,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub append: &'a str,
+    /// Machine arguments (accelerator, CPUs, memory, NUMA).
+    pub machine: &'a [&'a str],
+    pub incoming: Option<String>,
+    pub run_dir: &'a Path,
+}
+
+impl Qemu {
+    pub fn start(spec: &QemuSpec) -> Result<Self> {
+        let serial = spec.run_dir.join(format!("{}.serial", spec.name));
+        let qmp_path = spec.run_dir.join(format!("{}.qmp", spec.name));
+        let _ = std::fs::remove_file(&serial);
+        let _ = std::fs::remove_file(&qmp_path);
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(spec.machine)
+            .arg("-kernel")
+            .arg(spec.kernel)
+            .arg("-initrd")
+            .arg(spec.initrd)
+            .args(["-append", spec.append])
+            .args(["-display", "none", "-no-reboot", "-nodefaults"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .args(["-name", &format!("guest={}", spec.name)]);
+        if let Some(uri) = &spec.incoming {
+            c.args(["-incoming", uri]);
+        }
+        c.stdin(Stdio::null()).stdout(Stdio::null());
+        let child = c.spawn().context("starting qemu-system-x86_64")?;
+        Ok(Self {
+            child,
+            name: spec.name.to_string(),
+            serial,
+            qmp_path,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn serial_text(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits until the guest prints `pattern` on its console.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.serial_text().contains(pattern) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}); console:\n{}",
+                    self.name,
+                    self.serial_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "{} did not print {pattern:?} within {timeout:?}; console:\n{}",
+            self.name,
+            self.serial_text()
+        )
+    }
+
+    /// Waits until QEMU exits (or the user stops it).
+    pub fn wait(&mut self) -> Result<()> {
+        let status = self.child.wait()?;
+        bail!("{} exited: {status}", self.name)
+    }
+
+    pub fn qmp(&self) -> Result<Qmp> {
+        Qmp::connect(&self.qmp_path, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A QMP session: JSON lines on a unix socket.
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path, timeout: Duration) -> Result<Self> {
+        let t0 = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() > timeout => {
+                    return Err(e).with_context(|| format!("connecting to QMP {}", path.display()))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut q = Self {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        };
+        q.read()?; // greeting
+        q.execute("qmp_capabilities", json!({}))?;
+        Ok(q)
+    }
+
+    fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("QMP connection closed");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// Runs a command and returns its `return` value; events are skipped.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        let msg = json!({ "execute": command, "arguments": arguments });
+        writeln!(self.writer, "{msg}")?;
+        loop {
+            let v = self.read()?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("QMP {command}: {e}");
+            }
+        }
+    }
+}
