@@ -10,7 +10,9 @@ use tracing::warn;
 use crate::cgroup::CgroupResolver;
 use std::collections::BTreeMap;
 
+use crate::collectors::dirty::DirtyCollector;
 use crate::collectors::lock::LockCollector;
+use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
 use crate::error::{Error, Result};
 use crate::probes::{LoadOptions, Probes};
@@ -33,6 +35,8 @@ pub struct AgentOptions {
     pub lock_types: u64,
     /// Stack walks per second per CPU for spinning lock waits; 0: all.
     pub spin_stacks_per_sec: u32,
+    /// Migration readiness of VMs and named targets; `None`: off.
+    pub readiness: Option<ReadinessOptions>,
 }
 
 pub struct Agent {
@@ -40,6 +44,8 @@ pub struct Agent {
     cgroups: CgroupResolver,
     sched: SchedCollector,
     lock: LockCollector,
+    dirty: DirtyCollector,
+    readiness: Option<ReadinessCollector>,
     started: Instant,
     kernel: String,
     filter: Option<String>,
@@ -73,6 +79,7 @@ impl Agent {
         forward_kernel_logs(&mut probes);
         let sched = SchedCollector::new(&mut probes.ebpf, opts.top_k)?;
         let lock = LockCollector::new(&mut probes.ebpf, opts.top_k)?;
+        let dirty = DirtyCollector::new(&mut probes.ebpf, opts.top_k)?;
         let filter = match (&opts.target.pid, &opts.target.cgroup) {
             (Some(pid), _) => Some(format!("pid {pid}")),
             (None, Some(c)) => Some(format!("cgroup {c}")),
@@ -83,10 +90,17 @@ impl Agent {
             cgroups,
             sched,
             lock,
+            dirty,
+            readiness: opts.readiness.clone().map(ReadinessCollector::start),
             started: Instant::now(),
             kernel: kernel_release(),
             filter,
         })
+    }
+
+    /// The readiness collector, if readiness is on.
+    pub fn readiness(&self) -> Option<&ReadinessCollector> {
+        self.readiness.as_ref()
     }
 
     /// Reads every collector and returns the snapshot since start.
@@ -94,10 +108,13 @@ impl Agent {
         let t0 = Instant::now();
         let (sched, counters) = self.sched.collect(&mut self.cgroups)?;
         let (lock, lock_counters) = self.lock.collect(&mut self.cgroups)?;
+        let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups)?;
         let mut events: BTreeMap<&str, u64> = counters.events.clone();
         events.extend(&lock_counters.events);
+        events.extend(&dirty_counters.events);
         let mut errors: BTreeMap<&str, u64> = counters.errors.clone();
         errors.extend(&lock_counters.errors);
+        errors.extend(&dirty_counters.errors);
         let mut probes = self.probes.status.clone();
         for p in &mut probes {
             p.events = events.get(p.probe.as_str()).copied().unwrap_or(0);
@@ -105,6 +122,7 @@ impl Agent {
         }
         let mut map_drops = counters.drops;
         map_drops.extend(lock_counters.drops);
+        map_drops.extend(dirty_counters.drops);
         Ok(Snapshot {
             hostprobe_version: env!("CARGO_PKG_VERSION"),
             kernel: self.kernel.clone(),
@@ -114,6 +132,12 @@ impl Agent {
             probes,
             sched,
             lock,
+            dirty,
+            readiness: self
+                .readiness
+                .as_ref()
+                .map(ReadinessCollector::collect)
+                .unwrap_or_default(),
             map_drops,
             collection_seconds: t0.elapsed().as_secs_f64(),
         })

@@ -2,6 +2,7 @@
 //! and memory, measure d(w), run the pre-copy model. Shared by
 //! `hostprobe readiness` and `serve`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -9,6 +10,7 @@ use serde::Serialize;
 use crate::cgroup::CgroupResolver;
 use crate::dirty::{self, Region, Sampler, SamplingMethod};
 use crate::error::{Error, Result};
+use crate::exact;
 use crate::qemu;
 use crate::readiness::{self, DirtyCurve, DirtyPoint, Link, Prediction};
 
@@ -33,27 +35,47 @@ pub enum MemoryMethod {
     GuestRamNonZero,
 }
 
-/// A target resolved to the memory to measure.
-#[derive(Debug, Clone, Serialize)]
-pub struct Resolved {
+/// Which target a report is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetInfo {
+    /// `pid`, `cgroup` or `vm`.
     pub kind: &'static str,
     pub name: String,
     pub pids: Vec<u32>,
-    #[serde(skip)]
+}
+
+impl TargetInfo {
+    /// The `workload` label: a cgroup's path, `vm:NAME`, `pid:PID`.
+    pub fn workload(&self) -> String {
+        match self.kind {
+            "cgroup" => self.name.clone(),
+            kind => format!("{kind}:{}", self.name),
+        }
+    }
+}
+
+/// A target resolved to the memory to measure.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub info: TargetInfo,
     regions: Vec<Region>,
-    #[serde(skip)]
     guest_ram_bytes: Option<u64>,
+    /// A VM started with `-incoming`.
+    incoming: bool,
 }
 
 impl Resolved {
     pub fn new(target: &Target) -> Result<Self> {
         match target {
             Target::Pid(pid) => Ok(Self {
-                kind: "pid",
-                name: pid.to_string(),
-                pids: vec![*pid],
+                info: TargetInfo {
+                    kind: "pid",
+                    name: pid.to_string(),
+                    pids: vec![*pid],
+                },
                 regions: vec![Region::process(*pid)?],
                 guest_ram_bytes: None,
+                incoming: false,
             }),
             Target::Cgroup(path) => {
                 let pids = CgroupResolver::system()?.procs(path)?;
@@ -66,11 +88,14 @@ impl Resolved {
                     return Err(Error::EmptyCgroup { path: path.clone() });
                 }
                 Ok(Self {
-                    kind: "cgroup",
-                    name: path.clone(),
-                    pids: regions.iter().map(|r| r.pid).collect(),
+                    info: TargetInfo {
+                        kind: "cgroup",
+                        name: path.clone(),
+                        pids: regions.iter().map(|r| r.pid).collect(),
+                    },
                     regions,
                     guest_ram_bytes: None,
+                    incoming: false,
                 })
             }
             Target::Vm(name) => Self::vm(&qemu::find_vm(name)?),
@@ -79,14 +104,17 @@ impl Resolved {
 
     pub fn vm(vm: &qemu::Vm) -> Result<Self> {
         Ok(Self {
-            kind: "vm",
-            name: vm.name.clone(),
-            pids: vec![vm.pid],
+            info: TargetInfo {
+                kind: "vm",
+                name: vm.name.clone(),
+                pids: vec![vm.pid],
+            },
             regions: vec![Region {
                 pid: vm.pid,
                 mappings: qemu::vm_ram(vm)?,
             }],
             guest_ram_bytes: Some(vm.ram_bytes),
+            incoming: vm.incoming,
         })
     }
 }
@@ -97,13 +125,26 @@ pub struct Sampling {
     pub windows: Vec<Duration>,
     pub samples_per_gib: u32,
     pub seed: u64,
+    /// Measure exactly instead (soft-dirty or a hash of every page).
+    pub exact: Option<ExactGuard>,
+}
+
+/// The limits of the exact path.
+#[derive(Debug, Clone)]
+pub struct ExactGuard {
+    /// At most one exact measurement per process per this long.
+    pub min_interval: Duration,
+    /// Where the time of the last one is kept.
+    pub state_dir: PathBuf,
+    /// The user vouches that no migration is running.
+    pub not_migrating: bool,
 }
 
 /// One readiness answer with its evidence: the view behind
 /// `hostprobe readiness` (text and `--json`) and the serve metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadinessReport {
-    pub target: Resolved,
+    pub target: TargetInfo,
     /// What the first pass sends.
     pub memory_bytes: f64,
     pub memory_method: MemoryMethod,
@@ -117,8 +158,29 @@ pub struct ReadinessReport {
 
 /// Measures the target for `max(windows)` and models its migration.
 pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<ReadinessReport> {
-    let sampler = Sampler::new(&target.regions, sampling.samples_per_gib, sampling.seed)?;
-    let m = sampler.measure(&sampling.windows)?;
+    let (m, method) = match &sampling.exact {
+        None => {
+            let sampler = Sampler::new(&target.regions, sampling.samples_per_gib, sampling.seed)?;
+            (sampler.measure(&sampling.windows)?, sampler.method())
+        }
+        Some(guard) => {
+            if target.info.kind == "vm" && !guard.not_migrating {
+                let pid = target.info.pids[0];
+                if let Some(reason) = exact::migration_suspected(pid, target.incoming) {
+                    return Err(Error::Migrating {
+                        name: target.info.name.clone(),
+                        reason,
+                    });
+                }
+            }
+            for &pid in &target.info.pids {
+                exact::rate_limit(&guard.state_dir, pid, guard.min_interval)?;
+            }
+            let e = exact::Exact::new(&target.regions)?;
+            let (m, pages) = e.measure(&sampling.windows)?;
+            (m, e.method(pages))
+        }
+    };
     let (memory_bytes, memory_method) = match target.guest_ram_bytes {
         Some(ram) => (
             ram as f64 * (1.0 - m.zero_share),
@@ -126,7 +188,7 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
         ),
         None => {
             let mut rss = 0;
-            for &pid in &target.pids {
+            for &pid in &target.info.pids {
                 rss += dirty::resident_bytes(pid)?;
             }
             (rss as f64, MemoryMethod::Resident)
@@ -134,10 +196,10 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
     };
     let curve = DirtyCurve::new(m.points.clone());
     Ok(ReadinessReport {
-        target: target.clone(),
+        target: target.info.clone(),
         memory_bytes,
         memory_method,
-        method: sampler.method(),
+        method,
         dirty: m.points,
         link: *link,
         prediction: readiness::predict(memory_bytes, &curve, link),

@@ -1,5 +1,5 @@
-//! Just enough of a BTF reader to find `task_struct` member offsets and the
-//! argument list of a BTF tracepoint in `/sys/kernel/btf/vmlinux`.
+//! Just enough of a BTF reader to find struct member offsets, enum values
+//! and the argument list of a BTF tracepoint in `/sys/kernel/btf/vmlinux`.
 //!
 //! Rust eBPF has no CO-RE relocations, so the agent resolves every kernel
 //! struct offset at start and hands it to the programs as a load-time
@@ -201,6 +201,20 @@ impl Btf {
         None
     }
 
+    /// The value of enumerator `name` of `enum en`.
+    pub fn enum_value(&self, en: &str, name: &str) -> Result<i64> {
+        let missing = |what: String| Error::BtfMissing { what };
+        let id = self
+            .find(KIND_ENUM, en)
+            .ok_or_else(|| missing(format!("enum {en}")))?;
+        let p = self.types[id as usize];
+        (0..(self.u32_at(p + 4) & 0xffff) as usize)
+            .map(|i| p + 12 + 8 * i)
+            .find(|&m| self.name(self.u32_at(m)) == name)
+            .map(|m| i64::from(self.u32_at(m + 4) as i32))
+            .ok_or_else(|| missing(format!("enumerator {en}::{name}")))
+    }
+
     /// The arguments a BTF tracepoint program sees for `tracepoint`, from the
     /// kernel's `btf_trace_<tracepoint>` typedef (its first parameter, the
     /// tracepoint's private data pointer, is not passed to programs).
@@ -307,6 +321,8 @@ pub(crate) mod tests {
         b.ty(KIND_FUNC_PROTO, "", 5, 0, &params); // 8
         b.ty(KIND_PTR, "", 0, 8, &[]); // 9
         b.ty(KIND_TYPEDEF, "btf_trace_sched_switch", 0, 9, &[]); // 10
+        let (locked, head) = (b.s("PG_locked"), b.s("PG_head"));
+        b.ty(KIND_ENUM, "pageflags", 2, 4, &[locked, 0, head, 6]); // 11
         b.build()
     }
 
@@ -321,6 +337,15 @@ pub(crate) mod tests {
             Err(Error::BtfMissing { .. })
         ));
         assert!(btf.member("rq", "cpu").is_err());
+    }
+
+    #[test]
+    fn finds_enum_values() {
+        let btf = Btf::parse(fixture()).unwrap();
+        assert_eq!(btf.enum_value("pageflags", "PG_head").unwrap(), 6);
+        assert_eq!(btf.enum_value("pageflags", "PG_locked").unwrap(), 0);
+        assert!(btf.enum_value("pageflags", "PG_nope").is_err());
+        assert!(btf.enum_value("nope", "PG_head").is_err());
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn render(r: &CheckReport) -> String {
     o += "probes\n";
     for p in &r.probes {
         o += &format!(
-            "  {:<20} {:<10} {:<28} {}",
+            "  {:<21} {:<10} {:<28} {}",
             p.probe,
             p.attach_type,
             p.tracepoint,

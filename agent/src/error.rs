@@ -22,6 +22,8 @@ pub enum Error {
     NoKernelBtf { path: PathBuf },
     #[error("tracefs is not mounted: mount it with `mount -t tracefs nodev /sys/kernel/tracing` (as root)")]
     NoTracefs,
+    #[error("{reason}")]
+    BtfUnusable { reason: String },
     #[error("tracepoint {tracepoint} does not exist on this kernel")]
     TracepointMissing { tracepoint: String },
     #[error("tracepoint {tracepoint} has an unexpected layout: {reason}")]
@@ -37,6 +39,20 @@ pub enum Error {
     NoSuchProcess { pid: u32 },
     #[error("no QEMU VM named {name:?} is running (running: {running}); name one with `-name guest=NAME`")]
     NoSuchVm { name: String, running: String },
+    #[error(
+        "the exact measurement of pid {pid} ran {ago:.0?} ago; it runs at most once per {min_interval:?} \
+         (--exact-min-interval): it slows the target down. Omit --exact for the estimate"
+    )]
+    ExactTooSoon {
+        pid: u32,
+        ago: std::time::Duration,
+        min_interval: std::time::Duration,
+    },
+    #[error(
+        "VM {name} looks like it is migrating ({reason}): the exact measurement would slow the \
+         migration down. Omit --exact for the estimate, or pass --not-migrating if it is not"
+    )]
+    Migrating { name: String, reason: String },
     #[error("cgroup {path:?} has no processes to measure")]
     EmptyCgroup { path: String },
     #[error("cgroup {path:?} not found under the cgroup v2 mount {root}")]

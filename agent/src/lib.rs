@@ -13,6 +13,7 @@ pub mod check;
 pub mod collectors;
 pub mod dirty;
 pub mod error;
+pub mod exact;
 pub mod hist;
 pub mod kallsyms;
 pub mod lock_types;

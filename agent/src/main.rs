@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use hostprobe::agent::{Agent, AgentOptions, Target};
 use hostprobe::assess;
+use hostprobe::collectors::readiness::ReadinessOptions;
 use hostprobe::error::Error;
 use hostprobe::output::report;
 use hostprobe::readiness::Link;
@@ -46,6 +47,8 @@ enum Command {
         interval: Duration,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        readiness: ReadinessArgs,
     },
     /// Collect for a while, then print a report (or JSON).
     #[command(
@@ -73,6 +76,8 @@ enum Command {
         stacks: bool,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        readiness: ReadinessArgs,
     },
     /// Predict whether a process, cgroup or QEMU VM would live-migrate by pre-copy: measures
     /// how fast it dirties memory (content sampling) and simulates the rounds.
@@ -109,6 +114,19 @@ enum Command {
         /// Give up (does not converge) after this long, like a migration time cap.
         #[arg(long, value_parser = humantime::parse_duration)]
         max_time: Option<Duration>,
+        /// Measure exactly: soft-dirty bits where the kernel has them, else a hash of every
+        /// resident page. Slows the target; refused for a VM that looks like it is migrating.
+        #[arg(long)]
+        exact: bool,
+        /// At most one exact measurement per process per this long.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        exact_min_interval: Duration,
+        /// Where the time of the last exact measurement per process is kept.
+        #[arg(long, default_value = "/run/hostprobe")]
+        exact_state_dir: std::path::PathBuf,
+        /// With --exact: the VM is not migrating, whatever its sockets suggest.
+        #[arg(long, requires = "exact")]
+        not_migrating: bool,
         #[arg(long)]
         json: bool,
     },
@@ -136,6 +154,85 @@ struct Tuning {
     /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).
     #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = clap::value_parser!(u32).range(2..=(1 << 22)))]
     task_slots: u32,
+}
+
+/// Live-migration readiness of QEMU VMs (found automatically) and of named processes and
+/// cgroups, by content sampling.
+#[derive(Args)]
+struct ReadinessArgs {
+    /// Link bandwidth the migration predictions assume, e.g. 10Gbit/s, 64MiB/s.
+    #[arg(long, default_value = "1Gbit/s", value_parser = dirty::parse_bandwidth)]
+    migration_bandwidth: f64,
+    /// Downtime limit the migration predictions assume.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    migration_downtime: Duration,
+    /// Also assess this process (repeatable).
+    #[arg(long = "readiness-pid", value_name = "PID")]
+    readiness_pids: Vec<u32>,
+    /// Also assess all processes of this cgroup v2 path (repeatable).
+    #[arg(long = "readiness-cgroup", value_name = "PATH")]
+    readiness_cgroups: Vec<String>,
+    /// Do not assess the QEMU VMs running on the host.
+    #[arg(long)]
+    no_vm_readiness: bool,
+    /// Windows of the dirty-set measurement (diagnose keeps those within --duration).
+    #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s,16s", value_parser = humantime::parse_duration)]
+    readiness_windows: Vec<Duration>,
+    /// Sampled pages per GiB (QEMU samples 512).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    readiness_samples_per_gib: u32,
+    /// Time between the starts of two passes over the targets (serve).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    readiness_interval: Duration,
+    /// Targets assessed per pass; more are counted in hostprobe_readiness_skipped_targets.
+    #[arg(long, default_value_t = 16)]
+    readiness_max_targets: usize,
+}
+
+impl ReadinessArgs {
+    /// The collector's options; named targets are checked now, so a dead
+    /// pid or a missing cgroup is an error at start, not a silent gap.
+    fn options(
+        &self,
+        extra: Option<assess::Target>,
+        max_window: Option<Duration>,
+    ) -> Result<ReadinessOptions, Error> {
+        let mut targets: Vec<assess::Target> = self
+            .readiness_pids
+            .iter()
+            .map(|&p| assess::Target::Pid(p))
+            .chain(
+                self.readiness_cgroups
+                    .iter()
+                    .map(|c| assess::Target::Cgroup(c.clone())),
+            )
+            .collect();
+        targets.extend(extra);
+        for t in &targets {
+            assess::Resolved::new(t)?;
+        }
+        let mut windows = self.readiness_windows.clone();
+        if let Some(max) = max_window {
+            windows.retain(|w| *w <= max);
+            if windows.is_empty() {
+                windows.push(max);
+            }
+        }
+        Ok(ReadinessOptions {
+            vms: !self.no_vm_readiness,
+            targets,
+            link: Link {
+                bandwidth_bytes_per_second: self.migration_bandwidth,
+                downtime_limit_seconds: self.migration_downtime.as_secs_f64(),
+                max_rounds: 30,
+                time_cap_seconds: None,
+            },
+            windows,
+            samples_per_gib: self.readiness_samples_per_gib,
+            interval: self.readiness_interval,
+            max_targets: self.readiness_max_targets,
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -201,6 +298,10 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             samples_per_gib,
             max_rounds,
             max_time,
+            exact,
+            exact_min_interval,
+            exact_state_dir,
+            not_migrating,
             json,
         } => {
             let target = match (pid, cgroup, vm) {
@@ -213,6 +314,11 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 windows,
                 samples_per_gib,
                 seed: seed(),
+                exact: exact.then_some(assess::ExactGuard {
+                    min_interval: exact_min_interval,
+                    state_dir: exact_state_dir,
+                    not_migrating,
+                }),
             };
             let link = Link {
                 bandwidth_bytes_per_second: bandwidth,
@@ -229,8 +335,11 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             listen,
             interval,
             tuning,
+            readiness,
         } => {
-            let agent = Agent::start(&options(Target::default(), &tuning, 0))?;
+            let mut opts = options(Target::default(), &tuning, 0);
+            opts.readiness = Some(readiness.options(None, None)?);
+            let agent = Agent::start(&opts)?;
             serve::run(agent, listen, interval).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -242,10 +351,25 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             lock_type,
             stacks,
             tuning,
+            readiness,
         } => {
+            let extra = match (pid, &cgroup) {
+                (Some(p), _) => Some(assess::Target::Pid(p)),
+                (None, Some(c)) => Some(assess::Target::Cgroup(c.clone())),
+                _ => None,
+            };
+            let readiness = readiness.options(extra, Some(duration))?;
+            let pass_timeout = duration
+                + readiness.windows.iter().max().copied().unwrap_or_default()
+                    * readiness.max_targets as u32;
             let target = Target { pid, cgroup };
-            let mut agent = Agent::start(&options(target, &tuning, lock_type.unwrap_or(0)))?;
+            let mut opts = options(target, &tuning, lock_type.unwrap_or(0));
+            opts.readiness = Some(readiness);
+            let mut agent = Agent::start(&opts)?;
             collect_for(duration).await;
+            if let Some(r) = agent.readiness() {
+                r.first_pass(pass_timeout).await;
+            }
             let snapshot = agent.snapshot()?;
             drop(agent);
             print_view(&snapshot, json, |v| report::render(v, stacks));
@@ -262,6 +386,7 @@ fn options(target: Target, t: &Tuning, lock_types: u64) -> AgentOptions {
         max_workloads: t.max_workloads,
         lock_types,
         spin_stacks_per_sec: t.lock_stacks,
+        readiness: None,
     }
 }
 

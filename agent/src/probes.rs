@@ -13,7 +13,8 @@ use aya::{
 use std::mem::size_of;
 
 use hostprobe_common::{
-    lock, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, WORKLOAD_PROBES,
+    dirty, lock, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS,
+    WORKLOAD_PROBES,
 };
 use tracing::{debug, info, warn};
 
@@ -47,6 +48,12 @@ pub enum Needs {
     MigrateFormat,
     /// The lock:contention_begin/end formats.
     LockFormat,
+    /// struct folio / address_space / inode / super_block offsets from BTF.
+    FolioBtf,
+    /// The writeback:balance_dirty_pages format.
+    BalanceFormat,
+    /// The exceptions:page_fault_user format (x86).
+    FaultFormat,
 }
 
 /// A kernel program of the object and where it attaches.
@@ -65,21 +72,24 @@ const fn spec(program: &'static str, hook: Hook, needs: Needs) -> ProgramSpec {
     }
 }
 
-/// Every program of the object: the scheduler signal (`sched.rs`), then
-/// lock contention (`lock.rs`).
+/// Every program of the object: the scheduler signal (`sched.rs`), lock
+/// contention (`lock.rs`), page dirtying (`dirty.rs`).
 #[rustfmt::skip]
-pub const PROGRAMS: [ProgramSpec; 6] = [
+pub const PROGRAMS: [ProgramSpec; 9] = [
     spec("sched_switch", Hook::BtfTracepoint("sched", "sched_switch"), Needs::TaskBtf),
     spec("sched_wakeup", Hook::BtfTracepoint("sched", "sched_wakeup"), Needs::TaskBtf),
     spec("sched_wakeup_new", Hook::BtfTracepoint("sched", "sched_wakeup_new"), Needs::TaskBtf),
     spec("sched_migrate_task", Hook::Tracepoint("sched", "sched_migrate_task"), Needs::MigrateFormat),
     spec("contention_begin", Hook::Tracepoint("lock", "contention_begin"), Needs::LockFormat),
     spec("contention_end", Hook::Tracepoint("lock", "contention_end"), Needs::LockFormat),
+    spec("writeback_dirty_folio", Hook::BtfTracepoint("writeback", "writeback_dirty_folio"), Needs::FolioBtf),
+    spec("balance_dirty_pages", Hook::Tracepoint("writeback", "balance_dirty_pages"), Needs::BalanceFormat),
+    spec("page_fault_user", Hook::Tracepoint("exceptions", "page_fault_user"), Needs::FaultFormat),
 ];
 
 /// Maps the collectors and the loader use, with the value size the agent
 /// expects: the kernel and user sides must agree on every record type.
-pub const MAP_CONTRACT: [(&str, usize); 11] = [
+pub const MAP_CONTRACT: [(&str, usize); 14] = [
     ("TASK_SLOTS", size_of::<TaskSlot>()),
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
@@ -91,6 +101,9 @@ pub const MAP_CONTRACT: [(&str, usize); 11] = [
     ("LOCK_HIST", size_of::<lock::Hist>()),
     ("LOCK_COUNTERS", size_of::<u64>()),
     ("LOCK_TASK_SLOTS", size_of::<lock::TaskSlot>()),
+    ("DIRTY_WORKLOADS", size_of::<dirty::Stats>()),
+    ("DIRTY_FILES", size_of::<dirty::FileStats>()),
+    ("DIRTY_COUNTERS", size_of::<u64>()),
 ];
 
 /// Checks the embedded object against what the agent expects of it, as
@@ -262,6 +275,53 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
     Ok(offsets)
 }
 
+/// Kernel struct offsets `writeback_dirty_folio` reads: the folio's size
+/// and the device of its file's filesystem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FolioOffsets {
+    pub flags: u32,
+    pub pg_head: u32,
+    pub nr_pages: u32,
+    pub mapping_host: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+}
+
+pub fn folio_offsets(btf: &Btf) -> Result<FolioOffsets> {
+    let sized = |st: &str, member: &str, want: u32| -> Result<u32> {
+        match btf.member(st, member)? {
+            (off, size) if size == want => Ok(off),
+            (_, size) => Err(Error::BtfMissing {
+                what: format!("{want}-byte {st}.{member} (it has {size} bytes)"),
+            }),
+        }
+    };
+    // 6.18 calls it `_nr_pages`, 6.1 `_folio_nr_pages`.
+    let nr_pages =
+        sized("folio", "_nr_pages", 4).or_else(|_| sized("folio", "_folio_nr_pages", 4))?;
+    let pg_head = btf.enum_value("pageflags", "PG_head")?;
+    let args = btf.tracepoint_args("writeback_dirty_folio")?;
+    let ptr = |to: &str| TypeShape::Pointer {
+        to: Some(to.into()),
+    };
+    if args != [ptr("folio"), ptr("address_space")] {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "writeback:writeback_dirty_folio".into(),
+            reason: format!("expected (folio *, address_space *), found {args:?}"),
+        });
+    }
+    Ok(FolioOffsets {
+        flags: sized("folio", "flags", 8)?,
+        pg_head: u32::try_from(pg_head).map_err(|_| Error::BtfMissing {
+            what: format!("a small PG_head bit (found {pg_head})"),
+        })?,
+        nr_pages,
+        mapping_host: sized("address_space", "host", 8)?,
+        inode_sb: sized("inode", "i_sb", 8)?,
+        sb_dev: sized("super_block", "s_dev", 4)?,
+    })
+}
+
 /// Offsets in the `contention_begin` and `contention_end` records.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LockOffsets {
@@ -278,6 +338,16 @@ pub fn lock_offsets(tracefs: &Path) -> Result<LockOffsets> {
         begin_flags: begin.int_field("flags", 4)?,
         end_lock: end.int_field("lock_addr", 8)?,
     })
+}
+
+/// `balance_dirty_pages.pause` (jiffies).
+pub fn balance_pause_offset(tracefs: &Path) -> Result<u32> {
+    Format::read(tracefs, "writeback", "balance_dirty_pages")?.int_field("pause", 8)
+}
+
+/// `page_fault_user.error_code`.
+pub fn fault_error_code_offset(tracefs: &Path) -> Result<u32> {
+    Format::read(tracefs, "exceptions", "page_fault_user")?.int_field("error_code", 8)
 }
 
 pub fn migrate_offsets(tracefs: &Path) -> Result<MigrateOffsets> {
@@ -326,13 +396,15 @@ impl Probes {
         let topology = Topology::read(Path::new(SYSFS_SYSTEM))?;
 
         let btf_path = Path::new(VMLINUX_BTF);
-        let task = if btf_path.exists() {
-            Btf::from_file(btf_path).and_then(|b| task_offsets(&b))
+        let btf = if btf_path.exists() {
+            Btf::from_file(btf_path)
         } else {
             Err(Error::NoKernelBtf {
                 path: btf_path.to_path_buf(),
             })
         };
+        let task = with_btf(&btf, task_offsets);
+        let folio = with_btf(&btf, folio_offsets);
         let tracefs = tracefs::mount_point().ok_or(Error::NoTracefs);
         let migrate = tracefs
             .as_ref()
@@ -342,7 +414,26 @@ impl Probes {
             .as_ref()
             .map_err(|_| Error::NoTracefs)
             .and_then(|t| lock_offsets(t));
-        debug!(?task, ?migrate, ?locks, "resolved kernel offsets");
+        let balance = tracefs
+            .as_ref()
+            .map_err(|_| Error::NoTracefs)
+            .and_then(|t| balance_pause_offset(t));
+        let fault = tracefs
+            .as_ref()
+            .map_err(|_| Error::NoTracefs)
+            .and_then(|t| fault_error_code_offset(t));
+        debug!(
+            ?task,
+            ?migrate,
+            ?locks,
+            ?folio,
+            ?balance,
+            ?fault,
+            "resolved kernel offsets"
+        );
+        let fo = folio.as_ref().ok().copied().unwrap_or_default();
+        let balance_pause = balance.as_ref().ok().copied().unwrap_or(0);
+        let fault_code = fault.as_ref().ok().copied().unwrap_or(0);
         let l = locks.as_ref().ok().copied().unwrap_or_default();
         let windows_per_sec = (1_000_000_000 / lock::STACK_WINDOW_NS) as u32;
         let spin_stacks_per_window = opts.spin_stacks_per_sec.div_ceil(windows_per_sec);
@@ -377,10 +468,20 @@ impl Probes {
             .override_global("LOCK_END_ADDR_OFFSET", &l.end_lock, true)
             .override_global("LOCK_TYPE_MASK", &opts.lock_types, true)
             .override_global("SPIN_STACKS_PER_WINDOW", &spin_stacks_per_window, true)
+            .override_global("FOLIO_FLAGS_OFFSET", &fo.flags, true)
+            .override_global("FOLIO_PG_HEAD", &fo.pg_head, true)
+            .override_global("FOLIO_NR_PAGES_OFFSET", &fo.nr_pages, true)
+            .override_global("MAPPING_HOST_OFFSET", &fo.mapping_host, true)
+            .override_global("INODE_SB_OFFSET", &fo.inode_sb, true)
+            .override_global("SB_DEV_OFFSET", &fo.sb_dev, true)
+            .override_global("BALANCE_PAUSE_OFFSET", &balance_pause, true)
+            .override_global("FAULT_ERROR_CODE_OFFSET", &fault_code, true)
             .map_max_entries("LOCK_TASK_SLOTS", slots)
             .map_max_entries("TASK_SLOTS", slots)
             .map_max_entries("CPU_TOPO", ncpus)
             .map_max_entries("SCHED_WORKLOADS", workloads)
+            .map_max_entries("DIRTY_WORKLOADS", workloads)
+            .map_max_entries("DIRTY_FILES", 2 * workloads)
             .load(PROBES_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
 
@@ -409,6 +510,9 @@ impl Probes {
                 Needs::TaskBtf => task.as_ref().err().map(ToString::to_string),
                 Needs::MigrateFormat => migrate.as_ref().err().map(ToString::to_string),
                 Needs::LockFormat => locks.as_ref().err().map(ToString::to_string),
+                Needs::FolioBtf => folio.as_ref().err().map(ToString::to_string),
+                Needs::BalanceFormat => balance.as_ref().err().map(ToString::to_string),
+                Needs::FaultFormat => fault.as_ref().err().map(ToString::to_string),
             };
             let outcome = match prerequisite {
                 Some(reason) => Err(reason),
@@ -446,6 +550,33 @@ impl Probes {
     }
 }
 
+/// A load failure in a line or two: the verifier's whole log goes to the
+/// debug log, its verdict (the last lines before the statistics) stays.
+fn load_error(e: &str) -> String {
+    let Some((head, log)) = e.split_once("Verifier output:") else {
+        return format!("verifier/load: {e}");
+    };
+    debug!(verifier_log = log, "program rejected");
+    let verdict: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != ")")
+        .take_while(|l| !l.starts_with("verification time"))
+        .collect();
+    let tail = verdict[verdict.len().saturating_sub(2)..].join(" / ");
+    format!("verifier/load: {} verifier: {tail}", head.trim())
+}
+
+/// Offsets from kernel BTF, or why there is no BTF to read them from.
+fn with_btf<T>(btf: &Result<Btf>, f: impl FnOnce(&Btf) -> Result<T>) -> Result<T> {
+    match btf {
+        Ok(b) => f(b),
+        Err(e) => Err(Error::BtfUnusable {
+            reason: e.to_string(),
+        }),
+    }
+}
+
 fn load_program(
     ebpf: &mut Ebpf,
     spec: ProgramSpec,
@@ -458,13 +589,12 @@ fn load_program(
         Hook::BtfTracepoint(_, tp) => {
             let btf = kernel_btf.ok_or("kernel BTF unavailable")?;
             let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-            p.load(tp, btf)
-                .map_err(|e| format!("verifier/load: {e:#}"))?;
+            p.load(tp, btf).map_err(|e| load_error(&format!("{e:#}")))?;
             p.attach().map_err(|e| format!("attach: {e:#}"))?;
         }
         Hook::Tracepoint(cat, name) => {
             let p: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-            p.load().map_err(|e| format!("verifier/load: {e:#}"))?;
+            p.load().map_err(|e| load_error(&format!("{e:#}")))?;
             p.attach(cat, name).map_err(|e| format!("attach: {e:#}"))?;
         }
     }
@@ -504,6 +634,25 @@ mod tests {
     }
 
     #[test]
+    fn verifier_rejections_are_cut_to_their_verdict() {
+        let e = "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: 0: R1=ctx() R10=fp0
+75: (61) r1 = *(u32 *)(r1 +0)         ; R1=0
+76: (0f) r6 += r1
+R6 pointer arithmetic on trusted_ptr_or_null_ prohibited, null-check it first
+verification time 550 usec
+stack depth 16
+processed 76 insns (limit 1000000) max_states_per_insn 0 total_states 6 peak_states 6 mark_read 0
+)";
+        assert_eq!(
+            load_error(e),
+            "verifier/load: the BPF_PROG_LOAD syscall returned Permission denied (os error 13). \
+             verifier: 76: (0f) r6 += r1 / R6 pointer arithmetic on trusted_ptr_or_null_ prohibited, \
+             null-check it first"
+        );
+        assert_eq!(load_error("no such file"), "verifier/load: no such file");
+    }
+
+    #[test]
     fn capability_sets() {
         assert_eq!(missing_capabilities(u64::MAX), None);
         assert_eq!(missing_capabilities(1 << 21), None);
@@ -529,5 +678,13 @@ mod tests {
         assert!(m.dest_cpu > m.orig_cpu && m.orig_cpu > m.pid);
         let l = lock_offsets(&tracefs).unwrap();
         assert!(l.begin_flags > l.begin_lock);
+        let f = folio_offsets(&btf).unwrap();
+        assert_eq!(f.flags, 0, "folio.flags is the first word of struct page");
+        assert!(
+            f.nr_pages > 64 && f.nr_pages < 128,
+            "_nr_pages in the second struct page"
+        );
+        assert!(balance_pause_offset(&tracefs).unwrap() >= 8);
+        assert!(fault_error_code_offset(&tracefs).unwrap() >= 8);
     }
 }

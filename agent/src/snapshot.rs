@@ -24,6 +24,9 @@ pub struct Snapshot {
     pub probes: Vec<ProbeStatus>,
     pub sched: SchedSection,
     pub lock: LockSection,
+    pub dirty: DirtySection,
+    /// Live-migration readiness of VMs and named targets (latest pass).
+    pub readiness: crate::collectors::readiness::ReadinessSection,
     /// Updates lost because a bounded kernel map was full or a slot was
     /// taken, by map name.
     pub map_drops: BTreeMap<String, u64>,
@@ -284,4 +287,35 @@ mod tests {
         assert_eq!(d.total(), 10);
         assert_eq!(d.labeled()[3], ("other_node", 4));
     }
+}
+
+/// Page dirtying since start, per workload (top-K + `other`) and device.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DirtySection {
+    /// Most dirtying first; `other` last.
+    pub workloads: Vec<WorkloadDirty>,
+    pub devices: Vec<DeviceDirty>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadDirty {
+    pub workload: String,
+    /// File pages (folios, at their size) that went from clean to dirty.
+    pub file_dirtied_bytes: u64,
+    pub file_dirtied_folios: u64,
+    /// User write faults on unmapped pages: newly touched memory.
+    pub write_faults_new: u64,
+    /// User write faults on mapped, write-protected pages: copy-on-write.
+    pub write_faults_present: u64,
+    /// Time paused by dirty throttling (`None`: kernel HZ unknown).
+    pub throttle_seconds: Option<f64>,
+    pub throttle_pauses: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceDirty {
+    /// Mount source (e.g. /dev/vda) or `fstype:major:minor`.
+    pub device: String,
+    pub file_dirtied_bytes: u64,
+    pub file_dirtied_folios: u64,
 }

@@ -17,13 +17,16 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hostprobe");
 /// Program names as the kernel keeps them (at most 15 characters).
-const OUR_PROGRAMS: [&str; 6] = [
+const OUR_PROGRAMS: [&str; 9] = [
     "sched_switch",
     "sched_wakeup",
     "sched_wakeup_ne",
     "sched_migrate_t",
     "contention_begi",
     "contention_end",
+    "writeback_dirty",
+    "balance_dirty_p",
+    "page_fault_user",
 ];
 
 static KERNEL: Mutex<()> = Mutex::new(());
@@ -425,7 +428,11 @@ fn diagnose_json_has_the_documented_fields() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|p| p["events"].as_u64().unwrap() > 0 || p["probe"] == "sched_wakeup_new"));
+        .all(|p| p["events"].as_u64().unwrap() > 0
+            // Fire only when a task is created, a file page dirtied, a
+            // writer throttled.
+            || ["sched_wakeup_new", "writeback_dirty_folio", "balance_dirty_pages"]
+                .contains(&p["probe"].as_str().unwrap())));
 }
 
 /// A child process, leader of its own process group, that is killed with
@@ -456,12 +463,9 @@ struct Server {
 }
 
 impl Server {
-    fn start(port: u16) -> Self {
-        Self::start_with(port, &[])
-    }
-
-    /// Starts serve, behind `wrapper` (e.g. `chrt -f 50`) if not empty.
-    fn start_with(port: u16, wrapper: &[&str]) -> Self {
+    /// Starts serve with `extra` arguments, behind `wrapper` (e.g.
+    /// `chrt -f 50`) if not empty.
+    fn start_with(port: u16, wrapper: &[&str], extra: &[&str]) -> Self {
         let addr = format!("127.0.0.1:{port}");
         let mut child = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -471,15 +475,17 @@ impl Server {
             }
             None => Command::new(BIN),
         };
-        child.args([
-            "serve",
-            "--listen",
-            &addr,
-            "--interval",
-            "100ms",
-            "--log-level",
-            "warn",
-        ]);
+        child
+            .args([
+                "serve",
+                "--listen",
+                &addr,
+                "--interval",
+                "100ms",
+                "--log-level",
+                "warn",
+            ])
+            .args(extra);
         let s = Server {
             child: KillOnDrop::spawn(&mut child),
             addr,
@@ -521,8 +527,29 @@ fn metric_sum(body: &str, name: &str) -> f64 {
 #[test]
 fn serve_exposes_metrics_that_promtool_accepts_and_exits_cleanly() {
     let _k = KernelTest::start();
-    let server = Server::start(19488);
-    let (head, body) = server.get("/metrics").unwrap();
+    let me = std::process::id().to_string();
+    let server = Server::start_with(
+        19488,
+        &[],
+        &[
+            "--readiness-pid",
+            &me,
+            "--readiness-windows",
+            "100ms,300ms",
+            "--readiness-interval",
+            "1s",
+        ],
+    );
+    // The first readiness pass (0.3 s) lands in a later scrape.
+    let converges = format!("hostprobe_migration_converges{{workload=\"pid:{me}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (head, body) = loop {
+        let (head, body) = server.get("/metrics").unwrap();
+        if body.contains(&converges) || Instant::now() > deadline {
+            break (head, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
@@ -540,6 +567,12 @@ fn serve_exposes_metrics_that_promtool_accepts_and_exits_cleanly() {
         "hostprobe_sched_migrations_total",
         "hostprobe_sched_switch_ins_total",
         "hostprobe_runqueue_latency_seconds_bucket",
+        "hostprobe_write_faults_total",
+        "hostprobe_file_dirtied_bytes_total",
+        &converges,
+        "hostprobe_migration_memory_bytes{workload=\"pid:",
+        "hostprobe_dirty_bytes_per_second{workload=\"pid:",
+        "hostprobe_migration_predicted_duration_seconds{workload=\"pid:",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }
@@ -682,7 +715,7 @@ fn perf_controlled(server: &Server, args: &[&str], parse: impl FnOnce(&mut Windo
 #[test]
 fn host_migrations_agree_with_perf_stat() {
     let _k = KernelTest::start();
-    let server = Server::start_with(19489, &["chrt", "-f", "50"]);
+    let server = Server::start_with(19489, &["chrt", "-f", "50"], &[]);
     // A steady load that migrates tasks, running before and after the window.
     let _load = KillOnDrop::spawn(
         Command::new("perf")
@@ -819,7 +852,7 @@ fn lock_load() -> (
 fn lock_contention_agrees_with_perf_lock() {
     use std::sync::atomic::Ordering;
     let _k = KernelTest::start();
-    let server = Server::start_with(19490, &["chrt", "-f", "50"]);
+    let server = Server::start_with(19490, &["chrt", "-f", "50"], &[]);
     let (messaging, stop, threads) = lock_load();
     std::thread::sleep(Duration::from_millis(500));
     let dir = tempfile::tempdir().unwrap();
@@ -1026,4 +1059,128 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         "check without privileges must fail"
     );
     assert!(String::from_utf8_lossy(&check.stdout).contains("privileges  FAIL"));
+}
+
+const PAGE: usize = 4096;
+
+/// Anonymous memory outside THP (one fault per 4 KiB page), unmapped on drop.
+struct Anon {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Anon {
+    fn new(pages: usize) -> Self {
+        let len = pages * PAGE;
+        // SAFETY: a fresh private anonymous mapping; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap");
+        // SAFETY: the mapping just created.
+        assert_eq!(unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) }, 0);
+        Self {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    fn page(&self, i: usize) -> *mut u8 {
+        assert!(i * PAGE < self.len);
+        self.ptr.wrapping_add(i * PAGE)
+    }
+}
+
+impl Drop for Anon {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` created.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+fn dirty_sum(s: &Value, field: &str) -> u64 {
+    s["dirty"]["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[field].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn dirty_probes_count_exactly_the_pages_the_test_dirties() {
+    let _k = KernelTest::start();
+    const FILE_BYTES: usize = 8 << 20;
+    const PAGES: usize = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let me = std::process::id().to_string();
+    // Allocated (and faulted in) before the window opens.
+    let data = vec![7u8; FILE_BYTES];
+    let diag = start_diagnose(&[
+        "--duration",
+        "3s",
+        "--pid",
+        &me,
+        "--no-vm-readiness",
+        "--readiness-windows",
+        "1s",
+    ]);
+    // A new file: every folio goes from clean to dirty once.
+    let mut f = std::fs::File::create(dir.path().join("dirtied")).unwrap();
+    f.write_all(&data).unwrap();
+    // Write faults on unmapped pages: one per page.
+    let fresh = Anon::new(PAGES);
+    for i in 0..PAGES {
+        // SAFETY: inside the mapping.
+        unsafe { fresh.page(i).write_volatile(1) };
+    }
+    // Read first (maps the shared zero page, read-only), then write: one
+    // fault per page on a present, write-protected page.
+    let cow = Anon::new(PAGES);
+    for i in 0..PAGES {
+        // SAFETY: inside the mapping.
+        unsafe {
+            std::hint::black_box(cow.page(i).read_volatile());
+            cow.page(i).write_volatile(1);
+        }
+    }
+    let s = finish(diag);
+    drop(f);
+    let bytes = dirty_sum(&s, "file_dirtied_bytes");
+    assert!(
+        (FILE_BYTES as u64..FILE_BYTES as u64 + 64 * 1024).contains(&bytes),
+        "wrote {FILE_BYTES} bytes to a new file, hostprobe saw {bytes} dirtied: {}",
+        s["dirty"]
+    );
+    let new = dirty_sum(&s, "write_faults_new");
+    let present = dirty_sum(&s, "write_faults_present");
+    eprintln!(
+        "file: wrote {FILE_BYTES}, saw {bytes} bytes in {} folios; new-page faults {new}, \
+         present-page faults {present} (set {PAGES} each)",
+        dirty_sum(&s, "file_dirtied_folios")
+    );
+    // The rest of this process (the harness, pipes to hostprobe) faults a
+    // little too.
+    assert!(
+        (PAGES as u64..PAGES as u64 + 256).contains(&new),
+        "touched {PAGES} new pages, hostprobe saw {new} write faults on unmapped pages"
+    );
+    assert!(
+        (PAGES as u64..PAGES as u64 + 64).contains(&present),
+        "wrote {PAGES} zero-page-mapped pages, hostprobe saw {present} write faults on present pages"
+    );
+    let devices = s["dirty"]["devices"].as_array().unwrap();
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["file_dirtied_bytes"].as_u64() >= Some(FILE_BYTES as u64)),
+        "no device holds the file's dirtied bytes: {devices:?}"
+    );
 }

@@ -219,7 +219,10 @@ impl Qemu {
         if let Some(uri) = &spec.incoming {
             c.args(["-incoming", uri]);
         }
-        c.stdin(Stdio::null()).stdout(Stdio::null());
+        // QEMU's own messages (e.g. the receiving side of a cancelled
+        // migration) go to a log beside the console, not into the table.
+        let log = std::fs::File::create(spec.run_dir.join(format!("{}.log", spec.name)))?;
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let child = c.spawn().context("starting qemu-system-x86_64")?;
         Ok(Self {
             child,

@@ -6,7 +6,9 @@ use aya::Ebpf;
 
 use crate::error::{Error, Result};
 
+pub mod dirty;
 pub mod lock;
+pub mod readiness;
 pub mod sched;
 
 /// Takes a map the collector will own out of the loaded object.

@@ -38,6 +38,8 @@ pub struct ReadinessSection {
     pub errors: u64,
     /// Targets skipped because of `max_targets`, in the last pass.
     pub skipped: u64,
+    /// Completed passes over the targets.
+    pub passes: u64,
 }
 
 pub struct ReadinessCollector {
@@ -71,6 +73,7 @@ impl ReadinessCollector {
                             windows: opts.windows.clone(),
                             samples_per_gib: opts.samples_per_gib,
                             seed,
+                            exact: None,
                         };
                         match t.and_then(|t| assess::assess(&t, &sampling, &opts.link)) {
                             Ok(r) => reports.push(r),
@@ -88,6 +91,7 @@ impl ReadinessCollector {
                         s.targets = reports;
                         s.errors += errors;
                         s.skipped = skipped as u64;
+                        s.passes += 1;
                     }
                     drop(shared);
                     if let Some(left) = opts.interval.checked_sub(t0.elapsed()) {
@@ -101,7 +105,18 @@ impl ReadinessCollector {
     }
 
     pub fn collect(&self) -> ReadinessSection {
-        self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits (polling) until a first pass over the targets has completed.
+    pub async fn first_pass(&self, timeout: Duration) {
+        let t0 = Instant::now();
+        while self.collect().passes == 0 && t0.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

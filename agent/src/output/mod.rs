@@ -10,7 +10,11 @@ pub(crate) mod tests {
 
     use hostprobe_common::CpuTopo;
 
+    use crate::assess::{MemoryMethod, ReadinessReport, TargetInfo};
+    use crate::collectors::readiness::ReadinessSection;
+    use crate::dirty::SamplingMethod;
     use crate::hist::Log2Hist;
+    use crate::readiness::{DirtyPoint, Link, Prediction, Verdict};
     use crate::snapshot::*;
     use crate::topology::Topology;
 
@@ -129,8 +133,76 @@ pub(crate) mod tests {
                 }],
                 spin_waits_without_stack: 7,
             },
+            dirty: DirtySection {
+                workloads: vec![WorkloadDirty {
+                    workload: "/db.service".into(),
+                    file_dirtied_bytes: 8192,
+                    file_dirtied_folios: 2,
+                    write_faults_new: 100,
+                    write_faults_present: 3,
+                    throttle_seconds: Some(0.5),
+                    throttle_pauses: 4,
+                }],
+                devices: vec![DeviceDirty {
+                    device: "/dev/vda".into(),
+                    file_dirtied_bytes: 8192,
+                    file_dirtied_folios: 2,
+                }],
+            },
+            readiness: sample_readiness(),
             map_drops: BTreeMap::from([("SCHED_WORKLOADS".into(), 0), ("TASK_SLOTS".into(), 2)]),
             collection_seconds: 0.001,
+        }
+    }
+
+    fn sample_readiness() -> ReadinessSection {
+        const MIB: f64 = 1024.0 * 1024.0;
+        let link = Link {
+            bandwidth_bytes_per_second: 64.0 * MIB,
+            downtime_limit_seconds: 0.3,
+            max_rounds: 30,
+            time_cap_seconds: None,
+        };
+        let web = ReadinessReport {
+            target: TargetInfo {
+                kind: "vm",
+                name: "web1".into(),
+                pids: vec![4242],
+            },
+            memory_bytes: 600.0 * MIB,
+            memory_method: MemoryMethod::GuestRamNonZero,
+            method: SamplingMethod {
+                method: "content sampling (estimate)",
+                samples: 512,
+                sampled_bytes: 1024 * 1024 * 1024,
+            },
+            dirty: vec![
+                DirtyPoint {
+                    window_seconds: 1.0,
+                    dirty_bytes: 16.0 * MIB,
+                },
+                DirtyPoint {
+                    window_seconds: 4.0,
+                    dirty_bytes: 62.0 * MIB,
+                },
+            ],
+            link,
+            prediction: Prediction {
+                converges: true,
+                verdict: Verdict::Converges,
+                rounds: 3,
+                total_seconds: 12.5,
+                downtime_seconds: Some(0.16),
+                sent_bytes: 800.0 * MIB,
+            },
+            min_bandwidth_bytes_per_second: Some(20.0 * MIB),
+        };
+        ReadinessSection {
+            link: Some(link),
+            targets: vec![web],
+            errors: 1,
+            skipped: 0,
+            passes: 2,
         }
     }
 }

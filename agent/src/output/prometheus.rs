@@ -215,6 +215,8 @@ pub fn render(s: &Snapshot) -> String {
     let mut unsampled = Family::new("hostprobe_lock_spin_waits_without_stack_total", "Spinning lock waits counted without their stack because the per-CPU stack budget (--lock-stacks) was spent; their caller label is \"(stack not sampled)\".", COUNTER);
     unsampled.counter(&[], s.lock.spin_waits_without_stack as f64);
     out.extend([contentions, wait, by_caller, by_workload, unsampled]);
+    dirty(s, &mut out);
+    readiness(s, &mut out);
 
     let families: Vec<MetricFamily> = out
         .into_iter()
@@ -226,6 +228,138 @@ pub fn render(s: &Snapshot) -> String {
         .encode(&families, &mut buf)
         .expect("text encoding of well-formed families cannot fail");
     String::from_utf8(buf).expect("the text encoder writes UTF-8")
+}
+
+/// Page dirtying per workload (top-K + other) and device.
+fn dirty(s: &Snapshot, out: &mut Vec<Family>) {
+    use MetricType::COUNTER;
+    let mut file = Family::new(
+        "hostprobe_file_dirtied_bytes_total",
+        "File pages the workload dirtied (folios going from clean to dirty, at their size).",
+        COUNTER,
+    );
+    let mut throttle = Family::new(
+        "hostprobe_dirty_throttle_seconds_total",
+        "Time the workload's tasks were paused by dirty-page throttling (balance_dirty_pages).",
+        COUNTER,
+    );
+    let mut faults = Family::new("hostprobe_write_faults_total", "User write page faults: kind=new (page not mapped: new memory), kind=present (mapped, write-protected: copy-on-write).", COUNTER);
+    for w in &s.dirty.workloads {
+        let wl = [("workload", w.workload.as_str())];
+        file.counter(&wl, w.file_dirtied_bytes as f64);
+        if let Some(t) = w.throttle_seconds {
+            throttle.counter(&wl, t);
+        }
+        for (kind, n) in [
+            ("new", w.write_faults_new),
+            ("present", w.write_faults_present),
+        ] {
+            faults.counter(
+                &[("workload", w.workload.as_str()), ("kind", kind)],
+                n as f64,
+            );
+        }
+    }
+    let mut device = Family::new(
+        "hostprobe_device_file_dirtied_bytes_total",
+        "File pages dirtied on each filesystem device.",
+        COUNTER,
+    );
+    for d in &s.dirty.devices {
+        device.counter(
+            &[("device", d.device.as_str())],
+            d.file_dirtied_bytes as f64,
+        );
+    }
+    out.extend([file, throttle, faults, device]);
+}
+
+/// The latest readiness assessments, one series per target.
+fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
+    use MetricType::{COUNTER, GAUGE};
+    let r = &s.readiness;
+    if let Some(link) = &r.link {
+        let mut f = Family::new(
+            "hostprobe_migration_link_bandwidth_bytes_per_second",
+            "Link bandwidth the migration predictions assume (--migration-bandwidth).",
+            GAUGE,
+        );
+        f.gauge(&[], link.bandwidth_bytes_per_second);
+        out.push(f);
+        let mut f = Family::new(
+            "hostprobe_migration_downtime_limit_seconds",
+            "Downtime limit the migration predictions assume (--migration-downtime).",
+            GAUGE,
+        );
+        f.gauge(&[], link.downtime_limit_seconds);
+        out.push(f);
+        let mut f = Family::new(
+            "hostprobe_readiness_errors_total",
+            "Readiness assessments that failed (target gone, memory unreadable).",
+            COUNTER,
+        );
+        f.counter(&[], r.errors as f64);
+        out.push(f);
+        let mut f = Family::new(
+            "hostprobe_readiness_skipped_targets",
+            "Targets not assessed in the last pass because of --readiness-max-targets.",
+            GAUGE,
+        );
+        f.gauge(&[], r.skipped as f64);
+        out.push(f);
+    }
+    let mut rate = Family::new("hostprobe_dirty_bytes_per_second", "Distinct bytes the workload dirtied within a window, divided by the window (content-sampling estimate; method label).", GAUGE);
+    let mut memory = Family::new(
+        "hostprobe_migration_memory_bytes",
+        "Memory a pre-copy migration of the workload would send in its first pass (method label).",
+        GAUGE,
+    );
+    let mut converges = Family::new(
+        "hostprobe_migration_converges",
+        "1 if pre-copy would converge at the configured bandwidth and downtime limit, else 0.",
+        GAUGE,
+    );
+    let mut duration = Family::new(
+        "hostprobe_migration_predicted_duration_seconds",
+        "Predicted total migration time (until it converges or the model gives up).",
+        GAUGE,
+    );
+    let mut downtime = Family::new(
+        "hostprobe_migration_predicted_downtime_seconds",
+        "Predicted stop-and-copy downtime (only for migrations that converge).",
+        GAUGE,
+    );
+    let mut min_bw = Family::new("hostprobe_migration_min_bandwidth_bytes_per_second", "Lowest link bandwidth at which pre-copy would converge within the downtime limit (absent if none up to 1 TB/s).", GAUGE);
+    for t in &r.targets {
+        let wl = t.target.workload();
+        let wl = wl.as_str();
+        for d in &t.dirty {
+            let window = format!("{}s", (d.window_seconds * 100.0).round() / 100.0);
+            rate.gauge(
+                &[
+                    ("workload", wl),
+                    ("window", &window),
+                    ("method", "sampling"),
+                ],
+                d.dirty_bytes / d.window_seconds,
+            );
+        }
+        let method = match t.memory_method {
+            crate::assess::MemoryMethod::Resident => "resident",
+            crate::assess::MemoryMethod::GuestRamNonZero => "guest_ram_nonzero",
+        };
+        memory.gauge(&[("workload", wl), ("method", method)], t.memory_bytes);
+        let p = &t.prediction;
+        converges.gauge(&[("workload", wl)], f64::from(u8::from(p.converges)));
+        duration.gauge(&[("workload", wl)], p.total_seconds);
+        if let Some(d) = p.downtime_seconds {
+            downtime.gauge(&[("workload", wl)], d);
+        }
+        if let Some(b) = t.min_bandwidth_bytes_per_second {
+            min_bw.gauge(&[("workload", wl)], b);
+        }
+    }
+    out.extend([rate, memory, converges, duration, downtime, min_bw]);
 }
 
 #[cfg(test)]
@@ -254,6 +388,18 @@ mod tests {
             "hostprobe_lock_wait_seconds_count{type=\"rwsem:W\"} 5",
             "hostprobe_lock_wait_seconds_total{type=\"rwsem:W\",caller=\"do_mmap\"} 0.002",
             "hostprobe_workload_lock_wait_seconds_total{workload=\"/db.service\"} 0.002",
+            "hostprobe_dirty_bytes_per_second{workload=\"vm:web1\",window=\"4s\",method=\"sampling\"} 16252928",
+            "hostprobe_migration_memory_bytes{workload=\"vm:web1\",method=\"guest_ram_nonzero\"} 629145600",
+            "hostprobe_migration_converges{workload=\"vm:web1\"} 1",
+            "hostprobe_migration_predicted_duration_seconds{workload=\"vm:web1\"} 12.5",
+            "hostprobe_migration_predicted_downtime_seconds{workload=\"vm:web1\"} 0.16",
+            "hostprobe_migration_min_bandwidth_bytes_per_second{workload=\"vm:web1\"} 20971520",
+            "hostprobe_migration_link_bandwidth_bytes_per_second 67108864",
+            "hostprobe_readiness_errors_total 1",
+            "hostprobe_file_dirtied_bytes_total{workload=\"/db.service\"} 8192",
+            "hostprobe_dirty_throttle_seconds_total{workload=\"/db.service\"} 0.5",
+            "hostprobe_write_faults_total{workload=\"/db.service\",kind=\"new\"} 100",
+            "hostprobe_device_file_dirtied_bytes_total{device=\"/dev/vda\"} 8192",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

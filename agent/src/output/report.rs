@@ -59,7 +59,7 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
         let state = if p.attached { "attached" } else { "DISABLED" };
         let _ = write!(
             o,
-            "  {:<20} {:<10} {:<9} {:>12} events",
+            "  {:<21} {:<10} {:<9} {:>12} events",
             p.probe, p.attach_type, state, p.events
         );
         if let Some(r) = &p.reason {
@@ -153,6 +153,8 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
     );
 
     render_locks(&mut o, s, stacks);
+    render_dirty(&mut o, s);
+    render_migration_readiness(&mut o, s);
 
     let drops: Vec<String> = s
         .map_drops
@@ -240,6 +242,122 @@ pub fn render_readiness(r: &crate::assess::ReadinessReport) -> String {
         }
     }
     o
+}
+
+/// Who dirties memory and files, and who is throttled for it.
+fn render_dirty(o: &mut String, s: &Snapshot) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let d = &s.dirty;
+    let _ = writeln!(o, "\nPage dirtying");
+    if d.workloads.is_empty() {
+        let _ = writeln!(
+            o,
+            "  none seen (or the dirty probes are disabled: see Probes)"
+        );
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  {:<40} {:>11} {:>11} {:>12} {:>12}",
+        "workload", "file MiB/s", "new pg/s", "cow pg/s", "throttled"
+    );
+    let secs = s.window_seconds.max(1e-9);
+    for w in d.workloads.iter().take(10) {
+        let _ = writeln!(
+            o,
+            "  {:<40} {:>11.2} {:>11.0} {:>12.0} {:>12}",
+            w.workload,
+            w.file_dirtied_bytes as f64 / MIB / secs,
+            w.write_faults_new as f64 / secs,
+            w.write_faults_present as f64 / secs,
+            if w.throttle_pauses == 0 {
+                "-".into()
+            } else {
+                opt_seconds(w.throttle_seconds)
+            }
+        );
+    }
+    let devices: Vec<String> = d
+        .devices
+        .iter()
+        .map(|x| format!("{} {:.1} MiB", x.device, x.file_dirtied_bytes as f64 / MIB))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  file pages dirtied by device: {}",
+        if devices.is_empty() {
+            "none".into()
+        } else {
+            devices.join(", ")
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  new pg/s: write faults on unmapped pages (new memory); cow pg/s: on mapped write-protected pages."
+    );
+}
+
+/// One line per assessed VM or target, most at risk first.
+fn render_migration_readiness(o: &mut String, s: &Snapshot) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let r = &s.readiness;
+    let Some(link) = &r.link else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "\nLive-migration readiness (pre-copy at {:.1} MiB/s, downtime limit {}; content-sampling estimate)",
+        link.bandwidth_bytes_per_second / MIB,
+        fmt_seconds(link.downtime_limit_seconds)
+    );
+    if r.targets.is_empty() {
+        let _ = writeln!(
+            o,
+            "  no targets: no QEMU VM is running and none was named (--readiness-pid, --readiness-cgroup){}",
+            if r.errors > 0 {
+                format!("; {} assessments failed", r.errors)
+            } else {
+                String::new()
+            }
+        );
+        return;
+    }
+    let mut targets: Vec<_> = r.targets.iter().collect();
+    // Not converging first, then the longest.
+    targets.sort_by(|a, b| {
+        (a.prediction.converges, -a.prediction.total_seconds)
+            .partial_cmp(&(b.prediction.converges, -b.prediction.total_seconds))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let _ = writeln!(
+        o,
+        "  {:<28} {:>9} {:>11} {:>9} {:>9} {:>9} {:>12}",
+        "workload", "memory", "dirty/s", "converges", "time", "downtime", "min link"
+    );
+    for t in targets {
+        let p = &t.prediction;
+        let fastest = t
+            .dirty
+            .iter()
+            .map(|d| d.dirty_bytes / d.window_seconds)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            o,
+            "  {:<28} {:>6.0}MiB {:>6.1}MiB/s {:>9} {:>9} {:>9} {:>12}",
+            t.target.workload(),
+            t.memory_bytes / MIB,
+            fastest / MIB,
+            if p.converges { "yes" } else { "NO" },
+            fmt_seconds(p.total_seconds),
+            opt_seconds(p.downtime_seconds),
+            t.min_bandwidth_bytes_per_second
+                .map_or("none".into(), |b| format!("{:.1}MiB/s", b / MIB))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  dirty/s: fastest d(w)/w over the measured windows; `hostprobe readiness --vm NAME` shows the evidence."
+    );
 }
 
 /// Rows of the lock report shown (the snapshot keeps more).
@@ -361,6 +479,10 @@ mod tests {
             "rwsem:W",
             "tasklist_lock",
             "_raw_spin_lock",
+            "Live-migration readiness (pre-copy at 64.0 MiB/s",
+            "vm:web1",
+            "Page dirtying",
+            "/dev/vda 0.0 MiB",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

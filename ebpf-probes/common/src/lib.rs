@@ -378,6 +378,67 @@ pub mod lock {
     pub const DEFAULT_WORKLOADS: u32 = 1024;
 }
 
+/// Page dirtying: file pages dirtied (`writeback:writeback_dirty_folio`),
+/// dirty throttling (`writeback:balance_dirty_pages`) and user write faults
+/// (`exceptions:page_fault_user`), per workload.
+pub mod dirty {
+    /// Workloads per CPU in `DIRTY_WORKLOADS`.
+    pub const DEFAULT_WORKLOADS: u32 = 1024;
+    /// (workload, device) pairs per CPU in `DIRTY_FILES`.
+    pub const DEFAULT_FILES: u32 = 2048;
+
+    /// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
+    pub const PF_PROT: u64 = 1 << 0;
+    pub const PF_WRITE: u64 = 1 << 1;
+
+    /// Per workload, per CPU.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Stats {
+        /// Write faults on a page that was not mapped: new memory.
+        pub write_faults_new: u64,
+        /// Write faults on a mapped, write-protected page: copy-on-write,
+        /// or re-dirtying tracked by soft-dirty / userfaultfd.
+        pub write_faults_present: u64,
+        /// Jiffies the workload's tasks were paused by dirty throttling.
+        pub throttle_jiffies: u64,
+        /// Times they were paused.
+        pub throttle_pauses: u64,
+    }
+
+    /// Key of file dirtying: workload and the device of the file's
+    /// filesystem (`super_block.s_dev`, the kernel's dev_t encoding).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FileKey {
+        pub cgroup: u64,
+        pub dev: u32,
+        pub _pad: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FileStats {
+        /// Folios that went from clean to dirty.
+        pub folios: u64,
+        /// Their size in bytes (large folios count in full).
+        pub bytes: u64,
+    }
+
+    pub mod counter {
+        pub const EV_DIRTY_FOLIO: u32 = 0;
+        pub const EV_BALANCE: u32 = 1;
+        pub const EV_FAULT: u32 = 2;
+        /// A workload could not be added: `DIRTY_WORKLOADS` was full.
+        pub const DROP_WORKLOAD_MAP_FULL: u32 = 3;
+        /// A (workload, device) pair could not be added: `DIRTY_FILES` full.
+        pub const DROP_FILE_MAP_FULL: u32 = 4;
+        /// A folio or its mapping could not be read.
+        pub const ERR_READ: u32 = 5;
+        pub const COUNT: u32 = 6;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all types are repr(C), consist only of integers and have no
@@ -389,6 +450,9 @@ mod pod {
     unsafe impl aya::Pod for super::lock::AddrKey {}
     unsafe impl aya::Pod for super::lock::Stat {}
     unsafe impl aya::Pod for super::lock::Hist {}
+    unsafe impl aya::Pod for super::dirty::Stats {}
+    unsafe impl aya::Pod for super::dirty::FileKey {}
+    unsafe impl aya::Pod for super::dirty::FileStats {}
 }
 
 #[cfg(test)]
@@ -460,6 +524,9 @@ mod tests {
         assert_eq!(size_of::<lock::TaskSlot>(), 32);
         assert_eq!(size_of::<lock::CpuSlots>(), 16 + 24 * lock::CPU_DEPTH);
         assert_eq!(size_of::<lock::AddrKey>(), 16);
+        assert_eq!(size_of::<dirty::Stats>(), 32);
+        assert_eq!(size_of::<dirty::FileKey>(), 16);
+        assert_eq!(size_of::<dirty::FileStats>(), 16);
         assert_eq!(size_of::<CpuTopo>(), 16);
         assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 8);
         assert_eq!(

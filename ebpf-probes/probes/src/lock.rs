@@ -30,7 +30,7 @@ use hostprobe_common::{
 };
 
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
-use crate::util::{bump, first_time};
+use crate::util::{bump, first_time, selected};
 
 #[no_mangle]
 static LOCK_BEGIN_ADDR_OFFSET: Global<u32> = Global::new(0);
@@ -288,16 +288,4 @@ fn add<K>(ctx: &TracePointContext, map: &PerCpuHashMap<K, Stat>, key: &K, wait_n
             );
         }
     }
-}
-
-/// Whether the process/cgroup filters (if any) select `current`.
-#[inline(always)]
-fn selected() -> bool {
-    let tgid = FILTER_TGID.load();
-    if tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != tgid {
-        return false;
-    }
-    let cgroup = FILTER_CGROUP.load();
-    // SAFETY: helper without arguments.
-    cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cgroup
 }

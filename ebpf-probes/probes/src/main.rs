@@ -3,6 +3,7 @@
 #![no_main]
 
 mod config;
+mod dirty;
 mod lock;
 mod sched;
 mod util;

@@ -1,6 +1,9 @@
 //! Helpers every program uses: per-CPU counters and log-once flags.
 
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
 use aya_ebpf::maps::{Array, PerCpuArray};
+
+use crate::config::{FILTER_CGROUP, FILTER_TGID};
 
 #[inline(always)]
 pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
@@ -26,4 +29,16 @@ pub fn first_time(flags: &Array<u32>, flag: u32) -> bool {
         },
         None => false,
     }
+}
+
+/// Whether `current` passes the load-time pid and cgroup filters.
+#[inline(always)]
+pub fn selected() -> bool {
+    let tgid = FILTER_TGID.load();
+    if tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != tgid {
+        return false;
+    }
+    let cgroup = FILTER_CGROUP.load();
+    // SAFETY: helper without arguments.
+    cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cgroup
 }

@@ -1,0 +1,395 @@
+//! The exact dirty-set measurement, for when the sampled estimate is not
+//! enough: soft-dirty bits (`clear_refs` = 4, then pagemap bit 55) where the
+//! kernel has CONFIG_MEM_SOFT_DIRTY, otherwise a content hash of every
+//! resident page. Both cost far more than sampling (soft-dirty write-protects
+//! every page of the target, so each first write after the reset faults),
+//! so they run only on request, never more often than a minimum interval per
+//! process, and never against a VM that looks like it is migrating.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs::File;
+use std::hash::Hasher;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::dirty::{Mapping, Measurement, Region, SamplingMethod, PAGE};
+use crate::error::{Error, Result};
+use crate::readiness::DirtyPoint;
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_SOFT_DIRTY: u64 = 1 << 55;
+
+/// Largest single read of target memory or pagemap.
+const CHUNK_PAGES: u64 = 64;
+
+/// Whether this kernel tracks soft-dirty bits: clear them for this process,
+/// write a page, and see whether pagemap reports it dirty.
+pub fn soft_dirty_supported() -> bool {
+    let mut page = vec![0u8; 2 * PAGE as usize];
+    let addr = (page.as_ptr() as u64).div_ceil(PAGE) * PAGE;
+    let idx = (addr - page.as_ptr() as u64) as usize;
+    page[idx] = 1;
+    if std::fs::write("/proc/self/clear_refs", "4").is_err() {
+        return false;
+    }
+    page[idx] = 2;
+    std::hint::black_box(&page);
+    let Ok(pm) = File::open("/proc/self/pagemap") else {
+        return false;
+    };
+    let mut e = [0u8; 8];
+    pm.read_exact_at(&mut e, addr / PAGE * 8).is_ok() && u64::from_le_bytes(e) & PM_SOFT_DIRTY != 0
+}
+
+/// Which exact method runs on this kernel.
+pub fn method() -> &'static str {
+    if soft_dirty_supported() {
+        "soft-dirty (exact)"
+    } else {
+        "full content hash (exact)"
+    }
+}
+
+/// Refuses to run the exact path more often than `min_interval` per
+/// process: the time of the last run is kept in `state_dir`.
+pub fn rate_limit(state_dir: &Path, pid: u32, min_interval: Duration) -> Result<()> {
+    // pid + start time: a reused pid is another process.
+    let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            after.split_whitespace().nth(19).map(str::to_string)
+        })
+        .ok_or(Error::NoSuchProcess { pid })?;
+    let path = state_dir.join(format!("exact-{pid}-{start}"));
+    let now = SystemTime::now();
+    if let Ok(meta) = std::fs::metadata(&path) {
+        let ago = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if ago < min_interval {
+            return Err(Error::ExactTooSoon {
+                pid,
+                ago,
+                min_interval,
+            });
+        }
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
+    std::fs::write(&path, b"").map_err(|e| Error::io(&path, e))
+}
+
+/// Why a QEMU process looks like it is migrating, if it does: it was
+/// started to receive one (`-incoming`), or it holds an established TCP
+/// connection that it opened (its local port is not one it listens on), as
+/// an outgoing `migrate tcp:` does.
+pub fn migration_suspected(pid: u32, incoming: bool) -> Option<String> {
+    if incoming {
+        return Some("it was started with -incoming (the receiving side)".into());
+    }
+    let inodes = socket_inodes(pid);
+    let mut listening = Vec::new();
+    let mut established = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for (local_port, remote, state, inode) in parse_tcp(&text) {
+            if !inodes.contains(&inode) {
+                continue;
+            }
+            match state {
+                0x0A => listening.push(local_port),
+                0x01 => established.push((local_port, remote)),
+                _ => {}
+            }
+        }
+    }
+    established
+        .into_iter()
+        .find(|(port, _)| !listening.contains(port))
+        .map(|(_, remote)| format!("it has an outgoing TCP connection to {remote}"))
+}
+
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// (local port, remote address:port, state, inode) of /proc/net/tcp rows.
+fn parse_tcp(text: &str) -> Vec<(u16, String, u8, u64)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            let (raddr, rport) = f.get(2)?.split_once(':')?;
+            let remote = format!("{}:{}", hex_ip(raddr), u16::from_str_radix(rport, 16).ok()?);
+            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+            let inode = f.get(9)?.parse().ok()?;
+            Some((local_port, remote, state, inode))
+        })
+        .collect()
+}
+
+/// An IPv4 address as /proc/net/tcp prints it (little-endian hex); IPv6
+/// stays hex.
+fn hex_ip(h: &str) -> String {
+    match u32::from_str_radix(h, 16) {
+        Ok(v) if h.len() == 8 => std::net::Ipv4Addr::from(v.swap_bytes()).to_string(),
+        _ => h.to_string(),
+    }
+}
+
+/// Every page of the regions, measured exactly.
+pub struct Exact {
+    regions: Vec<(u32, File, File, Vec<Mapping>)>,
+    soft_dirty: bool,
+    bytes: u64,
+}
+
+impl Exact {
+    pub fn new(regions: &[Region]) -> Result<Self> {
+        let open = |pid: u32, what: &str| {
+            let path = PathBuf::from(format!("/proc/{pid}/{what}"));
+            File::open(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
+                _ => Error::io(&path, e),
+            })
+        };
+        let regions = regions
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.pid,
+                    open(r.pid, "mem")?,
+                    open(r.pid, "pagemap")?,
+                    r.mappings.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = regions
+            .iter()
+            .flat_map(|r| r.3.iter().map(|m| m.end - m.start))
+            .sum();
+        Ok(Self {
+            regions,
+            soft_dirty: soft_dirty_supported(),
+            bytes,
+        })
+    }
+
+    pub fn method(&self, pages: usize) -> SamplingMethod {
+        SamplingMethod {
+            method: if self.soft_dirty {
+                "soft-dirty (exact)"
+            } else {
+                "full content hash (exact)"
+            },
+            samples: pages,
+            sampled_bytes: self.bytes,
+        }
+    }
+
+    /// Pagemap entries of one mapping.
+    fn pagemap(pm: &File, m: &Mapping) -> Vec<u64> {
+        let pages = (m.end - m.start) / PAGE;
+        let mut out = Vec::with_capacity(pages as usize);
+        let mut buf = vec![0u8; (CHUNK_PAGES * 8) as usize];
+        let mut p = 0;
+        while p < pages {
+            let n = (pages - p).min(CHUNK_PAGES);
+            let b = &mut buf[..(n * 8) as usize];
+            if pm.read_exact_at(b, (m.start / PAGE + p) * 8).is_err() {
+                out.extend(std::iter::repeat_n(0, n as usize));
+            } else {
+                out.extend(
+                    b.chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                );
+            }
+            p += n;
+        }
+        out
+    }
+
+    /// Per page: `None` if not resident, else the hash of its content.
+    fn hashes(&self) -> Vec<Option<u64>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; (CHUNK_PAGES * PAGE) as usize];
+        for (_, mem, pm, maps) in &self.regions {
+            for m in maps {
+                let entries = Self::pagemap(pm, m);
+                let mut i = 0;
+                while i < entries.len() {
+                    if entries[i] & PM_PRESENT == 0 {
+                        out.push(None);
+                        i += 1;
+                        continue;
+                    }
+                    // A run of resident pages, read at once.
+                    let mut j = i;
+                    while j < entries.len()
+                        && j - i < CHUNK_PAGES as usize
+                        && entries[j] & PM_PRESENT != 0
+                    {
+                        j += 1;
+                    }
+                    let b = &mut buf[..(j - i) * PAGE as usize];
+                    let ok = mem.read_exact_at(b, m.start + i as u64 * PAGE).is_ok();
+                    out.extend(b.chunks_exact(PAGE as usize).map(|page| {
+                        ok.then(|| {
+                            let mut h = DefaultHasher::new();
+                            h.write(page);
+                            h.finish()
+                        })
+                    }));
+                    i = j;
+                }
+            }
+        }
+        out
+    }
+
+    /// Pages soft-dirty (written since the reset) now, resident or swapped.
+    fn soft_dirty_count(&self) -> u64 {
+        self.regions
+            .iter()
+            .flat_map(|(_, _, pm, maps)| maps.iter().map(move |m| Self::pagemap(pm, m)))
+            .flatten()
+            .filter(|e| e & PM_SOFT_DIRTY != 0 && e & (PM_PRESENT | PM_SWAP) != 0)
+            .count() as u64
+    }
+
+    /// d(w) at each window, exactly; the pages examined for the provenance.
+    pub fn measure(&self, windows: &[Duration]) -> Result<(Measurement, usize)> {
+        let mut windows = windows.to_vec();
+        windows.sort();
+        let base = if self.soft_dirty {
+            for (pid, ..) in &self.regions {
+                let path = PathBuf::from(format!("/proc/{pid}/clear_refs"));
+                std::fs::write(&path, "4").map_err(|e| Error::io(&path, e))?;
+            }
+            Vec::new()
+        } else {
+            self.hashes()
+        };
+        let t0 = Instant::now();
+        let zero = {
+            let mut h = DefaultHasher::new();
+            h.write(&[0u8; PAGE as usize]);
+            h.finish()
+        };
+        let resident = base.iter().filter(|h| h.is_some()).count();
+        let zeros = base.iter().filter(|h| **h == Some(zero)).count();
+        let mut points = Vec::new();
+        for w in windows {
+            if let Some(left) = w.checked_sub(t0.elapsed()) {
+                std::thread::sleep(left);
+            }
+            let elapsed = t0.elapsed().as_secs_f64();
+            let dirty_pages = if self.soft_dirty {
+                self.soft_dirty_count()
+            } else {
+                let now = self.hashes();
+                // Changed content; a page resident only now counts unless
+                // it is still all zeros (read-faulted, never written).
+                base.iter()
+                    .zip(&now)
+                    .filter(|(a, b)| match (a, b) {
+                        (Some(a), Some(b)) => a != b,
+                        (None, Some(b)) => *b != zero,
+                        _ => false,
+                    })
+                    .count() as u64
+            };
+            points.push(DirtyPoint {
+                window_seconds: elapsed,
+                dirty_bytes: (dirty_pages * PAGE) as f64,
+            });
+        }
+        for (pid, ..) in &self.regions {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(Error::NoSuchProcess { pid: *pid });
+            }
+        }
+        let total = (self.bytes / PAGE) as usize;
+        let zero_share = if base.is_empty() {
+            0.0
+        } else {
+            (zeros + (total - resident)) as f64 / total.max(1) as f64
+        };
+        Ok((Measurement { points, zero_share }, total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_tcp_tables() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:115C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:D2F0 0100007F:115C 01 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000000000000 20 4 30 10 -1
+";
+        let rows = parse_tcp(text);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], (4444, "0.0.0.0:0".into(), 0x0A, 1111));
+        assert_eq!(rows[1], (0xD2F0, "127.0.0.1:4444".into(), 0x01, 2222));
+    }
+
+    #[test]
+    fn an_incoming_vm_is_suspected_and_this_process_is_not() {
+        assert!(migration_suspected(1, true).is_some());
+        assert_eq!(migration_suspected(std::process::id(), false), None);
+    }
+
+    #[test]
+    fn runs_at_most_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        rate_limit(dir.path(), me, Duration::from_secs(3600)).unwrap();
+        let err = rate_limit(dir.path(), me, Duration::from_secs(3600)).unwrap_err();
+        assert!(matches!(err, Error::ExactTooSoon { .. }), "{err}");
+        rate_limit(dir.path(), me, Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn hashes_every_resident_page_of_this_process() {
+        let mut buf = vec![1u8; 64 * PAGE as usize];
+        let start = (buf.as_ptr() as u64).div_ceil(PAGE) * PAGE;
+        let region = Region {
+            pid: std::process::id(),
+            mappings: vec![Mapping {
+                start,
+                end: start + 32 * PAGE,
+            }],
+        };
+        let exact = Exact {
+            soft_dirty: false,
+            ..Exact::new(&[region]).unwrap()
+        };
+        let before = exact.hashes();
+        assert_eq!(before.len(), 32);
+        assert!(before.iter().all(Option::is_some));
+        let off = (start - buf.as_ptr() as u64) as usize;
+        for p in [0usize, 5, 31] {
+            buf[off + p * PAGE as usize] = 9;
+        }
+        std::hint::black_box(&buf);
+        let after = exact.hashes();
+        let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert_eq!(changed, 3);
+    }
+}

@@ -1,0 +1,188 @@
+//! Page dirtying per workload: file folios going from clean to dirty
+//! (`writeback:writeback_dirty_folio`, in the writer's context, with the
+//! folio's size and its filesystem's device), dirty throttling
+//! (`writeback:balance_dirty_pages` pause) and user write faults
+//! (`exceptions:page_fault_user`, new vs. already-mapped page). Struct
+//! offsets from BTF and field offsets from tracefs, both at load time.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePointContext, TracePointContext},
+    EbpfContext, Global,
+};
+use aya_log_ebpf::warn;
+use hostprobe_common::dirty::{
+    counter, FileKey, FileStats, Stats, DEFAULT_FILES, DEFAULT_WORKLOADS, PF_PROT, PF_WRITE,
+};
+
+use crate::util::{bump, first_time, selected};
+
+/// `struct folio`: `flags`, the `PG_head` bit, and `_nr_pages` (6.18) or
+/// `_folio_nr_pages` (6.1), valid when the folio is large (`PG_head`).
+#[no_mangle]
+static FOLIO_FLAGS_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static FOLIO_PG_HEAD: Global<u32> = Global::new(0);
+#[no_mangle]
+static FOLIO_NR_PAGES_OFFSET: Global<u32> = Global::new(0);
+/// `address_space.host` -> `inode.i_sb` -> `super_block.s_dev`.
+#[no_mangle]
+static MAPPING_HOST_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static INODE_SB_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static SB_DEV_OFFSET: Global<u32> = Global::new(0);
+/// Tracefs offsets of `balance_dirty_pages.pause` and
+/// `page_fault_user.error_code`.
+#[no_mangle]
+static BALANCE_PAUSE_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static FAULT_ERROR_CODE_OFFSET: Global<u32> = Global::new(0);
+
+const PAGE_SIZE: u64 = 4096;
+
+#[map]
+static DIRTY_WORKLOADS: PerCpuHashMap<u64, Stats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_WORKLOADS, 0);
+#[map]
+static DIRTY_FILES: PerCpuHashMap<FileKey, FileStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_FILES, 0);
+#[map]
+static DIRTY_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static DIRTY_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
+
+#[btf_tracepoint(function = "writeback_dirty_folio")]
+pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> i32 {
+    if try_dirty_folio(&ctx).is_err() {
+        bump(&DIRTY_COUNTERS, counter::ERR_READ);
+    }
+    0
+}
+
+/// Returns 1 so that perf users of the tracepoint still see the event (see
+/// `sched_migrate_task`).
+#[no_mangle]
+#[link_section = "tracepoint/writeback/balance_dirty_pages"]
+pub extern "C" fn balance_dirty_pages(ctx: *mut core::ffi::c_void) -> u32 {
+    let _ = try_balance(&TracePointContext::new(ctx));
+    1
+}
+
+#[no_mangle]
+#[link_section = "tracepoint/exceptions/page_fault_user"]
+pub extern "C" fn page_fault_user(ctx: *mut core::ffi::c_void) -> u32 {
+    let _ = try_fault(&TracePointContext::new(ctx));
+    1
+}
+
+/// Reads a kernel value at `base + offset`.
+#[inline(always)]
+fn read<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel checks the address; offsets come from
+    // this kernel's BTF.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
+}
+
+fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    bump(&DIRTY_COUNTERS, counter::EV_DIRTY_FOLIO);
+    if !selected() {
+        return Ok(());
+    }
+    let folio: *const u8 = ctx.arg(0);
+    let mapping: *const u8 = ctx.arg(1);
+    if folio.is_null() || mapping.is_null() {
+        return Err(0);
+    }
+    let flags: u64 = read(folio, FOLIO_FLAGS_OFFSET.load())?;
+    let pages = if (flags >> (FOLIO_PG_HEAD.load() & 63)) & 1 != 0 {
+        u64::from(read::<u32>(folio, FOLIO_NR_PAGES_OFFSET.load())?)
+    } else {
+        1
+    };
+    let host: *const u8 = read(mapping, MAPPING_HOST_OFFSET.load())?;
+    let sb: *const u8 = read(host, INODE_SB_OFFSET.load())?;
+    let dev: u32 = read(sb, SB_DEV_OFFSET.load())?;
+    let key = FileKey {
+        // SAFETY: helper without arguments.
+        cgroup: unsafe { bpf_get_current_cgroup_id() },
+        dev,
+        _pad: 0,
+    };
+    let bytes = pages * PAGE_SIZE;
+    if let Some(s) = DIRTY_FILES.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value of a per-CPU hash.
+        unsafe {
+            (*s).folios += 1;
+            (*s).bytes += bytes;
+        }
+        return Ok(());
+    }
+    let s = FileStats { folios: 1, bytes };
+    if DIRTY_FILES.insert(&key, &s, 0).is_err() {
+        full(ctx, counter::DROP_FILE_MAP_FULL);
+    }
+    Ok(())
+}
+
+fn try_balance(ctx: &TracePointContext) -> Result<(), i64> {
+    bump(&DIRTY_COUNTERS, counter::EV_BALANCE);
+    // SAFETY: offset from this kernel's tracefs format file.
+    let pause: i64 = unsafe { ctx.read_at(BALANCE_PAUSE_OFFSET.load() as usize)? };
+    // The event also fires when the task is not paused (pause <= 0).
+    if pause <= 0 || !selected() {
+        return Ok(());
+    }
+    update(ctx, |s| {
+        s.throttle_jiffies += pause as u64;
+        s.throttle_pauses += 1;
+    });
+    Ok(())
+}
+
+fn try_fault(ctx: &TracePointContext) -> Result<(), i64> {
+    bump(&DIRTY_COUNTERS, counter::EV_FAULT);
+    // SAFETY: offset from this kernel's tracefs format file.
+    let code: u64 = unsafe { ctx.read_at(FAULT_ERROR_CODE_OFFSET.load() as usize)? };
+    if code & PF_WRITE == 0 || !selected() {
+        return Ok(());
+    }
+    let present = code & PF_PROT != 0;
+    update(ctx, |s| {
+        if present {
+            s.write_faults_present += 1;
+        } else {
+            s.write_faults_new += 1;
+        }
+    });
+    Ok(())
+}
+
+/// Applies `f` to the current workload's per-CPU stats.
+#[inline(always)]
+fn update<C: EbpfContext>(ctx: &C, f: impl FnOnce(&mut Stats)) {
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if let Some(s) = DIRTY_WORKLOADS.get_ptr_mut(&cgroup) {
+        // SAFETY: this CPU's value of a per-CPU hash.
+        f(unsafe { &mut *s });
+        return;
+    }
+    let mut s = Stats::default();
+    f(&mut s);
+    if DIRTY_WORKLOADS.insert(&cgroup, &s, 0).is_err() {
+        full(ctx, counter::DROP_WORKLOAD_MAP_FULL);
+    }
+}
+
+fn full<C: EbpfContext>(ctx: &C, which: u32) {
+    bump(&DIRTY_COUNTERS, which);
+    if first_time(&DIRTY_LOGGED, which) {
+        warn!(
+            ctx,
+            "dirty map full (counter {}): raise --max-workloads", which
+        );
+    }
+}
