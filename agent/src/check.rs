@@ -20,6 +20,9 @@ pub struct CheckReport {
     pub tracefs: Item,
     pub cgroup_v2: Item,
     pub privileges: Item,
+    /// Which exact dirty-page method `readiness --exact` uses (information:
+    /// the hash fallback works everywhere).
+    pub exact_dirty_method: String,
     pub topology: Option<Topology>,
     pub probes: Vec<ProbeStatus>,
 }
@@ -89,6 +92,7 @@ pub fn run() -> CheckReport {
         tracefs: tracefs_item,
         cgroup_v2: cgroup_item,
         privileges,
+        exact_dirty_method: crate::exact::method().to_string(),
         topology,
         probes,
     }
@@ -120,6 +124,10 @@ pub fn render(r: &CheckReport) -> String {
     ] {
         o += &format!("{name:<11} {} {}\n", mark(item.ok), item.detail);
     }
+    o += &format!(
+        "exact dirty {} (readiness --exact; soft-dirty needs CONFIG_MEM_SOFT_DIRTY)\n",
+        r.exact_dirty_method
+    );
     if let Some(t) = &r.topology {
         o += &format!(
             "topology    {} CPUs, {} cores, {} LLCs, {} NUMA nodes\n",
@@ -129,7 +137,7 @@ pub fn render(r: &CheckReport) -> String {
     o += "probes\n";
     for p in &r.probes {
         o += &format!(
-            "  {:<21} {:<10} {:<28} {}",
+            "  {:<21} {:<10} {:<32} {}",
             p.probe,
             p.attach_type,
             p.tracepoint,

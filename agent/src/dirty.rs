@@ -175,8 +175,10 @@ impl Sampler {
     pub fn measure(&self, windows: &[Duration]) -> Result<Measurement> {
         let mut windows = windows.to_vec();
         windows.sort();
-        let (base, zeros) = self.snapshot()?;
+        // Windows from the start of the baseline pass to the start of each
+        // later one (passes visit the pages in the same order).
         let t0 = Instant::now();
+        let (base, zeros) = self.snapshot()?;
         let mut points = Vec::new();
         for w in windows {
             if let Some(left) = w.checked_sub(t0.elapsed()) {

@@ -93,6 +93,8 @@ impl Error {
             | Error::NoSuchProcess { .. }
             | Error::NoSuchVm { .. }
             | Error::EmptyCgroup { .. }
+            | Error::ExactTooSoon { .. }
+            | Error::Migrating { .. }
             | Error::NoSuchCgroup { .. } => 2,
             _ => 1,
         }

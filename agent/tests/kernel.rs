@@ -1184,3 +1184,83 @@ fn dirty_probes_count_exactly_the_pages_the_test_dirties() {
         "no device holds the file's dirtied bytes: {devices:?}"
     );
 }
+
+/// Low global dirty limits for one test, so that a plain `dd` gets
+/// throttled; the previous settings come back on drop.
+struct LowDirtyLimits(Vec<(&'static str, String)>);
+
+impl LowDirtyLimits {
+    const VM: &'static str = "/proc/sys/vm/";
+
+    fn set() -> Self {
+        let read = |k: &str| std::fs::read_to_string(format!("{}{k}", Self::VM)).unwrap();
+        // Writing a *_bytes knob zeroes its *_ratio twin and vice versa:
+        // restore whichever was in force.
+        let pick = |bytes: &'static str, ratio: &'static str| {
+            let b = read(bytes);
+            if b.trim() != "0" {
+                (bytes, b)
+            } else {
+                (ratio, read(ratio))
+            }
+        };
+        let saved = vec![
+            pick("dirty_bytes", "dirty_ratio"),
+            pick("dirty_background_bytes", "dirty_background_ratio"),
+        ];
+        for (k, v) in [
+            ("dirty_bytes", "4194304"),
+            ("dirty_background_bytes", "2097152"),
+        ] {
+            std::fs::write(format!("{}{k}", Self::VM), v).unwrap();
+        }
+        Self(saved)
+    }
+}
+
+impl Drop for LowDirtyLimits {
+    fn drop(&mut self) {
+        for (k, v) in &self.0 {
+            let _ = std::fs::write(format!("{}{k}", Self::VM), v.trim());
+        }
+    }
+}
+
+#[test]
+fn dirty_throttling_agrees_with_perf() {
+    let _k = KernelTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let diag = start_diagnose(&["--duration", "6s", "--no-vm-readiness"]);
+    let perf = {
+        let _limits = LowDirtyLimits::set();
+        Command::new("perf")
+            .args(["stat", "-x,", "-e", "writeback:balance_dirty_pages"])
+            .args(["--filter", "pause > 0", "--", "dd", "if=/dev/zero"])
+            .arg(format!("of={}", dir.path().join("f").display()))
+            .args(["bs=1M", "count=256"])
+            .output()
+            .expect("perf (cargo xtask setup installs linux-perf)")
+    };
+    let s = finish(diag);
+    let stderr = String::from_utf8_lossy(&perf.stderr);
+    let perf_pauses: u64 = stderr
+        .lines()
+        .find(|l| l.contains("writeback:balance_dirty_pages"))
+        .and_then(|l| l.split(',').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no perf count in: {stderr}"));
+    let ours = dirty_sum(&s, "throttle_pauses");
+    let seconds: f64 = s["dirty"]["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["throttle_seconds"].as_f64().unwrap())
+        .sum();
+    eprintln!("throttle pauses: perf {perf_pauses}, hostprobe {ours} ({seconds:.3} s)");
+    assert!(perf_pauses > 0, "dd was not throttled: {stderr}");
+    // Other writers on the host may be throttled too, never fewer.
+    assert!(
+        ours >= perf_pauses && ours <= perf_pauses + perf_pauses / 20 + 2,
+        "perf counted {perf_pauses} throttling pauses of dd, hostprobe {ours}"
+    );
+    assert!(seconds > 0.0);
+}

@@ -14,6 +14,9 @@ const PAGE: usize = 4096;
 const PAGES: usize = 65536; // 256 MiB
 const RATE: f64 = 4000.0; // distinct pages per second
 
+/// One dirtier at a time: the measurements see the whole test process.
+static DIRTYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Writes `RATE` pages per second round-robin over a 256 MiB buffer, each
 /// with a new counter value (rewriting equal bytes would fool sampling).
 fn dirtier(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
@@ -36,6 +39,7 @@ fn dirtier(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
 
 #[test]
 fn the_estimate_measures_a_known_dirty_rate_within_15_percent() {
+    let _one = DIRTYING.lock().unwrap_or_else(|p| p.into_inner());
     let stop = Arc::new(AtomicBool::new(false));
     let worker = dirtier(stop.clone());
     // Let the buffer be allocated and touched first.
@@ -74,6 +78,49 @@ fn the_estimate_measures_a_known_dirty_rate_within_15_percent() {
     }
     assert!(r["memory_bytes"].as_f64().unwrap() >= (PAGES * PAGE) as f64);
     assert!(r["prediction"]["converges"].is_boolean());
+}
+
+#[test]
+fn the_exact_path_measures_the_known_rate_and_runs_once_per_interval() {
+    let _one = DIRTYING.lock().unwrap_or_else(|p| p.into_inner());
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = dirtier(stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = std::process::id().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(BIN)
+            .args(["readiness", "--pid", &pid, "--exact", "--json"])
+            .args(["--windows", "1s,2s", "--exact-state-dir"])
+            .arg(state.path())
+            .output()
+            .expect("run hostprobe readiness --exact")
+    };
+    let out = run();
+    let again = run();
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let method = r["method"]["method"].as_str().unwrap();
+    assert!(method.ends_with("(exact)"), "{method}");
+    for d in r["dirty"].as_array().unwrap() {
+        let w = d["window_seconds"].as_f64().unwrap();
+        let pages_per_s = d["dirty_bytes"].as_f64().unwrap() / PAGE as f64 / w;
+        eprintln!("exact, window {w:.2} s: {pages_per_s:.0} pages/s (set: {RATE})");
+        // The rest of this process dirties a little too.
+        assert!(
+            (pages_per_s - RATE).abs() / RATE <= 0.05,
+            "measured {pages_per_s:.0} pages/s in {w:.2} s, set {RATE}"
+        );
+    }
+    assert_eq!(again.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("--exact-min-interval"), "{err}");
 }
 
 #[test]
