@@ -52,8 +52,8 @@ pub enum Needs {
     FolioBtf,
     /// The writeback:balance_dirty_pages format.
     BalanceFormat,
-    /// The exceptions:page_fault_user format (x86).
-    FaultFormat,
+    /// The exceptions:page_fault_user BTF prototype (x86).
+    FaultBtf,
 }
 
 /// A kernel program of the object and where it attaches.
@@ -84,7 +84,7 @@ pub const PROGRAMS: [ProgramSpec; 9] = [
     spec("contention_end", Hook::Tracepoint("lock", "contention_end"), Needs::LockFormat),
     spec("writeback_dirty_folio", Hook::BtfTracepoint("writeback", "writeback_dirty_folio"), Needs::FolioBtf),
     spec("balance_dirty_pages", Hook::Tracepoint("writeback", "balance_dirty_pages"), Needs::BalanceFormat),
-    spec("page_fault_user", Hook::Tracepoint("exceptions", "page_fault_user"), Needs::FaultFormat),
+    spec("page_fault_user", Hook::BtfTracepoint("exceptions", "page_fault_user"), Needs::FaultBtf),
 ];
 
 /// Maps the collectors and the loader use, with the value size the agent
@@ -345,9 +345,25 @@ pub fn balance_pause_offset(tracefs: &Path) -> Result<u32> {
     Format::read(tracefs, "writeback", "balance_dirty_pages")?.int_field("pause", 8)
 }
 
-/// `page_fault_user.error_code`.
-pub fn fault_error_code_offset(tracefs: &Path) -> Result<u32> {
-    Format::read(tracefs, "exceptions", "page_fault_user")?.int_field("error_code", 8)
+/// Checks that `page_fault_user` passes (address, regs, error_code), the
+/// third of which the program reads.
+pub fn fault_args(btf: &Btf) -> Result<()> {
+    let args = btf.tracepoint_args("page_fault_user")?;
+    let ok = args.len() == 3
+        && args[0] == TypeShape::Int { size: 8 }
+        && args[1]
+            == TypeShape::Pointer {
+                to: Some("pt_regs".into()),
+            }
+        && args[2] == TypeShape::Int { size: 8 };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadTracepointArgs {
+            tracepoint: "exceptions:page_fault_user".into(),
+            reason: format!("expected (address, pt_regs *, error_code), found {args:?}"),
+        })
+    }
 }
 
 pub fn migrate_offsets(tracefs: &Path) -> Result<MigrateOffsets> {
@@ -418,10 +434,7 @@ impl Probes {
             .as_ref()
             .map_err(|_| Error::NoTracefs)
             .and_then(|t| balance_pause_offset(t));
-        let fault = tracefs
-            .as_ref()
-            .map_err(|_| Error::NoTracefs)
-            .and_then(|t| fault_error_code_offset(t));
+        let fault = with_btf(&btf, fault_args);
         debug!(
             ?task,
             ?migrate,
@@ -433,7 +446,6 @@ impl Probes {
         );
         let fo = folio.as_ref().ok().copied().unwrap_or_default();
         let balance_pause = balance.as_ref().ok().copied().unwrap_or(0);
-        let fault_code = fault.as_ref().ok().copied().unwrap_or(0);
         let l = locks.as_ref().ok().copied().unwrap_or_default();
         let windows_per_sec = (1_000_000_000 / lock::STACK_WINDOW_NS) as u32;
         let spin_stacks_per_window = opts.spin_stacks_per_sec.div_ceil(windows_per_sec);
@@ -475,7 +487,6 @@ impl Probes {
             .override_global("INODE_SB_OFFSET", &fo.inode_sb, true)
             .override_global("SB_DEV_OFFSET", &fo.sb_dev, true)
             .override_global("BALANCE_PAUSE_OFFSET", &balance_pause, true)
-            .override_global("FAULT_ERROR_CODE_OFFSET", &fault_code, true)
             .map_max_entries("LOCK_TASK_SLOTS", slots)
             .map_max_entries("TASK_SLOTS", slots)
             .map_max_entries("CPU_TOPO", ncpus)
@@ -512,7 +523,7 @@ impl Probes {
                 Needs::LockFormat => locks.as_ref().err().map(ToString::to_string),
                 Needs::FolioBtf => folio.as_ref().err().map(ToString::to_string),
                 Needs::BalanceFormat => balance.as_ref().err().map(ToString::to_string),
-                Needs::FaultFormat => fault.as_ref().err().map(ToString::to_string),
+                Needs::FaultBtf => fault.as_ref().err().map(ToString::to_string),
             };
             let outcome = match prerequisite {
                 Some(reason) => Err(reason),
@@ -685,6 +696,6 @@ processed 76 insns (limit 1000000) max_states_per_insn 0 total_states 6 peak_sta
             "_nr_pages in the second struct page"
         );
         assert!(balance_pause_offset(&tracefs).unwrap() >= 8);
-        assert!(fault_error_code_offset(&tracefs).unwrap() >= 8);
+        fault_args(&btf).unwrap();
     }
 }

@@ -132,3 +132,69 @@ fn a_dead_pid_gets_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process with pid 4194304"));
 }
+
+#[test]
+fn a_cgroup_target_measures_all_its_processes() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = hostprobe::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let name = format!("hostprobe-readiness-{}", std::process::id());
+    let dir = root.join(&name);
+    std::fs::create_dir(&dir).expect("create test cgroup");
+    let mut sleepers: Vec<std::process::Child> = (0..2)
+        .map(|_| Command::new("sleep").arg("30").spawn().unwrap())
+        .collect();
+    for s in &sleepers {
+        std::fs::write(dir.join("cgroup.procs"), s.id().to_string()).unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["readiness", "--cgroup", &format!("/{name}"), "--json"])
+        .args(["--windows", "200ms"])
+        .output()
+        .unwrap();
+    let mut pids: Vec<u64> = sleepers.iter().map(|s| u64::from(s.id())).collect();
+    for s in &mut sleepers {
+        s.kill().unwrap();
+        s.wait().unwrap();
+    }
+    std::fs::remove_dir(&dir).expect("remove test cgroup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["target"]["kind"], "cgroup");
+    let mut seen: Vec<u64> = r["target"]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    pids.sort_unstable();
+    seen.sort_unstable();
+    assert_eq!(seen, pids);
+    assert_eq!(r["memory_method"], "resident");
+    assert!(r["memory_bytes"].as_f64().unwrap() > 0.0);
+    // Two idle sleeps dirty next to nothing.
+    assert!(r["dirty"][0]["dirty_bytes"].as_f64().unwrap() < 1e6);
+}
+
+#[test]
+fn unknown_targets_get_clear_errors() {
+    for (args, needle) in [
+        (
+            vec!["--vm", "no-such-vm-here"],
+            "no QEMU VM named \"no-such-vm-here\"",
+        ),
+        (vec!["--cgroup", "/no/such/cgroup"], "not found"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("readiness")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Rounds of the messaging load.
     #[arg(long, default_value_t = 30)]
     messaging_rounds: usize,
+    /// Rounds of the page-fault load (`xtask fault-load`).
+    #[arg(long, default_value_t = 30)]
+    fault_rounds: usize,
     /// Skip the bpftrace comparison.
     #[arg(long)]
     no_bpftrace: bool,
@@ -102,6 +105,17 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         .to_vec(),
         ops: 1.0,
     };
+    const FAULT_PAGES: u64 = 1 << 20;
+    let faults = Load {
+        name: "faults",
+        cmd: vec![
+            std::env::current_exe()?.display().to_string(),
+            "fault-load".into(),
+            "--pages".into(),
+            FAULT_PAGES.to_string(),
+        ],
+        ops: FAULT_PAGES as f64,
+    };
     let mut modes = vec![Mode::Baseline, Mode::Hostprobe];
     if !args.no_bpftrace {
         modes.push(Mode::Bpftrace);
@@ -141,6 +155,23 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
             "\rbench messaging: round {:>3}/{}   ",
             i + 1,
             args.messaging_rounds
+        );
+    }
+    eprintln!();
+    // bpftrace's runqlat does not hook page faults: no peer to compare.
+    let mut fault_rounds = Vec::new();
+    for i in 0..args.fault_rounds {
+        fault_rounds.push(round(
+            hostprobe,
+            &faults,
+            &[Mode::Baseline, Mode::Hostprobe],
+            &mut rng,
+            &mut agent_use,
+        )?);
+        eprint!(
+            "\rbench faults: round {:>3}/{}   ",
+            i + 1,
+            args.fault_rounds
         );
     }
     eprintln!();
@@ -188,6 +219,30 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     });
     row("messaging, ratio [95% CI]", "1".into(), &|m| {
         let (lo, mid, hi) = median_ci(&diffs(&msg_rounds, m, |x, b| x / b));
+        format!("{mid:.3} [{lo:.3}, {hi:.3}]")
+    });
+    let fault_ns: Vec<f64> = fault_rounds
+        .iter()
+        .filter_map(|r| value(r, Mode::Baseline))
+        .map(|s| s / faults.ops * 1e9)
+        .collect();
+    row(
+        "faults (4K write faults), ns/fault",
+        format!("{:.0}", median(&fault_ns)),
+        &|m| {
+            if m == Mode::Bpftrace {
+                return "-".into();
+            }
+            let (lo, mid, hi) =
+                median_ci(&diffs(&fault_rounds, m, |x, b| (x - b) / faults.ops * 1e9));
+            format!("{mid:+.0} [{lo:+.0}, {hi:+.0}]")
+        },
+    );
+    row("faults, ratio [95% CI]", "1".into(), &|m| {
+        if m == Mode::Bpftrace {
+            return "-".into();
+        }
+        let (lo, mid, hi) = median_ci(&diffs(&fault_rounds, m, |x, b| x / b));
         format!("{mid:.3} [{lo:.3}, {hi:.3}]")
     });
     println!("{:<34} {:>12.2}", "probe events per pipe op", events_per_op);
@@ -245,6 +300,42 @@ fn round(
         out.push((m, secs));
     }
     Ok(out)
+}
+
+/// The page-fault load: maps 4 MiB of anonymous memory (no THP), writes
+/// every page (one write fault each), unmaps, until `pages` faults ran.
+/// Prints its time as `perf bench` does.
+pub fn fault_load(pages: u64) -> Result<()> {
+    const CHUNK: usize = 1024;
+    const PAGE: usize = 4096;
+    let t0 = Instant::now();
+    let mut done = 0;
+    while done < pages {
+        // SAFETY: a fresh private anonymous mapping, written inside its
+        // bounds and unmapped before the next.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                CHUNK * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                bail!("mmap: {}", std::io::Error::last_os_error());
+            }
+            libc::madvise(p, CHUNK * PAGE, libc::MADV_NOHUGEPAGE);
+            let base = p.cast::<u8>();
+            for i in 0..CHUNK {
+                base.add(i * PAGE).write_volatile(1);
+            }
+            libc::munmap(p, CHUNK * PAGE);
+        }
+        done += CHUNK as u64;
+    }
+    println!("Total time: {:.6} [sec]", t0.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Runs a load and returns its own reported time ("Total time: X [sec]").

@@ -39,6 +39,12 @@ enum Task {
         #[command(subcommand)]
         task: VmTask,
     },
+    /// The benchmark's page-fault load (run by `bench`).
+    #[command(hide = true)]
+    FaultLoad {
+        #[arg(long)]
+        pages: u64,
+    },
     /// Predict with hostprobe, then live-migrate real QEMU guests on loopback and compare (~15 min).
     ValidateMigration(migration::MigrationArgs),
 }
@@ -83,6 +89,7 @@ fn main() -> Result<()> {
             VmTask::Build => migration::initramfs(&vm::prepare()?).map(drop),
             VmTask::Dirtier { rate, name } => migration::demo(rate, &name),
         },
+        Task::FaultLoad { pages } => bench::fault_load(pages),
         Task::ValidateMigration(args) => {
             let bin = build()?;
             migration::run(&bin, &args)

@@ -2,7 +2,7 @@
 //! `ebpf-probes/probes/src/dirty.rs` (file folios dirtied per workload and
 //! device, dirty-throttling pauses and user write faults per workload).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
@@ -67,13 +67,18 @@ pub struct DirtyCounters {
 }
 
 pub struct DirtyCollector {
-    workloads: PerCpuHashMap<MapData, u64, Stats>,
+    workloads: PerCpuArray<MapData, Stats>,
     files: PerCpuHashMap<MapData, FileKey, FileStats>,
     counters: PerCpuArray<MapData, u64>,
     /// The kernel's tick rate, for throttle pauses given in jiffies.
     hz: Option<f64>,
     devices: HashMap<u32, String>,
     last: HashMap<u64, DirtyTotals>,
+    /// Removed cgroups already counted whose kernel entries await reuse
+    /// (the sched collector hands them back through `DEAD_CGROUPS`).
+    retired: HashSet<u64>,
+    /// Device totals of deleted file entries (folios, bytes).
+    device_base: HashMap<u32, (u64, u64)>,
     labels: Labels<DirtyTotals>,
 }
 
@@ -84,7 +89,7 @@ impl DirtyCollector {
             warn!("kernel HZ unknown (/proc/timer_list unreadable): dirty-throttle time is not reported");
         }
         Ok(Self {
-            workloads: PerCpuHashMap::try_from(take(ebpf, "DIRTY_WORKLOADS")?)
+            workloads: PerCpuArray::try_from(take(ebpf, "DIRTY_WORKLOADS")?)
                 .map_err(map_err("DIRTY_WORKLOADS"))?,
             files: PerCpuHashMap::try_from(take(ebpf, "DIRTY_FILES")?)
                 .map_err(map_err("DIRTY_FILES"))?,
@@ -93,6 +98,8 @@ impl DirtyCollector {
             hz,
             devices: HashMap::new(),
             last: HashMap::new(),
+            retired: HashSet::new(),
+            device_base: HashMap::new(),
             labels: Labels::new(top_k),
         })
     }
@@ -102,10 +109,18 @@ impl DirtyCollector {
         cgroups: &mut CgroupResolver,
     ) -> Result<(DirtySection, DirtyCounters)> {
         let mut now: HashMap<u64, DirtyTotals> = HashMap::new();
-        for item in self.workloads.iter() {
-            let (id, per_cpu) = item.map_err(map_err("DIRTY_WORKLOADS"))?;
-            let t = now.entry(id).or_default();
-            for s in per_cpu.iter() {
+        let mut present = HashSet::new();
+        for index in 0..self.workloads.len() {
+            let per_cpu = self
+                .workloads
+                .get(&index, 0)
+                .map_err(map_err("DIRTY_WORKLOADS"))?;
+            for s in per_cpu.iter().filter(|s| s.cgroup_id != 0) {
+                present.insert(s.cgroup_id);
+                if self.retired.contains(&s.cgroup_id) {
+                    continue;
+                }
+                let t = now.entry(s.cgroup_id).or_default();
                 t.write_faults_new += s.write_faults_new;
                 t.write_faults_present += s.write_faults_present;
                 t.throttle_jiffies += s.throttle_jiffies;
@@ -113,18 +128,25 @@ impl DirtyCollector {
             }
         }
         let mut by_device: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut file_keys = Vec::new();
         for item in self.files.iter() {
             let (key, per_cpu) = item.map_err(map_err("DIRTY_FILES"))?;
             let (folios, bytes) = per_cpu
                 .iter()
                 .fold((0, 0), |(f, b), s| (f + s.folios, b + s.bytes));
-            let t = now.entry(key.cgroup).or_default();
-            t.file_folios += folios;
-            t.file_bytes += bytes;
             let d = by_device.entry(key.dev).or_default();
             d.0 += folios;
             d.1 += bytes;
+            file_keys.push(key);
+            present.insert(key.cgroup);
+            if !self.retired.contains(&key.cgroup) {
+                let t = now.entry(key.cgroup).or_default();
+                t.file_folios += folios;
+                t.file_bytes += bytes;
+            }
         }
+        // Once no entry of a retired id is left, forget it.
+        self.retired.retain(|id| present.contains(id));
         let mut deltas = Vec::new();
         let mut gone = Vec::new();
         for (id, t) in &now {
@@ -134,14 +156,37 @@ impl DirtyCollector {
                 None => {
                     let path = format!("(cgroup {id})");
                     deltas.push((path.clone(), d));
-                    gone.push(path);
+                    gone.push((*id, path));
                 }
             }
         }
-        // Counted under their last label; the kernel entries of removed
-        // cgroups stay (a later id never reuses them) and are bounded by
-        // the map size, whose overflow is counted.
-        self.labels.round(&deltas, &gone);
+        let gone_paths: Vec<String> = gone.iter().map(|(_, p)| p.clone()).collect();
+        self.labels.round(&deltas, &gone_paths);
+        for (id, _) in &gone {
+            now.remove(id);
+            self.retired.insert(*id);
+        }
+        for (dev, base) in &self.device_base {
+            let d = by_device.entry(*dev).or_default();
+            d.0 += base.0;
+            d.1 += base.1;
+        }
+        // Counted: file entries of removed cgroups are deleted, their bytes
+        // kept in the device totals from the next round on.
+        for key in file_keys
+            .iter()
+            .filter(|k| self.retired.contains(&k.cgroup))
+        {
+            if let Ok(per_cpu) = self.files.get(key, 0) {
+                let base = self.device_base.entry(key.dev).or_default();
+                for s in per_cpu.iter() {
+                    base.0 += s.folios;
+                    base.1 += s.bytes;
+                }
+            }
+            // Already gone is fine.
+            let _ = self.files.remove(key);
+        }
         self.last = now;
 
         if by_device.keys().any(|d| !self.devices.contains_key(d)) {

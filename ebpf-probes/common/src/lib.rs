@@ -382,8 +382,6 @@ pub mod lock {
 /// dirty throttling (`writeback:balance_dirty_pages`) and user write faults
 /// (`exceptions:page_fault_user`), per workload.
 pub mod dirty {
-    /// Workloads per CPU in `DIRTY_WORKLOADS`.
-    pub const DEFAULT_WORKLOADS: u32 = 1024;
     /// (workload, device) pairs per CPU in `DIRTY_FILES`.
     pub const DEFAULT_FILES: u32 = 2048;
 
@@ -391,10 +389,13 @@ pub mod dirty {
     pub const PF_PROT: u64 = 1 << 0;
     pub const PF_WRITE: u64 = 1 << 1;
 
-    /// Per workload, per CPU.
+    /// Per workload, per CPU: an entry of the open-addressed per-CPU
+    /// table `DIRTY_WORKLOADS` (as `SchedStats` in `SCHED_WORKLOADS`).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct Stats {
+        /// 0: free entry.
+        pub cgroup_id: u64,
         /// Write faults on a page that was not mapped: new memory.
         pub write_faults_new: u64,
         /// Write faults on a mapped, write-protected page: copy-on-write,
@@ -524,7 +525,7 @@ mod tests {
         assert_eq!(size_of::<lock::TaskSlot>(), 32);
         assert_eq!(size_of::<lock::CpuSlots>(), 16 + 24 * lock::CPU_DEPTH);
         assert_eq!(size_of::<lock::AddrKey>(), 16);
-        assert_eq!(size_of::<dirty::Stats>(), 32);
+        assert_eq!(size_of::<dirty::Stats>(), 40);
         assert_eq!(size_of::<dirty::FileKey>(), 16);
         assert_eq!(size_of::<dirty::FileStats>(), 16);
         assert_eq!(size_of::<CpuTopo>(), 16);

@@ -4,6 +4,8 @@
 //! (`writeback:balance_dirty_pages` pause) and user write faults
 //! (`exceptions:page_fault_user`, new vs. already-mapped page). Struct
 //! offsets from BTF and field offsets from tracefs, both at load time.
+//! Page faults are frequent: that program is a BTF tracepoint and counts
+//! in an open-addressed per-CPU array, not a hash map.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel},
@@ -13,11 +15,13 @@ use aya_ebpf::{
     EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
-use hostprobe_common::dirty::{
-    counter, FileKey, FileStats, Stats, DEFAULT_FILES, DEFAULT_WORKLOADS, PF_PROT, PF_WRITE,
+use hostprobe_common::{
+    dirty::{counter, FileKey, FileStats, Stats, DEFAULT_FILES, PF_PROT, PF_WRITE},
+    DEFAULT_MAX_WORKLOADS,
 };
 
 use crate::util::{bump, first_time, selected};
+use crate::workloads;
 
 /// `struct folio`: `flags`, the `PG_head` bit, and `_nr_pages` (6.18) or
 /// `_folio_nr_pages` (6.1), valid when the folio is large (`PG_head`).
@@ -34,18 +38,15 @@ static MAPPING_HOST_OFFSET: Global<u32> = Global::new(0);
 static INODE_SB_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static SB_DEV_OFFSET: Global<u32> = Global::new(0);
-/// Tracefs offsets of `balance_dirty_pages.pause` and
-/// `page_fault_user.error_code`.
+/// Tracefs offset of `balance_dirty_pages.pause`.
 #[no_mangle]
 static BALANCE_PAUSE_OFFSET: Global<u32> = Global::new(0);
-#[no_mangle]
-static FAULT_ERROR_CODE_OFFSET: Global<u32> = Global::new(0);
 
 const PAGE_SIZE: u64 = 4096;
 
 #[map]
-static DIRTY_WORKLOADS: PerCpuHashMap<u64, Stats> =
-    PerCpuHashMap::with_max_entries(DEFAULT_WORKLOADS, 0);
+static DIRTY_WORKLOADS: PerCpuArray<Stats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_WORKLOADS, 0);
 #[map]
 static DIRTY_FILES: PerCpuHashMap<FileKey, FileStats> =
     PerCpuHashMap::with_max_entries(DEFAULT_FILES, 0);
@@ -71,11 +72,12 @@ pub extern "C" fn balance_dirty_pages(ctx: *mut core::ffi::c_void) -> u32 {
     1
 }
 
-#[no_mangle]
-#[link_section = "tracepoint/exceptions/page_fault_user"]
-pub extern "C" fn page_fault_user(ctx: *mut core::ffi::c_void) -> u32 {
-    let _ = try_fault(&TracePointContext::new(ctx));
-    1
+/// A BTF tracepoint: every user page fault runs it, and it skips building
+/// the trace record a classic tracepoint program would read.
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn page_fault_user(ctx: BtfTracePointContext) -> i32 {
+    try_fault(&ctx);
+    0
 }
 
 /// Reads a kernel value at `base + offset`.
@@ -142,12 +144,12 @@ fn try_balance(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-fn try_fault(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_fault(ctx: &BtfTracePointContext) {
     bump(&DIRTY_COUNTERS, counter::EV_FAULT);
-    // SAFETY: offset from this kernel's tracefs format file.
-    let code: u64 = unsafe { ctx.read_at(FAULT_ERROR_CODE_OFFSET.load() as usize)? };
+    // (address, regs, error_code)
+    let code: u64 = ctx.arg(2);
     if code & PF_WRITE == 0 || !selected() {
-        return Ok(());
+        return;
     }
     let present = code & PF_PROT != 0;
     update(ctx, |s| {
@@ -157,7 +159,6 @@ fn try_fault(ctx: &TracePointContext) -> Result<(), i64> {
             s.write_faults_new += 1;
         }
     });
-    Ok(())
 }
 
 /// Applies `f` to the current workload's per-CPU stats.
@@ -165,15 +166,23 @@ fn try_fault(ctx: &TracePointContext) -> Result<(), i64> {
 fn update<C: EbpfContext>(ctx: &C, f: impl FnOnce(&mut Stats)) {
     // SAFETY: helper without arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(s) = DIRTY_WORKLOADS.get_ptr_mut(&cgroup) {
-        // SAFETY: this CPU's value of a per-CPU hash.
-        f(unsafe { &mut *s });
-        return;
+    match workloads::entry(&DIRTY_WORKLOADS, cgroup) {
+        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+        Some(s) => f(unsafe { &mut *s }),
+        None => full(ctx, counter::DROP_WORKLOAD_MAP_FULL),
     }
-    let mut s = Stats::default();
-    f(&mut s);
-    if DIRTY_WORKLOADS.insert(&cgroup, &s, 0).is_err() {
-        full(ctx, counter::DROP_WORKLOAD_MAP_FULL);
+}
+
+impl workloads::Entry for Stats {
+    fn cgroup(&self) -> u64 {
+        self.cgroup_id
+    }
+
+    fn reset(&mut self, cgroup: u64) {
+        *self = Stats {
+            cgroup_id: cgroup,
+            ..Stats::default()
+        };
     }
 }
 
@@ -182,7 +191,8 @@ fn full<C: EbpfContext>(ctx: &C, which: u32) {
     if first_time(&DIRTY_LOGGED, which) {
         warn!(
             ctx,
-            "dirty map full (counter {}): raise --max-workloads", which
+            "a dirty-page table is full on a CPU (counter {}): new workloads are not counted there (raise --max-workloads)",
+            which
         );
     }
 }

@@ -7,6 +7,7 @@ mod dirty;
 mod lock;
 mod sched;
 mod util;
+mod workloads;
 
 #[cfg(not(test))]
 #[panic_handler]

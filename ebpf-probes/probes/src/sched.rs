@@ -23,10 +23,10 @@ use aya_log_ebpf::warn;
 
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
 use crate::util::{bump, first_time};
+use crate::workloads;
 use hostprobe_common::{
-    counter, log2_bucket, workload_index, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS,
-    DEFAULT_TASK_SLOTS, DIST_CLASSES, DIST_SAME_CPU, MAX_CPUS, NO_CPU, NO_PENDING,
-    NO_PENDING_PLACE, WORKLOAD_PROBES,
+    counter, log2_bucket, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS,
+    DIST_CLASSES, DIST_SAME_CPU, MAX_CPUS, NO_CPU, NO_PENDING, NO_PENDING_PLACE,
 };
 
 // Load-time constants, set by the agent (aya freezes .rodata, so the
@@ -41,8 +41,6 @@ static MIGRATE_PID_OFFSET: Global<u32> = Global::new(0);
 static MIGRATE_ORIG_CPU_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static MIGRATE_DEST_CPU_OFFSET: Global<u32> = Global::new(0);
-#[no_mangle]
-static WORKLOADS_MASK: Global<u32> = Global::new(DEFAULT_MAX_WORKLOADS - 1);
 
 #[map]
 static TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
@@ -51,8 +49,6 @@ static CPU_TOPO: Array<CpuTopo> = Array::with_max_entries(MAX_CPUS, 0);
 #[map]
 static SCHED_WORKLOADS: PerCpuArray<SchedStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_WORKLOADS, 0);
-#[map]
-static DEAD_CGROUPS: Array<u64> = Array::with_max_entries(hostprobe_common::DEAD_CGROUPS, 0);
 #[map]
 static SCHED_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 /// One flag per rare condition, so each is logged once, not per event.
@@ -234,54 +230,38 @@ fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64) {
 }
 
 fn workload_stats<C: EbpfContext>(ctx: &C, cgroup: u64) -> Option<*mut SchedStats> {
-    let mask = WORKLOADS_MASK.load();
-    let first = workload_index(cgroup, mask);
-    for i in 0..WORKLOAD_PROBES {
-        let e = SCHED_WORKLOADS.get_ptr_mut((first + i) & mask)?;
-        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
-        let st = unsafe { &mut *e };
-        if st.cgroup_id == cgroup {
-            return Some(e);
-        }
-        if st.cgroup_id == 0 || is_dead(st.cgroup_id) {
-            reset(st, cgroup);
-            return Some(e);
+    let e = workloads::entry(&SCHED_WORKLOADS, cgroup);
+    if e.is_none() {
+        bump(&SCHED_COUNTERS, counter::DROP_WORKLOAD_MAP_FULL);
+        if first_time(&SCHED_LOGGED, counter::DROP_WORKLOAD_MAP_FULL) {
+            warn!(
+                ctx,
+                "SCHED_WORKLOADS is full on a CPU: cgroup {} and later new workloads are not counted there (raise --max-workloads)",
+                cgroup
+            );
         }
     }
-    bump(&SCHED_COUNTERS, counter::DROP_WORKLOAD_MAP_FULL);
-    if first_time(&SCHED_LOGGED, counter::DROP_WORKLOAD_MAP_FULL) {
-        warn!(
-            ctx,
-            "SCHED_WORKLOADS is full on a CPU: cgroup {} and later new workloads are not counted there (raise --max-workloads)",
-            cgroup
-        );
-    }
-    None
+    e
 }
 
-/// Whether the agent has reported `cgroup` removed (and read its last
-/// values), so that its entry may be reused.
-fn is_dead(cgroup: u64) -> bool {
-    for i in 0..hostprobe_common::DEAD_CGROUPS {
-        if DEAD_CGROUPS.get(i).is_some_and(|&d| d == cgroup) {
-            return true;
-        }
+impl workloads::Entry for SchedStats {
+    fn cgroup(&self) -> u64 {
+        self.cgroup_id
     }
-    false
-}
 
-/// Zeroes an entry field by field: the struct is too big for the BPF stack.
-fn reset(st: &mut SchedStats, cgroup: u64) {
-    st.cgroup_id = cgroup;
-    for b in st.runq_hist.iter_mut() {
-        *b = 0;
+    /// Zeroes field by field: the struct is too big for the BPF stack.
+    fn reset(&mut self, cgroup: u64) {
+        self.cgroup_id = cgroup;
+        for b in self.runq_hist.iter_mut() {
+            *b = 0;
+        }
+        self.runq_sum_ns = 0;
+        for i in 0..DIST_CLASSES {
+            self.switch_ins[i] = 0;
+            self.migrations[i] = 0;
+        }
+        self.oncpu_ns = 0;
     }
-    st.runq_sum_ns = 0;
-    for i in 0..DIST_CLASSES {
-        st.switch_ins[i] = 0;
-        st.migrations[i] = 0;
-    }
-    st.oncpu_ns = 0;
 }
 
 /// The slot of `tid`, taken over from another thread if needed.

@@ -1,0 +1,56 @@
+//! Per-CPU workload tables: open-addressed arrays keyed by cgroup id (an
+//! inlined array lookup is far cheaper on hot paths than a hash map). The
+//! agent hands entries of removed cgroups back through `DEAD_CGROUPS` after
+//! reading their last values; each CPU then reuses its own entry.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray},
+    Global,
+};
+use hostprobe_common::{workload_index, DEFAULT_MAX_WORKLOADS, WORKLOAD_PROBES};
+
+/// Entries - 1 of every workload table (a power of two).
+#[no_mangle]
+static WORKLOADS_MASK: Global<u32> = Global::new(DEFAULT_MAX_WORKLOADS - 1);
+
+#[map]
+static DEAD_CGROUPS: Array<u64> = Array::with_max_entries(hostprobe_common::DEAD_CGROUPS, 0);
+
+/// A table entry: its cgroup id (0: free) and how to start it afresh.
+pub trait Entry {
+    fn cgroup(&self) -> u64;
+    fn reset(&mut self, cgroup: u64);
+}
+
+/// This CPU's entry for `cgroup`, claimed if needed; `None` when its probe
+/// sequence is full (the caller counts the drop).
+#[inline(always)]
+pub fn entry<T: Entry>(table: &PerCpuArray<T>, cgroup: u64) -> Option<*mut T> {
+    let mask = WORKLOADS_MASK.load();
+    let first = workload_index(cgroup, mask);
+    for i in 0..WORKLOAD_PROBES {
+        let e = table.get_ptr_mut((first + i) & mask)?;
+        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+        let st = unsafe { &mut *e };
+        if st.cgroup() == cgroup {
+            return Some(e);
+        }
+        if st.cgroup() == 0 || is_dead(st.cgroup()) {
+            st.reset(cgroup);
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// Whether the agent has reported `cgroup` removed (and read its last
+/// values), so that its entries may be reused.
+fn is_dead(cgroup: u64) -> bool {
+    for i in 0..hostprobe_common::DEAD_CGROUPS {
+        if DEAD_CGROUPS.get(i).is_some_and(|&d| d == cgroup) {
+            return true;
+        }
+    }
+    false
+}
