@@ -139,14 +139,14 @@ impl Sampler {
     }
 
     /// Hashes of the sampled pages now (`None`: unreadable, e.g. unmapped
-    /// meanwhile) and how many are all zeros. The first process found gone
-    /// is an error: its figures would be meaningless.
+    /// meanwhile or its process exited) and how many are all zeros.
     fn snapshot(&self) -> Result<(Vec<Option<u64>>, usize)> {
-        if let Some(&(pid, _)) = self
-            .regions
-            .iter()
-            .find(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-        {
+        // A cgroup's processes come and go: fail only when all are gone.
+        if let Some(&(pid, _)) = self.regions.first().filter(|_| {
+            self.regions
+                .iter()
+                .all(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        }) {
             return Err(Error::NoSuchProcess { pid });
         }
         let mut buf = vec![0u8; PAGE as usize];

@@ -321,10 +321,12 @@ impl Exact {
                 dirty_bytes: (dirty_pages * PAGE) as f64,
             });
         }
-        for (pid, ..) in &self.regions {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                return Err(Error::NoSuchProcess { pid: *pid });
-            }
+        if let Some((pid, ..)) = self.regions.first().filter(|_| {
+            self.regions
+                .iter()
+                .all(|(pid, ..)| !Path::new(&format!("/proc/{pid}")).exists())
+        }) {
+            return Err(Error::NoSuchProcess { pid: *pid });
         }
         let total = (self.bytes / PAGE) as usize;
         let zero_share = if base.is_empty() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use hostprobe::agent::{Agent, AgentOptions, Target};
 use hostprobe::assess;
-use hostprobe::collectors::readiness::ReadinessOptions;
+use hostprobe::collectors::readiness::{assess_top_dirtying, ReadinessOptions};
 use hostprobe::error::Error;
 use hostprobe::output::report;
 use hostprobe::readiness::Link;
@@ -364,13 +364,14 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                     * readiness.max_targets as u32;
             let target = Target { pid, cgroup };
             let mut opts = options(target, &tuning, lock_type.unwrap_or(0));
-            opts.readiness = Some(readiness);
+            opts.readiness = Some(readiness.clone());
             let mut agent = Agent::start(&opts)?;
             collect_for(duration).await;
             if let Some(r) = agent.readiness() {
                 r.first_pass(pass_timeout).await;
             }
-            let snapshot = agent.snapshot()?;
+            let mut snapshot = agent.snapshot()?;
+            assess_top_dirtying(&snapshot.dirty, &mut snapshot.readiness, &readiness, 3);
             drop(agent);
             print_view(&snapshot, json, |v| report::render(v, stacks));
             Ok(ExitCode::SUCCESS)

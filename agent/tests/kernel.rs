@@ -1264,3 +1264,41 @@ fn dirty_throttling_agrees_with_perf() {
     );
     assert!(seconds > 0.0);
 }
+
+#[test]
+fn diagnose_assesses_the_readiness_of_the_top_dirtying_cgroup() {
+    let _k = KernelTest::start();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = hostprobe::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let name = format!("hostprobe-dirtier-{}", std::process::id());
+    let dir: PathBuf = root.join(&name);
+    std::fs::create_dir(&dir).expect("create test cgroup");
+    let files = tempfile::tempdir().unwrap();
+    // A shell appending to a file without end: file pages dirtied all along.
+    let writer = KillOnDrop::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg("sleep 0.5; while :; do echo 0123456789abcdef0123456789abcdef; done > \"$0\"")
+            .arg(files.path().join("grows")),
+    );
+    std::fs::write(dir.join("cgroup.procs"), writer.0.id().to_string()).unwrap();
+    let s = finish(start_diagnose(&["--duration", "3s", "--no-vm-readiness"]));
+    drop(writer);
+    std::fs::remove_dir(&dir).expect("remove test cgroup");
+    let path = format!("/{name}");
+    let dirty = s["dirty"]["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == path.as_str())
+        .unwrap_or_else(|| panic!("{path} not among the dirtying workloads: {}", s["dirty"]));
+    assert!(dirty["file_dirtied_bytes"].as_u64().unwrap() > 0);
+    let assessed = s["readiness"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"]["name"] == path.as_str())
+        .unwrap_or_else(|| panic!("{path} not assessed: {}", s["readiness"]));
+    assert_eq!(assessed["target"]["kind"], "cgroup");
+    assert!(assessed["prediction"]["converges"].is_boolean());
+}

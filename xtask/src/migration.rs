@@ -54,6 +54,8 @@ struct Run {
     predicted: Outcome,
     actual: Outcome,
     destination_running: Option<bool>,
+    /// `readiness --exact` against the source while it migrates was refused.
+    exact_refused: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -217,6 +219,14 @@ fn one_run(
     )?;
     qmp.execute("migrate", json!({ "uri": uri }))?;
     let t0 = Instant::now();
+    // The exact path must refuse a VM that is migrating.
+    let guard = Command::new(hostprobe)
+        .args(["readiness", "--vm", &name, "--exact", "--windows", "100ms"])
+        .arg("--exact-state-dir")
+        .arg(run_dir)
+        .output()?;
+    let exact_refused = guard.status.code() == Some(2)
+        && String::from_utf8_lossy(&guard.stderr).contains("looks like it is migrating");
     let mut qemu_migration_pages = None;
     let actual = loop {
         std::thread::sleep(Duration::from_millis(250));
@@ -261,6 +271,7 @@ fn one_run(
         predicted,
         actual,
         destination_running,
+        exact_refused,
     })
 }
 
@@ -272,11 +283,11 @@ fn outcome(o: &Outcome) -> String {
     }
 }
 
-const HEADER: &str = "pages/s  MiB/s | hostprobe  QEMU calc  QEMU mig | predicted             | actual                | dest";
+const HEADER: &str = "pages/s  MiB/s | hostprobe  QEMU calc  QEMU mig | predicted             | actual                | dest | --exact";
 
 fn row(r: &Run) -> String {
     format!(
-        "{:>7} {:>6.1} | {:>9.0} {:>10.0} {:>9} | {} | {} | {}",
+        "{:>7} {:>6.1} | {:>9.0} {:>10.0} {:>9} | {} | {} | {} | {}",
         r.rate,
         f64::from(r.rate) * PAGE / MIB,
         r.measured_pages,
@@ -288,8 +299,9 @@ fn row(r: &Run) -> String {
         match r.destination_running {
             Some(true) => "runs",
             Some(false) => "DEAD",
-            None => "-",
-        }
+            None => "-   ",
+        },
+        if r.exact_refused { "refused" } else { "RAN" }
     )
 }
 
@@ -331,14 +343,20 @@ fn report(runs: &[Run], args: &MigrationArgs) -> Result<()> {
         .iter()
         .filter(|r| r.destination_running == Some(false))
         .count();
+    let refused = runs.iter().filter(|r| r.exact_refused).count();
     println!(
         "\nconverge/not predicted right: {verdicts}/{n} (target >= 90%)\n\
          total time within 30% (converged runs): {times}/{}\n\
          dirty rate within 25% of the set rate: {vs_set}/{n}; of QEMU's calc-dirty-rate: {vs_calc}/{n}\n\
-         destinations dead after a completed migration: {dead}",
+         destinations dead after a completed migration: {dead}\n\
+         `readiness --exact` refused during the migration: {refused}/{n}",
         converged.len()
     );
-    let ok = verdicts * 10 >= n * 9 && times == converged.len() && vs_set == n && dead == 0;
+    let ok = verdicts * 10 >= n * 9
+        && times == converged.len()
+        && vs_set == n
+        && dead == 0
+        && refused == n;
     if !ok {
         bail!("validation targets not met (see the table above)");
     }

@@ -120,6 +120,46 @@ impl ReadinessCollector {
     }
 }
 
+/// Assesses the `n` most dirtying workloads of `dirty` (cgroups other than
+/// the root, not already assessed) with a one-second window: what
+/// `diagnose` adds to its readiness section after the collection.
+pub fn assess_top_dirtying(
+    dirty: &crate::snapshot::DirtySection,
+    section: &mut ReadinessSection,
+    opts: &ReadinessOptions,
+    n: usize,
+) {
+    let assessed: Vec<String> = section
+        .targets
+        .iter()
+        .map(|t| t.target.workload())
+        .collect();
+    let top = dirty
+        .workloads
+        .iter()
+        .filter(|w| w.workload.starts_with('/') && w.workload != "/")
+        .filter(|w| w.file_dirtied_bytes + w.write_faults_new + w.write_faults_present > 0)
+        .filter(|w| !assessed.contains(&w.workload))
+        .take(n);
+    for (i, w) in top.enumerate() {
+        let sampling = Sampling {
+            windows: vec![Duration::from_secs(1)],
+            samples_per_gib: opts.samples_per_gib,
+            seed: 0x5851_f42d_4c95_7f2d ^ i as u64,
+            exact: None,
+        };
+        match Resolved::new(&Target::Cgroup(w.workload.clone()))
+            .and_then(|t| assess::assess(&t, &sampling, &opts.link))
+        {
+            Ok(r) => section.targets.push(r),
+            Err(e) => {
+                debug!("readiness of {} failed: {e}", w.workload);
+                section.errors += 1;
+            }
+        }
+    }
+}
+
 /// This pass's targets: named ones first, then VMs; beyond `max_targets`
 /// only counted.
 fn resolve(opts: &ReadinessOptions) -> (Vec<crate::error::Result<Resolved>>, usize) {
