@@ -3,6 +3,7 @@
 
 mod bench;
 mod migration;
+mod numa;
 mod setup;
 mod vm;
 
@@ -61,6 +62,8 @@ enum VmTask {
         #[arg(long, default_value = "hostprobe-demo")]
         name: String,
     },
+    /// Run hostprobe in a two-node NUMA guest on Debian's 6.1 kernel and check the results.
+    Numa,
 }
 
 fn main() -> Result<()> {
@@ -88,6 +91,7 @@ fn main() -> Result<()> {
         Task::Vm { task } => match task {
             VmTask::Build => migration::initramfs(&vm::prepare()?).map(drop),
             VmTask::Dirtier { rate, name } => migration::demo(rate, &name),
+            VmTask::Numa => numa::run(&build()?),
         },
         Task::FaultLoad { pages } => bench::fault_load(pages),
         Task::ValidateMigration(args) => {

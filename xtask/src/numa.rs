@@ -1,0 +1,154 @@
+//! `cargo xtask vm numa`: hostprobe inside a two-node QEMU guest running
+//! Debian's 6.1 kernel. The guest's /init runs `hostprobe check`, then the
+//! scenarios, and prints every result between markers on the serial
+//! console; this side checks them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::setup;
+use crate::vm::{Qemu, QemuSpec, Rig};
+
+/// Two nodes of 1 GiB with two CPUs each, as VMRIG.md measured.
+const MACHINE: [&str; 18] = [
+    "-accel",
+    "tcg,thread=multi",
+    "-cpu",
+    "max",
+    "-smp",
+    "4",
+    "-m",
+    "2G",
+    "-object",
+    "memory-backend-ram,id=m0,size=1G",
+    "-object",
+    "memory-backend-ram,id=m1,size=1G",
+    "-numa",
+    "node,nodeid=0,cpus=0-1,memdev=m0",
+    "-numa",
+    "node,nodeid=1,cpus=2-3,memdev=m1",
+    "-numa",
+    "dist,src=0,dst=1,val=20",
+];
+
+/// Files a dynamically linked binary needs: itself and what `ldd` lists.
+fn with_libraries(bin: &Path, guest_path: &'static str) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = vec![(bin.to_path_buf(), guest_path.to_string())];
+    let ldd = setup::output(Command::new("ldd").arg(bin))?;
+    for line in ldd.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push((PathBuf::from(p), p.to_string()));
+        }
+    }
+    Ok(files)
+}
+
+const SCENARIO: &str = include_str!("../rig/numa-init.sh");
+
+pub fn run(hostprobe: &Path) -> Result<()> {
+    setup::ensure_packages(&["numactl"])?;
+    let rig = crate::vm::prepare()?;
+    let dirtier = rig.static_program("dirtier")?;
+    let mut files: Vec<(PathBuf, String)> = vec![(dirtier, "/bin/dirtier".into())];
+    files.extend(with_libraries(hostprobe, "/bin/hostprobe")?);
+    files.extend(with_libraries(Path::new("/usr/bin/numactl"), "/bin/numactl")?);
+    let refs: Vec<(PathBuf, &str)> = files.iter().map(|(p, g)| (p.clone(), g.as_str())).collect();
+    let initrd = rig.initramfs("numa", &refs, SCENARIO)?;
+    let run_dir = std::env::temp_dir().join(format!("hostprobe-numa-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    let mut vm = Qemu::start(&QemuSpec {
+        name: "hostprobe-numa",
+        kernel: &rig.kernel,
+        initrd: &initrd,
+        append: "console=ttyS0 panic=-1 quiet transparent_hugepage=never",
+        machine: &MACHINE,
+        incoming: None,
+        run_dir: &run_dir,
+    })?;
+    vm.wait_for("=== done", Duration::from_secs(600))?;
+    let console = vm.serial_text();
+    drop(vm);
+    std::fs::write(run_dir.join("console.txt"), &console)?;
+    eprintln!(
+        "vm numa: guest console saved in {}",
+        run_dir.join("console.txt").display()
+    );
+    check(&console)
+}
+
+/// The text between `=== NAME` and `=== end NAME`.
+fn section<'a>(console: &'a str, name: &str) -> Result<&'a str> {
+    let start = format!("=== {name}\n");
+    let end = format!("=== end {name}");
+    let a = console
+        .find(&start)
+        .with_context(|| format!("no section {name} in the guest console"))?
+        + start.len();
+    let b = console[a..]
+        .find(&end)
+        .with_context(|| format!("section {name} not closed"))?;
+    Ok(&console[a..a + b])
+}
+
+fn json_section(console: &str, name: &str) -> Result<Value> {
+    let text = section(console, name)?;
+    serde_json::from_str(text.trim())
+        .with_context(|| format!("section {name} is not JSON:\n{text}"))
+}
+
+fn check(console: &str) -> Result<()> {
+    let mut failures = Vec::new();
+    let check = json_section(console, "check")?;
+    println!("guest kernel {}", check["kernel"]);
+    for p in check["probes"].as_array().context("probes")? {
+        println!(
+            "  {:<22} {}",
+            p["probe"].as_str().unwrap_or("?"),
+            if p["attached"] == true {
+                "ok".to_string()
+            } else {
+                format!("UNAVAILABLE: {}", p["reason"].as_str().unwrap_or("?"))
+            }
+        );
+        if p["attached"] != true {
+            failures.push(format!("probe {} does not load on the guest kernel", p["probe"]));
+        }
+    }
+    match json_section(console, "sched") {
+        Ok(sched) => {
+            let moves: u64 = sched["sched"]["workloads"]
+                .as_array()
+                .context("sched.workloads")?
+                .iter()
+                .flat_map(|w| {
+                    ["same_core", "same_llc", "same_node", "other_node"]
+                        .map(|d| w["migrations"][d].as_u64().unwrap_or(0))
+                })
+                .sum();
+            println!("scheduler test on the guest kernel: 20 moves set, {moves} counted");
+            if moves.abs_diff(20) > 1 {
+                failures.push(format!("scheduler test: 20 moves set, hostprobe counted {moves}"));
+            }
+        }
+        Err(e) => failures.push(format!(
+            "scheduler test: {e:#}; log:\n{}",
+            section(console, "sched log").unwrap_or("")
+        )),
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("\n"))
+    }
+}
