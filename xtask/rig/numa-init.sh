@@ -24,8 +24,8 @@ echo "=== end check"
 sh -c 'while :; do :; done' &
 spin=$!
 taskset -p 1 $spin >/dev/null
-/bin/hostprobe diagnose --pid $spin --duration 120s --json --no-vm-readiness --log-level info \
-    >/tmp/sched.json 2>/tmp/sched.log &
+/bin/hostprobe diagnose --pid $spin --duration 120s --json --no-vm-readiness --readiness-windows 1s \
+    --log-level info >/tmp/sched.json 2>/tmp/sched.log &
 diag=$!
 ready /tmp/sched.log $diag
 i=0

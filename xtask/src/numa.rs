@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::setup;
-use crate::vm::{Qemu, QemuSpec, Rig};
+use crate::vm::{Qemu, QemuSpec};
 
 /// Two nodes of 1 GiB with two CPUs each, as VMRIG.md measured.
 const MACHINE: [&str; 18] = [
@@ -77,7 +77,7 @@ pub fn run(hostprobe: &Path) -> Result<()> {
         run_dir: &run_dir,
     })?;
     vm.wait_for("=== done", Duration::from_secs(600))?;
-    let console = vm.serial_text();
+    let console = vm.serial_text().replace("\r\n", "\n");
     drop(vm);
     std::fs::write(run_dir.join("console.txt"), &console)?;
     eprintln!(
