@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::collectors::dirty::DirtyCollector;
 use crate::collectors::lock::LockCollector;
+use crate::collectors::numa::{estimated_remote_access, NumaCollector};
 use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
 use crate::error::{Error, Result};
@@ -35,6 +36,8 @@ pub struct AgentOptions {
     pub lock_types: u64,
     /// Stack walks per second per CPU for spinning lock waits; 0: all.
     pub spin_stacks_per_sec: u32,
+    /// Attach `mm_page_alloc` on a one-node host too (the benchmark does).
+    pub page_alloc_on_one_node: bool,
     /// Migration readiness of VMs and named targets; `None`: off.
     pub readiness: Option<ReadinessOptions>,
 }
@@ -45,6 +48,7 @@ pub struct Agent {
     sched: SchedCollector,
     lock: LockCollector,
     dirty: DirtyCollector,
+    numa: NumaCollector,
     readiness: Option<ReadinessCollector>,
     started: Instant,
     kernel: String,
@@ -74,12 +78,25 @@ impl Agent {
             max_workloads: opts.max_workloads,
             lock_types: opts.lock_types,
             spin_stacks_per_sec: opts.spin_stacks_per_sec,
+            page_alloc_on_one_node: opts.page_alloc_on_one_node,
         };
         let mut probes = Probes::load(&load)?;
         forward_kernel_logs(&mut probes);
-        let sched = SchedCollector::new(&mut probes.ebpf, opts.top_k)?;
+        let cpu_node = probes
+            .topology
+            .cpus
+            .iter()
+            .map(|c| c.node as usize)
+            .collect();
+        let sched = SchedCollector::new(&mut probes.ebpf, opts.top_k, cpu_node)?;
         let lock = LockCollector::new(&mut probes.ebpf, opts.top_k)?;
         let dirty = DirtyCollector::new(&mut probes.ebpf, opts.top_k)?;
+        let numa = NumaCollector::new(
+            &mut probes.ebpf,
+            opts.top_k,
+            probes.topology.nodes,
+            probes.migrate_reasons.clone(),
+        )?;
         let filter = match (&opts.target.pid, &opts.target.cgroup) {
             (Some(pid), _) => Some(format!("pid {pid}")),
             (None, Some(c)) => Some(format!("cgroup {c}")),
@@ -91,6 +108,7 @@ impl Agent {
             sched,
             lock,
             dirty,
+            numa,
             readiness: opts.readiness.clone().map(ReadinessCollector::start),
             started: Instant::now(),
             kernel: kernel_release(),
@@ -109,12 +127,26 @@ impl Agent {
         let (sched, counters) = self.sched.collect(&mut self.cgroups)?;
         let (lock, lock_counters) = self.lock.collect(&mut self.cgroups)?;
         let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups)?;
+        let (mut numa_workloads, pages_migrated, numa_counters) =
+            self.numa.collect(&mut self.cgroups)?;
+        for w in &mut numa_workloads {
+            let allocated = w.local_pages + w.remote_pages;
+            w.remote_allocation_ratio =
+                (allocated > 0).then(|| w.remote_pages as f64 / allocated as f64);
+            if let Some(s) = sched.workloads.iter().find(|s| s.workload == w.workload) {
+                w.oncpu_seconds_by_node = s.oncpu_seconds_by_node.clone();
+            }
+            w.estimated_remote_access_ratio =
+                estimated_remote_access(&w.oncpu_seconds_by_node, &w.resident_bytes_by_node);
+        }
         let mut events: BTreeMap<&str, u64> = counters.events.clone();
         events.extend(&lock_counters.events);
         events.extend(&dirty_counters.events);
+        events.extend(&numa_counters.events);
         let mut errors: BTreeMap<&str, u64> = counters.errors.clone();
         errors.extend(&lock_counters.errors);
         errors.extend(&dirty_counters.errors);
+        errors.extend(&numa_counters.errors);
         let mut probes = self.probes.status.clone();
         for p in &mut probes {
             p.events = events.get(p.probe.as_str()).copied().unwrap_or(0);
@@ -123,6 +155,7 @@ impl Agent {
         let mut map_drops = counters.drops;
         map_drops.extend(lock_counters.drops);
         map_drops.extend(dirty_counters.drops);
+        map_drops.extend(numa_counters.drops);
         Ok(Snapshot {
             hostprobe_version: env!("CARGO_PKG_VERSION"),
             kernel: self.kernel.clone(),
@@ -133,6 +166,11 @@ impl Agent {
             sched,
             lock,
             dirty,
+            numa: crate::snapshot::NumaSection {
+                nodes: self.probes.topology.nodes,
+                workloads: numa_workloads,
+                pages_migrated,
+            },
             readiness: self
                 .readiness
                 .as_ref()

@@ -201,6 +201,23 @@ impl Btf {
         None
     }
 
+    /// Every enumerator of `enum en` with its value.
+    pub fn enum_values(&self, en: &str) -> Result<Vec<(String, i64)>> {
+        let id = self.find(KIND_ENUM, en).ok_or_else(|| Error::BtfMissing {
+            what: format!("enum {en}"),
+        })?;
+        let p = self.types[id as usize];
+        Ok((0..(self.u32_at(p + 4) & 0xffff) as usize)
+            .map(|i| p + 12 + 8 * i)
+            .map(|m| {
+                (
+                    self.name(self.u32_at(m)).to_string(),
+                    i64::from(self.u32_at(m + 4) as i32),
+                )
+            })
+            .collect())
+    }
+
     /// The value of enumerator `name` of `enum en`.
     pub fn enum_value(&self, en: &str, name: &str) -> Result<i64> {
         let missing = |what: String| Error::BtfMissing { what };
@@ -346,6 +363,10 @@ pub(crate) mod tests {
         assert_eq!(btf.enum_value("pageflags", "PG_locked").unwrap(), 0);
         assert!(btf.enum_value("pageflags", "PG_nope").is_err());
         assert!(btf.enum_value("nope", "PG_head").is_err());
+        assert_eq!(
+            btf.enum_values("pageflags").unwrap(),
+            vec![("PG_locked".into(), 0), ("PG_head".into(), 6)]
+        );
     }
 
     #[test]

@@ -82,7 +82,12 @@ pub fn run() -> CheckReport {
     );
     let privileges = Item::from(require_privileges(), |_| "can load eBPF programs".into());
     let topology = Topology::read(Path::new(SYSFS_SYSTEM)).ok();
-    let probes = match Probes::load(&LoadOptions::default()) {
+    // Every program, so that check says whether each one loads here.
+    let all = LoadOptions {
+        page_alloc_on_one_node: true,
+        ..LoadOptions::default()
+    };
+    let probes = match Probes::load(&all) {
         Ok(p) => p.status,
         Err(e) => unavailable(&e.to_string()),
     };

@@ -16,6 +16,8 @@ pub enum Error {
     Parse { path: PathBuf, reason: String },
     #[error("{path}: invalid BTF: {reason}")]
     Btf { path: PathBuf, reason: String },
+    #[error("one NUMA node: nothing is remote here, so mm_page_alloc stays detached (--numa-page-alloc always attaches it)")]
+    OneNode,
     #[error("kernel BTF has no {what}")]
     BtfMissing { what: String },
     #[error("kernel BTF is missing ({path}): the kernel needs CONFIG_DEBUG_INFO_BTF=y for the BTF tracepoints")]

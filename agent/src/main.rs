@@ -151,6 +151,10 @@ struct Tuning {
     /// "(stack not sampled)". Sleeping waits always get their stack.
     #[arg(long, default_value_t = hostprobe_common::lock::DEFAULT_SPIN_STACKS_PER_SEC)]
     lock_stacks: u32,
+    /// `mm_page_alloc` (remote allocations): `auto` attaches it only with two or more NUMA
+    /// nodes, `always` also on one (every page allocation pays for it).
+    #[arg(long, value_enum, default_value = "auto")]
+    numa_page_alloc: NumaPageAlloc,
     /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).
     #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = clap::value_parser!(u32).range(2..=(1 << 22)))]
     task_slots: u32,
@@ -233,6 +237,12 @@ impl ReadinessArgs {
             max_targets: self.readiness_max_targets,
         })
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NumaPageAlloc {
+    Auto,
+    Always,
 }
 
 fn main() -> ExitCode {
@@ -387,6 +397,7 @@ fn options(target: Target, t: &Tuning, lock_types: u64) -> AgentOptions {
         max_workloads: t.max_workloads,
         lock_types,
         spin_stacks_per_sec: t.lock_stacks,
+        page_alloc_on_one_node: t.numa_page_alloc == NumaPageAlloc::Always,
         readiness: None,
     }
 }

@@ -13,7 +13,7 @@ use aya::{
 use std::mem::size_of;
 
 use hostprobe_common::{
-    dirty, lock, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS,
+    dirty, lock, numa, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS,
     WORKLOAD_PROBES,
 };
 use tracing::{debug, info, warn};
@@ -54,6 +54,12 @@ pub enum Needs {
     BalanceFormat,
     /// The exceptions:page_fault_user BTF prototype (x86).
     FaultBtf,
+    /// The kmem:mm_page_alloc format and the nodes' pfn ranges.
+    PageAlloc,
+    /// Nothing read from the record: the tracepoint only has to exist.
+    Nothing,
+    /// The migrate:mm_migrate_pages format.
+    MigratePagesFormat,
 }
 
 /// A kernel program of the object and where it attaches.
@@ -73,9 +79,9 @@ const fn spec(program: &'static str, hook: Hook, needs: Needs) -> ProgramSpec {
 }
 
 /// Every program of the object: the scheduler signal (`sched.rs`), lock
-/// contention (`lock.rs`), page dirtying (`dirty.rs`).
+/// contention (`lock.rs`), page dirtying (`dirty.rs`), NUMA (`numa.rs`).
 #[rustfmt::skip]
-pub const PROGRAMS: [ProgramSpec; 9] = [
+pub const PROGRAMS: [ProgramSpec; 14] = [
     spec("sched_switch", Hook::BtfTracepoint("sched", "sched_switch"), Needs::TaskBtf),
     spec("sched_wakeup", Hook::BtfTracepoint("sched", "sched_wakeup"), Needs::TaskBtf),
     spec("sched_wakeup_new", Hook::BtfTracepoint("sched", "sched_wakeup_new"), Needs::TaskBtf),
@@ -85,11 +91,16 @@ pub const PROGRAMS: [ProgramSpec; 9] = [
     spec("writeback_dirty_folio", Hook::BtfTracepoint("writeback", "writeback_dirty_folio"), Needs::FolioBtf),
     spec("balance_dirty_pages", Hook::Tracepoint("writeback", "balance_dirty_pages"), Needs::BalanceFormat),
     spec("page_fault_user", Hook::BtfTracepoint("exceptions", "page_fault_user"), Needs::FaultBtf),
+    spec("mm_page_alloc", Hook::Tracepoint("kmem", "mm_page_alloc"), Needs::PageAlloc),
+    spec("sched_move_numa", Hook::Tracepoint("sched", "sched_move_numa"), Needs::Nothing),
+    spec("sched_swap_numa", Hook::Tracepoint("sched", "sched_swap_numa"), Needs::Nothing),
+    spec("sched_stick_numa", Hook::Tracepoint("sched", "sched_stick_numa"), Needs::Nothing),
+    spec("mm_migrate_pages", Hook::Tracepoint("migrate", "mm_migrate_pages"), Needs::MigratePagesFormat),
 ];
 
 /// Maps the collectors and the loader use, with the value size the agent
 /// expects: the kernel and user sides must agree on every record type.
-pub const MAP_CONTRACT: [(&str, usize); 14] = [
+pub const MAP_CONTRACT: [(&str, usize); 18] = [
     ("TASK_SLOTS", size_of::<TaskSlot>()),
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
@@ -104,6 +115,10 @@ pub const MAP_CONTRACT: [(&str, usize); 14] = [
     ("DIRTY_WORKLOADS", size_of::<dirty::Stats>()),
     ("DIRTY_FILES", size_of::<dirty::FileStats>()),
     ("DIRTY_COUNTERS", size_of::<u64>()),
+    ("NODE_PFNS", size_of::<numa::PfnRange>()),
+    ("NUMA_WORKLOADS", size_of::<numa::Stats>()),
+    ("NUMA_MIGRATED", size_of::<u64>()),
+    ("NUMA_COUNTERS", size_of::<u64>()),
 ];
 
 /// Checks the embedded object against what the agent expects of it, as
@@ -194,6 +209,9 @@ pub struct LoadOptions {
     pub lock_types: u64,
     /// Stack walks per second per CPU for spinning lock waits; 0: all.
     pub spin_stacks_per_sec: u32,
+    /// Attach `mm_page_alloc` even on a one-node host (nothing is remote
+    /// there, and every page allocation would pay for the program).
+    pub page_alloc_on_one_node: bool,
 }
 
 impl Default for LoadOptions {
@@ -205,6 +223,7 @@ impl Default for LoadOptions {
             max_workloads: DEFAULT_MAX_WORKLOADS,
             lock_types: 0,
             spin_stacks_per_sec: lock::DEFAULT_SPIN_STACKS_PER_SEC,
+            page_alloc_on_one_node: false,
         }
     }
 }
@@ -214,6 +233,19 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub status: Vec<ProbeStatus>,
     pub topology: Topology,
+    /// Names of `enum migrate_reason` values (`numa_misplaced`, ...).
+    pub migrate_reasons: Vec<String>,
+}
+
+/// `enum migrate_reason` names by value, lowercased without `MR_`.
+fn migrate_reasons(btf: &Btf) -> Result<Vec<String>> {
+    let mut v = btf.enum_values("migrate_reason")?;
+    v.retain(|(_, val)| (0..i64::from(numa::MAX_REASONS)).contains(val));
+    let mut names = vec![String::new(); v.iter().map(|(_, x)| *x as usize + 1).max().unwrap_or(0)];
+    for (name, val) in v {
+        names[val as usize] = name.trim_start_matches("MR_").to_ascii_lowercase();
+    }
+    Ok(names)
 }
 
 /// Offsets in `task_struct` read by the BTF tracepoints.
@@ -320,6 +352,27 @@ pub fn folio_offsets(btf: &Btf) -> Result<FolioOffsets> {
         inode_sb: sized("inode", "i_sb", 8)?,
         sb_dev: sized("super_block", "s_dev", 4)?,
     })
+}
+
+/// Offsets in the `mm_page_alloc` record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageAllocOffsets {
+    pub pfn: u32,
+    pub order: u32,
+}
+
+pub fn page_alloc_offsets(tracefs: &Path) -> Result<PageAllocOffsets> {
+    let f = Format::read(tracefs, "kmem", "mm_page_alloc")?;
+    Ok(PageAllocOffsets {
+        pfn: f.int_field("pfn", 8)?,
+        order: f.int_field("order", 4)?,
+    })
+}
+
+/// Offsets (succeeded, reason) in the `mm_migrate_pages` record.
+pub fn migrate_pages_offsets(tracefs: &Path) -> Result<(u32, u32)> {
+    let f = Format::read(tracefs, "migrate", "mm_migrate_pages")?;
+    Ok((f.int_field("succeeded", 8)?, f.int_field("reason", 4)?))
 }
 
 /// Offsets in the `contention_begin` and `contention_end` records.
@@ -435,6 +488,25 @@ impl Probes {
             .map_err(|_| Error::NoTracefs)
             .and_then(|t| balance_pause_offset(t));
         let fault = with_btf(&btf, fault_args);
+        let node_pfns = crate::topology::node_pfn_ranges(Path::new("/proc/zoneinfo"));
+        let page_alloc = tracefs
+            .as_ref()
+            .map_err(|_| Error::NoTracefs)
+            .and_then(|t| page_alloc_offsets(t))
+            .and_then(|o| {
+                if node_pfns.len() <= 1 && !opts.page_alloc_on_one_node {
+                    Err(Error::OneNode)
+                } else {
+                    Ok(o)
+                }
+            });
+        let migrate_pages = tracefs
+            .as_ref()
+            .map_err(|_| Error::NoTracefs)
+            .and_then(|t| migrate_pages_offsets(t));
+        let pa = page_alloc.as_ref().ok().copied().unwrap_or_default();
+        let (mp_succeeded, mp_reason) = migrate_pages.as_ref().ok().copied().unwrap_or((0, 0));
+        let nr_nodes = (node_pfns.len() as u32).clamp(1, numa::MAX_NODES);
         debug!(
             ?task,
             ?migrate,
@@ -487,12 +559,18 @@ impl Probes {
             .override_global("INODE_SB_OFFSET", &fo.inode_sb, true)
             .override_global("SB_DEV_OFFSET", &fo.sb_dev, true)
             .override_global("BALANCE_PAUSE_OFFSET", &balance_pause, true)
+            .override_global("NR_NODES", &nr_nodes, true)
+            .override_global("ALLOC_PFN_OFFSET", &pa.pfn, true)
+            .override_global("ALLOC_ORDER_OFFSET", &pa.order, true)
+            .override_global("MIGRATE_SUCCEEDED_OFFSET", &mp_succeeded, true)
+            .override_global("MIGRATE_REASON_OFFSET", &mp_reason, true)
             .map_max_entries("LOCK_TASK_SLOTS", slots)
             .map_max_entries("TASK_SLOTS", slots)
             .map_max_entries("CPU_TOPO", ncpus)
             .map_max_entries("SCHED_WORKLOADS", workloads)
             .map_max_entries("DIRTY_WORKLOADS", workloads)
             .map_max_entries("DIRTY_FILES", 2 * workloads)
+            .map_max_entries("NUMA_WORKLOADS", workloads)
             .load(PROBES_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
 
@@ -514,6 +592,24 @@ impl Probes {
             })?;
         }
 
+        let mut pfns: Array<_, numa::PfnRange> =
+            Array::try_from(ebpf.map_mut("NODE_PFNS").ok_or(Error::Map {
+                name: "NODE_PFNS",
+                source: aya::maps::MapError::InvalidName {
+                    name: "NODE_PFNS".into(),
+                },
+            })?)
+            .map_err(|source| Error::Map {
+                name: "NODE_PFNS",
+                source,
+            })?;
+        for (node, r) in node_pfns.iter().enumerate().take(numa::MAX_NODES as usize) {
+            pfns.set(node as u32, r, 0).map_err(|source| Error::Map {
+                name: "NODE_PFNS",
+                source,
+            })?;
+        }
+
         let kernel_btf = AyaBtf::from_sys_fs().ok();
         let mut status = Vec::new();
         for spec in PROGRAMS {
@@ -524,6 +620,9 @@ impl Probes {
                 Needs::FolioBtf => folio.as_ref().err().map(ToString::to_string),
                 Needs::BalanceFormat => balance.as_ref().err().map(ToString::to_string),
                 Needs::FaultBtf => fault.as_ref().err().map(ToString::to_string),
+                Needs::PageAlloc => page_alloc.as_ref().err().map(ToString::to_string),
+                Needs::Nothing => None,
+                Needs::MigratePagesFormat => migrate_pages.as_ref().err().map(ToString::to_string),
             };
             let outcome = match prerequisite {
                 Some(reason) => Err(reason),
@@ -557,6 +656,7 @@ impl Probes {
             ebpf,
             status,
             topology,
+            migrate_reasons: with_btf(&btf, migrate_reasons).unwrap_or_default(),
         })
     }
 }
@@ -697,5 +797,9 @@ processed 76 insns (limit 1000000) max_states_per_insn 0 total_states 6 peak_sta
         );
         assert!(balance_pause_offset(&tracefs).unwrap() >= 8);
         fault_args(&btf).unwrap();
+        let pa = page_alloc_offsets(&tracefs).unwrap();
+        assert!(pa.order > pa.pfn);
+        let (succeeded, reason) = migrate_pages_offsets(&tracefs).unwrap();
+        assert!(reason > succeeded);
     }
 }

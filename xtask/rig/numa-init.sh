@@ -8,7 +8,7 @@ export HOME=/tmp
 # Waits until hostprobe (log in $1) has attached all its probes.
 ready() {
     n=0
-    while [ "$(grep -c 'probe ready' "$1")" -lt 9 ] && [ $n -lt 600 ]; do
+    while [ "$(grep -c -e 'probe ready' -e 'probe disabled' "$1")" -lt 14 ] && [ $n -lt 600 ]; do
         if grep -q 'probe disabled' "$1" && ! kill -0 "$2" 2>/dev/null; then break; fi
         sleep 0.2; n=$((n + 1))
     done
@@ -43,6 +43,42 @@ echo "=== end sched"
 echo "=== sched log"
 grep -v 'probe ready' /tmp/sched.log | tail -20
 echo "=== end sched log"
+
+# NUMA scenarios, all inside one diagnose window.
+other_node() { cat /sys/devices/system/node/node*/numastat | awk '$1 == "other_node" { s += $2 } END { print s }'; }
+migrated() { awk '$1 == "numa_pages_migrated" { print $2 }' /proc/vmstat; }
+steady() { n=0; until grep -q steady "$1" || [ $n -gt 600 ]; do sleep 0.2; n=$((n + 1)); done; }
+for g in remote local balance; do mkdir /sys/fs/cgroup/$g; done
+/bin/hostprobe diagnose --duration 600s --json --no-vm-readiness --log-level info \
+    >/tmp/numa.json 2>/tmp/numa.log &
+diag=$!
+ready /tmp/numa.log $diag
+other0=$(other_node); migrated0=$(migrated)
+# (a) CPU on node 0, memory bound to node 1; (b) both on node 0.
+sh -c 'echo $$ > /sys/fs/cgroup/remote/cgroup.procs; exec numactl --cpunodebind=0 --membind=1 /bin/dirtier 0 128' >/tmp/a.out &
+a=$!
+sh -c 'echo $$ > /sys/fs/cgroup/local/cgroup.procs; exec numactl --cpunodebind=0 --membind=0 /bin/dirtier 0 64' >/tmp/b.out &
+b=$!
+steady /tmp/a.out; steady /tmp/b.out
+# (d) memory first touched on node 1, then the task runs on node 0 and
+# keeps writing it: NUMA balancing migrates the pages to node 0.
+sh -c 'echo $$ > /sys/fs/cgroup/balance/cgroup.procs; exec numactl --cpunodebind=1 /bin/dirtier 20000 128' >/tmp/d.out &
+d=$!
+steady /tmp/d.out
+taskset -p 1 $d >/dev/null
+sleep 15
+other1=$(other_node); migrated1=$(migrated)
+kill -INT $diag; wait $diag
+kill $a $b $d
+echo "=== numa"
+cat /tmp/numa.json
+echo "=== end numa"
+echo "=== counters"
+echo "{\"other_node\": $((other1 - other0)), \"numa_pages_migrated\": $((migrated1 - migrated0))}"
+echo "=== end counters"
+echo "=== numa log"
+grep -v 'probe ready' /tmp/numa.log | tail -20
+echo "=== end numa log"
 
 echo "=== done"
 poweroff -f

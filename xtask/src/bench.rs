@@ -384,6 +384,9 @@ impl Agent {
                 interval,
                 "--log-level",
                 "warn",
+                // Measure every program, the NUMA page-allocation one too.
+                "--numa-page-alloc",
+                "always",
             ])
             .stdout(Stdio::null())
             .spawn()

@@ -31,7 +31,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check and test: fmt, clippy, unit and kernel tests.
+    /// Set up, then run every check and test: fmt, clippy, unit and kernel tests, the NUMA guest.
     Test,
     /// Measure the agent's overhead on scheduler-heavy loads (see README).
     Bench(bench::BenchArgs),
@@ -158,5 +158,8 @@ fn test() -> Result<()> {
         "--exclude",
         "hostprobe-probes",
     ]);
-    run_ok(test)
+    run_ok(test)?;
+    // The second kernel: the 2-node Debian 6.1 guest (about a minute).
+    let bin = build()?;
+    numa::run(&bin)
 }

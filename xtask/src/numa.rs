@@ -62,7 +62,10 @@ pub fn run(hostprobe: &Path) -> Result<()> {
     let dirtier = rig.static_program("dirtier")?;
     let mut files: Vec<(PathBuf, String)> = vec![(dirtier, "/bin/dirtier".into())];
     files.extend(with_libraries(hostprobe, "/bin/hostprobe")?);
-    files.extend(with_libraries(Path::new("/usr/bin/numactl"), "/bin/numactl")?);
+    files.extend(with_libraries(
+        Path::new("/usr/bin/numactl"),
+        "/bin/numactl",
+    )?);
     let refs: Vec<(PathBuf, &str)> = files.iter().map(|(p, g)| (p.clone(), g.as_str())).collect();
     let initrd = rig.initramfs("numa", &refs, SCENARIO)?;
     let run_dir = std::env::temp_dir().join(format!("hostprobe-numa-{}", std::process::id()));
@@ -122,7 +125,10 @@ fn check(console: &str) -> Result<()> {
             }
         );
         if p["attached"] != true {
-            failures.push(format!("probe {} does not load on the guest kernel", p["probe"]));
+            failures.push(format!(
+                "probe {} does not load on the guest kernel",
+                p["probe"]
+            ));
         }
     }
     match json_section(console, "sched") {
@@ -138,7 +144,9 @@ fn check(console: &str) -> Result<()> {
                 .sum();
             println!("scheduler test on the guest kernel: 20 moves set, {moves} counted");
             if moves.abs_diff(20) > 1 {
-                failures.push(format!("scheduler test: 20 moves set, hostprobe counted {moves}"));
+                failures.push(format!(
+                    "scheduler test: 20 moves set, hostprobe counted {moves}"
+                ));
             }
         }
         Err(e) => failures.push(format!(
@@ -146,9 +154,99 @@ fn check(console: &str) -> Result<()> {
             section(console, "sched log").unwrap_or("")
         )),
     }
+    match (
+        json_section(console, "numa"),
+        json_section(console, "counters"),
+    ) {
+        (Ok(numa), Ok(counters)) => failures.extend(check_numa(&numa, &counters)?),
+        (Err(e), _) | (_, Err(e)) => failures.push(format!(
+            "NUMA scenarios: {e:#}; log:\n{}",
+            section(console, "numa log").unwrap_or("")
+        )),
+    }
     if failures.is_empty() {
         Ok(())
     } else {
         bail!("{}", failures.join("\n"))
     }
+}
+
+/// Acceptance (a)-(d) of the NUMA scenarios; the failures, if any.
+fn check_numa(s: &Value, counters: &Value) -> Result<Vec<String>> {
+    let mut failures = Vec::new();
+    let workloads = s["numa"]["workloads"]
+        .as_array()
+        .context("numa.workloads")?;
+    let find = |name: &str| workloads.iter().find(|w| w["workload"] == name);
+    let ratio = |w: Option<&Value>, key: &str| w.and_then(|w| w[key].as_f64());
+    println!(
+        "NUMA scenarios in the guest ({} nodes):",
+        s["numa"]["nodes"]
+    );
+    let mut expect = |what: &str, got: Option<f64>, ok: &dyn Fn(f64) -> bool, want: &str| {
+        let shown = got.map_or("missing".to_string(), |g| format!("{g:.3}"));
+        println!("  {what:<48} {shown:>8}  (want {want})");
+        if !got.is_some_and(ok) {
+            failures.push(format!("{what}: {shown}, want {want}"));
+        }
+    };
+    let remote = find("/remote");
+    let local = find("/local");
+    expect(
+        "(a) remote task: remote allocation share",
+        ratio(remote, "remote_allocation_ratio"),
+        &|r| r >= 0.95,
+        ">= 0.95",
+    );
+    expect(
+        "(a) remote task: estimated remote access share",
+        ratio(remote, "estimated_remote_access_ratio"),
+        &|r| r >= 0.8,
+        ">= 0.8",
+    );
+    expect(
+        "(b) local task: remote allocation share",
+        ratio(local, "remote_allocation_ratio"),
+        &|r| r <= 0.05,
+        "<= 0.05",
+    );
+    expect(
+        "(b) local task: estimated remote access share",
+        ratio(local, "estimated_remote_access_ratio"),
+        &|r| r <= 0.2,
+        "<= 0.2",
+    );
+    let remote_pages: u64 = workloads
+        .iter()
+        .filter_map(|w| w["remote_pages"].as_u64())
+        .sum();
+    let other_node = counters["other_node"].as_u64().context("other_node")?;
+    println!(
+        "  (c) remote page allocations: hostprobe {remote_pages}, numastat other_node {other_node}"
+    );
+    expect(
+        "(c) hostprobe remote pages / numastat other_node",
+        (other_node > 0).then(|| remote_pages as f64 / other_node as f64),
+        &|r| (0.95..=1.05).contains(&r),
+        "1 +- 0.05",
+    );
+    let migrated = s["numa"]["pages_migrated"]["numa_misplaced"]
+        .as_u64()
+        .unwrap_or(0);
+    let vmstat = counters["numa_pages_migrated"]
+        .as_u64()
+        .context("numa_pages_migrated")?;
+    println!("  (d) pages migrated by NUMA balancing: hostprobe {migrated}, vmstat numa_pages_migrated {vmstat}");
+    expect(
+        "(d) hostprobe numa_misplaced / vmstat",
+        (vmstat > 1000).then(|| migrated as f64 / vmstat as f64),
+        &|r| (0.95..=1.05).contains(&r),
+        "1 +- 0.05, over > 1000 pages",
+    );
+    let balance = find("/balance");
+    println!(
+        "  (d) balancing events of the moved task: {}",
+        balance.map_or("missing".into(), |b| b["balancing"].to_string())
+    );
+    Ok(failures)
 }

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 
 pub mod dirty;
 pub mod lock;
+pub mod numa;
 pub mod readiness;
 pub mod sched;
 

@@ -22,11 +22,27 @@ pub struct SchedTotals {
     pub switch_ins: [u64; DIST_CLASSES],
     pub migrations: [u64; DIST_CLASSES],
     pub oncpu_ns: u64,
+    /// On-CPU time by NUMA node of the CPU (index = node).
+    pub oncpu_ns_by_node: Vec<u64>,
+}
+
+/// Adds `b` into `a` element-wise, growing `a` as needed.
+fn add_by_node(a: &mut Vec<u64>, b: &[u64]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
 }
 
 impl SchedTotals {
-    /// Adds one CPU's entry.
-    fn add_entry(&mut self, v: &SchedStats) {
+    /// Adds one CPU's entry; `node` is that CPU's NUMA node.
+    fn add_entry(&mut self, v: &SchedStats, node: usize) {
+        if self.oncpu_ns_by_node.len() <= node {
+            self.oncpu_ns_by_node.resize(node + 1, 0);
+        }
+        self.oncpu_ns_by_node[node] += v.oncpu_ns;
         for (a, b) in self
             .runq
             .buckets
@@ -52,6 +68,14 @@ impl SchedTotals {
             switch_ins: sub(&self.switch_ins, &earlier.switch_ins),
             migrations: sub(&self.migrations, &earlier.migrations),
             oncpu_ns: self.oncpu_ns.saturating_sub(earlier.oncpu_ns),
+            oncpu_ns_by_node: self
+                .oncpu_ns_by_node
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.saturating_sub(earlier.oncpu_ns_by_node.get(i).copied().unwrap_or(0))
+                })
+                .collect(),
         }
     }
 }
@@ -64,6 +88,7 @@ impl Totals for SchedTotals {
             self.migrations[i] += other.migrations[i];
         }
         self.oncpu_ns += other.oncpu_ns;
+        add_by_node(&mut self.oncpu_ns_by_node, &other.oncpu_ns_by_node);
     }
 
     /// Events in these totals: how busy the workload was, for top-K.
@@ -82,6 +107,11 @@ impl SchedTotals {
             switch_ins,
             runqueue_latency: LatencySummary::from_hist(&self.runq),
             oncpu_seconds: self.oncpu_ns as f64 / 1e9,
+            oncpu_seconds_by_node: self
+                .oncpu_ns_by_node
+                .iter()
+                .map(|&ns| ns as f64 / 1e9)
+                .collect(),
         }
     }
 }
@@ -99,6 +129,8 @@ pub struct SchedCollector {
     /// Next slot of the kernel's `DEAD_CGROUPS` ring.
     dead_next: u32,
     labels: Labels<SchedTotals>,
+    /// NUMA node of each CPU (per-CPU values come in CPU order).
+    cpu_node: Vec<usize>,
 }
 
 /// Self-metrics of the scheduler programs, read from `SCHED_COUNTERS`.
@@ -112,7 +144,7 @@ pub struct SchedCounters {
 }
 
 impl SchedCollector {
-    pub fn new(ebpf: &mut Ebpf, top_k: usize) -> Result<Self> {
+    pub fn new(ebpf: &mut Ebpf, top_k: usize, cpu_node: Vec<usize>) -> Result<Self> {
         let dead = Array::try_from(take(ebpf, "DEAD_CGROUPS")?).map_err(map_err("DEAD_CGROUPS"))?;
         let workloads = PerCpuArray::try_from(take(ebpf, "SCHED_WORKLOADS")?)
             .map_err(map_err("SCHED_WORKLOADS"))?;
@@ -127,6 +159,7 @@ impl SchedCollector {
             retired: HashSet::new(),
             dead_next: 0,
             labels: Labels::new(top_k),
+            cpu_node,
         })
     }
 
@@ -145,10 +178,16 @@ impl SchedCollector {
                 .workloads
                 .get(&index, 0)
                 .map_err(map_err("SCHED_WORKLOADS"))?;
-            for entry in per_cpu.iter().filter(|e| e.cgroup_id != 0) {
+            for (cpu, entry) in per_cpu.iter().enumerate() {
+                if entry.cgroup_id == 0 {
+                    continue;
+                }
                 present.insert(entry.cgroup_id);
                 if !self.retired.contains(&entry.cgroup_id) {
-                    now.entry(entry.cgroup_id).or_default().add_entry(entry);
+                    let node = self.cpu_node.get(cpu).copied().unwrap_or(0);
+                    now.entry(entry.cgroup_id)
+                        .or_default()
+                        .add_entry(entry, node);
                 }
             }
         }
@@ -266,8 +305,13 @@ mod tests {
         let mut b = a;
         b.migrations[2] = 7;
         let mut s = SchedTotals::default();
-        s.add_entry(&a);
-        s.add_entry(&b);
+        s.add_entry(&a, 0);
+        s.add_entry(&b, 1);
+        assert_eq!(
+            s.oncpu_ns_by_node,
+            vec![10, 10],
+            "CPU 0 on node 0, CPU 1 on node 1"
+        );
         assert_eq!(
             (
                 s.runq.buckets[3],

@@ -42,6 +42,7 @@ pub(crate) mod tests {
             placement_ratios: None,
             runqueue_latency: LatencySummary::from_hist(&hist),
             oncpu_seconds: 1.5,
+            oncpu_seconds_by_node: vec![1.5, 0.0],
         };
         let other = WorkloadSched {
             workload: "other".into(),
@@ -53,6 +54,7 @@ pub(crate) mod tests {
             placement_ratios: None,
             runqueue_latency: LatencySummary::from_hist(&Log2Hist::default()),
             oncpu_seconds: 0.0,
+            oncpu_seconds_by_node: vec![],
         };
         let probe = |name: &str, attached: bool| ProbeStatus {
             probe: name.into(),
@@ -148,6 +150,24 @@ pub(crate) mod tests {
                     file_dirtied_bytes: 8192,
                     file_dirtied_folios: 2,
                 }],
+            },
+            numa: NumaSection {
+                nodes: 2,
+                workloads: vec![WorkloadNuma {
+                    workload: "/db.service".into(),
+                    local_pages: 10,
+                    remote_pages: 30,
+                    balancing: NumaBalancing {
+                        move_numa: 2,
+                        swap_numa: 0,
+                        stick_numa: 1,
+                    },
+                    resident_bytes_by_node: vec![1000, 3000],
+                    oncpu_seconds_by_node: vec![1.5, 0.0],
+                    remote_allocation_ratio: Some(0.75),
+                    estimated_remote_access_ratio: Some(0.75),
+                }],
+                pages_migrated: BTreeMap::from([("numa_misplaced".into(), 7)]),
             },
             readiness: sample_readiness(),
             map_drops: BTreeMap::from([("SCHED_WORKLOADS".into(), 0), ("TASK_SLOTS".into(), 2)]),

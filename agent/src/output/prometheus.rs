@@ -216,6 +216,7 @@ pub fn render(s: &Snapshot) -> String {
     unsampled.counter(&[], s.lock.spin_waits_without_stack as f64);
     out.extend([contentions, wait, by_caller, by_workload, unsampled]);
     dirty(s, &mut out);
+    numa(s, &mut out);
     readiness(s, &mut out);
 
     let families: Vec<MetricFamily> = out
@@ -272,6 +273,58 @@ fn dirty(s: &Snapshot, out: &mut Vec<Family>) {
         );
     }
     out.extend([file, throttle, faults, device]);
+}
+
+/// NUMA per workload (top-K + other) and pages migrated by reason.
+fn numa(s: &Snapshot, out: &mut Vec<Family>) {
+    use MetricType::{COUNTER, GAUGE};
+    let mut alloc = Family::new("hostprobe_numa_page_allocations_total", "Pages (4 KiB units) the workload allocated on its CPU's node (locality=local) or another (remote).", COUNTER);
+    let mut balancing = Family::new("hostprobe_numa_balancing_events_total", "NUMA-balancing decisions about the workload's tasks: kind=move (to another node's CPU), swap (with a task there), stick (wanted to move, could not).", COUNTER);
+    let mut resident = Family::new("hostprobe_workload_resident_bytes", "Resident memory of the workload's processes by node (numa_maps, labelled workloads, refreshed every 10 s).", GAUGE);
+    let mut cpu = Family::new(
+        "hostprobe_workload_cpu_seconds_total",
+        "On-CPU time of the workload by the NUMA node of the CPU.",
+        COUNTER,
+    );
+    let mut ratio = Family::new("hostprobe_workload_numa_remote_ratio", "Remote share: method=allocations (remote / all page allocations), method=estimated_access (sum over nodes of on-CPU share x share of memory elsewhere; an estimate).", GAUGE);
+    for w in &s.numa.workloads {
+        let wl = w.workload.as_str();
+        for (loc, n) in [("local", w.local_pages), ("remote", w.remote_pages)] {
+            alloc.counter(&[("workload", wl), ("locality", loc)], n as f64);
+        }
+        let b = &w.balancing;
+        for (kind, n) in [
+            ("move", b.move_numa),
+            ("swap", b.swap_numa),
+            ("stick", b.stick_numa),
+        ] {
+            balancing.counter(&[("workload", wl), ("kind", kind)], n as f64);
+        }
+        for (node, bytes) in w.resident_bytes_by_node.iter().enumerate() {
+            resident.gauge(
+                &[("workload", wl), ("node", &node.to_string())],
+                *bytes as f64,
+            );
+        }
+        for (node, secs) in w.oncpu_seconds_by_node.iter().enumerate() {
+            cpu.counter(&[("workload", wl), ("node", &node.to_string())], *secs);
+        }
+        if let Some(r) = w.remote_allocation_ratio {
+            ratio.gauge(&[("workload", wl), ("method", "allocations")], r);
+        }
+        if let Some(r) = w.estimated_remote_access_ratio {
+            ratio.gauge(&[("workload", wl), ("method", "estimated_access")], r);
+        }
+    }
+    let mut migrated = Family::new(
+        "hostprobe_numa_pages_migrated_total",
+        "Pages the kernel migrated between nodes, by reason (e.g. numa_misplaced: NUMA balancing).",
+        COUNTER,
+    );
+    for (reason, n) in &s.numa.pages_migrated {
+        migrated.counter(&[("reason", reason.as_str())], *n as f64);
+    }
+    out.extend([alloc, balancing, resident, cpu, ratio, migrated]);
 }
 
 /// The latest readiness assessments, one series per target.
@@ -400,6 +453,12 @@ mod tests {
             "hostprobe_dirty_throttle_seconds_total{workload=\"/db.service\"} 0.5",
             "hostprobe_write_faults_total{workload=\"/db.service\",kind=\"new\"} 100",
             "hostprobe_device_file_dirtied_bytes_total{device=\"/dev/vda\"} 8192",
+            "hostprobe_numa_page_allocations_total{workload=\"/db.service\",locality=\"remote\"} 30",
+            "hostprobe_numa_balancing_events_total{workload=\"/db.service\",kind=\"move\"} 2",
+            "hostprobe_workload_resident_bytes{workload=\"/db.service\",node=\"1\"} 3000",
+            "hostprobe_workload_cpu_seconds_total{workload=\"/db.service\",node=\"0\"} 1.5",
+            "hostprobe_workload_numa_remote_ratio{workload=\"/db.service\",method=\"allocations\"} 0.75",
+            "hostprobe_numa_pages_migrated_total{reason=\"numa_misplaced\"} 7",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

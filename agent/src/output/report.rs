@@ -154,6 +154,7 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
 
     render_locks(&mut o, s, stacks);
     render_dirty(&mut o, s);
+    render_numa(&mut o, s);
     render_migration_readiness(&mut o, s);
 
     let drops: Vec<String> = s
@@ -242,6 +243,63 @@ pub fn render_readiness(r: &crate::assess::ReadinessReport) -> String {
         }
     }
     o
+}
+
+/// Where each top workload runs and where its memory is.
+fn render_numa(o: &mut String, s: &Snapshot) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let n = &s.numa;
+    if n.nodes <= 1 {
+        let _ = writeln!(o, "\nNUMA: one node: nothing is remote on this host.");
+        return;
+    }
+    let _ = writeln!(o, "\nNUMA ({} nodes)", n.nodes);
+    let _ = writeln!(
+        o,
+        "  {:<32} {:>16} {:>16} {:>10} {:>10} {:>14}",
+        "workload", "cpu s by node", "MiB by node", "remote al", "est remote", "balancing m/s/s"
+    );
+    let join = |v: Vec<String>| {
+        if v.is_empty() {
+            "-".into()
+        } else {
+            v.join("/")
+        }
+    };
+    let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r));
+    for w in n.workloads.iter().take(10) {
+        let b = &w.balancing;
+        let _ = writeln!(
+            o,
+            "  {:<32} {:>16} {:>16} {:>10} {:>10} {:>14}",
+            w.workload,
+            join(
+                w.oncpu_seconds_by_node
+                    .iter()
+                    .map(|c| format!("{c:.1}"))
+                    .collect()
+            ),
+            join(
+                w.resident_bytes_by_node
+                    .iter()
+                    .map(|b| format!("{:.0}", *b as f64 / MIB))
+                    .collect()
+            ),
+            ratio(w.remote_allocation_ratio),
+            ratio(w.estimated_remote_access_ratio),
+            format!("{}/{}/{}", b.move_numa, b.swap_numa, b.stick_numa),
+        );
+    }
+    let migrated: Vec<String> = n
+        .pages_migrated
+        .iter()
+        .map(|(r, p)| format!("{r} {p}"))
+        .collect();
+    let _ = writeln!(o, "  pages migrated: {}", join(migrated));
+    let _ = writeln!(
+        o,
+        "  remote al: share of page allocations on another node than the CPU's; est remote: sum over nodes of\n  on-CPU share x share of memory elsewhere (an estimate); balancing: NUMA moves/swaps/failed moves."
+    );
 }
 
 /// Who dirties memory and files, and who is throttled for it.
@@ -482,6 +540,9 @@ mod tests {
             "Live-migration readiness (pre-copy at 64.0 MiB/s",
             "vm:web1",
             "Page dirtying",
+            "NUMA (2 nodes)",
+            "1.5/0.0",
+            "pages migrated: numa_misplaced 7",
             "/dev/vda 0.0 MiB",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");

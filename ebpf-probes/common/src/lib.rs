@@ -440,6 +440,56 @@ pub mod dirty {
     }
 }
 
+/// NUMA: page allocations local/remote to the allocating CPU's node
+/// (`kmem:mm_page_alloc`), NUMA-balancing task moves (`sched:sched_*_numa`)
+/// and pages migrated by reason (`migrate:mm_migrate_pages`).
+pub mod numa {
+    /// Nodes the pfn-range table holds.
+    pub const MAX_NODES: u32 = 64;
+    /// Migration reasons counted (the kernel's `enum migrate_reason`).
+    pub const MAX_REASONS: u32 = 16;
+
+    /// A node's pfn range `[start, end)`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct PfnRange {
+        pub start: u64,
+        pub end: u64,
+    }
+
+    /// Per workload, per CPU: an entry of the open-addressed per-CPU table
+    /// `NUMA_WORKLOADS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Stats {
+        /// 0: free entry.
+        pub cgroup_id: u64,
+        /// Pages (4 KiB units) allocated on the allocating CPU's node.
+        pub local_pages: u64,
+        /// Pages allocated on another node.
+        pub remote_pages: u64,
+        /// NUMA balancing moved a task to another node's CPU.
+        pub move_numa: u64,
+        /// NUMA balancing swapped two tasks between nodes.
+        pub swap_numa: u64,
+        /// NUMA balancing wanted to move a task and could not.
+        pub stick_numa: u64,
+    }
+
+    pub mod counter {
+        pub const EV_PAGE_ALLOC: u32 = 0;
+        pub const EV_MOVE: u32 = 1;
+        pub const EV_SWAP: u32 = 2;
+        pub const EV_STICK: u32 = 3;
+        pub const EV_MIGRATE_PAGES: u32 = 4;
+        /// A workload could not be added: `NUMA_WORKLOADS` full on a CPU.
+        pub const DROP_WORKLOAD_MAP_FULL: u32 = 5;
+        /// A page's pfn was in no node's range (or a CPU's node unknown).
+        pub const ERR_NO_NODE: u32 = 6;
+        pub const COUNT: u32 = 7;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all types are repr(C), consist only of integers and have no
@@ -454,6 +504,8 @@ mod pod {
     unsafe impl aya::Pod for super::dirty::Stats {}
     unsafe impl aya::Pod for super::dirty::FileKey {}
     unsafe impl aya::Pod for super::dirty::FileStats {}
+    unsafe impl aya::Pod for super::numa::PfnRange {}
+    unsafe impl aya::Pod for super::numa::Stats {}
 }
 
 #[cfg(test)]
@@ -528,6 +580,8 @@ mod tests {
         assert_eq!(size_of::<dirty::Stats>(), 40);
         assert_eq!(size_of::<dirty::FileKey>(), 16);
         assert_eq!(size_of::<dirty::FileStats>(), 16);
+        assert_eq!(size_of::<numa::PfnRange>(), 16);
+        assert_eq!(size_of::<numa::Stats>(), 48);
         assert_eq!(size_of::<CpuTopo>(), 16);
         assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 8);
         assert_eq!(

@@ -5,6 +5,7 @@
 mod config;
 mod dirty;
 mod lock;
+mod numa;
 mod sched;
 mod util;
 mod workloads;

@@ -1,0 +1,319 @@
+//! NUMA collector: reads the maps of `ebpf-probes/probes/src/numa.rs`
+//! (allocations local/remote and NUMA-balancing events per workload, pages
+//! migrated by reason) and, for the labelled workloads, where their memory
+//! is resident (/proc/PID/numa_maps, at most every `RESIDENCY_EVERY`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, PerCpuArray};
+use aya::Ebpf;
+use hostprobe_common::numa::{counter, Stats, MAX_REASONS};
+
+use super::{map_err, take};
+use crate::cgroup::CgroupResolver;
+use crate::error::Result;
+use crate::snapshot::{NumaBalancing, WorkloadNuma};
+use crate::topk::{Labels, Totals};
+
+/// numa_maps walks page tables: read it for the labelled workloads only,
+/// and not more often than this.
+const RESIDENCY_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NumaTotals {
+    pub local_pages: u64,
+    pub remote_pages: u64,
+    pub move_numa: u64,
+    pub swap_numa: u64,
+    pub stick_numa: u64,
+}
+
+impl Totals for NumaTotals {
+    /// Pages allocated rank the workloads.
+    fn activity(&self) -> u64 {
+        self.local_pages + self.remote_pages + self.move_numa + self.swap_numa
+    }
+
+    fn add(&mut self, o: &Self) {
+        self.local_pages += o.local_pages;
+        self.remote_pages += o.remote_pages;
+        self.move_numa += o.move_numa;
+        self.swap_numa += o.swap_numa;
+        self.stick_numa += o.stick_numa;
+    }
+}
+
+impl NumaTotals {
+    fn since(&self, p: &Self) -> Self {
+        Self {
+            local_pages: self.local_pages.saturating_sub(p.local_pages),
+            remote_pages: self.remote_pages.saturating_sub(p.remote_pages),
+            move_numa: self.move_numa.saturating_sub(p.move_numa),
+            swap_numa: self.swap_numa.saturating_sub(p.swap_numa),
+            stick_numa: self.stick_numa.saturating_sub(p.stick_numa),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NumaCounters {
+    pub events: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub drops: BTreeMap<String, u64>,
+}
+
+pub struct NumaCollector {
+    workloads: PerCpuArray<MapData, Stats>,
+    migrated: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    /// `enum migrate_reason` value -> name, from kernel BTF.
+    reasons: Vec<String>,
+    nodes: usize,
+    last: HashMap<u64, NumaTotals>,
+    retired: HashSet<u64>,
+    labels: Labels<NumaTotals>,
+    residency: HashMap<String, Vec<u64>>,
+    residency_at: Option<Instant>,
+}
+
+impl NumaCollector {
+    pub fn new(ebpf: &mut Ebpf, top_k: usize, nodes: usize, reasons: Vec<String>) -> Result<Self> {
+        Ok(Self {
+            workloads: PerCpuArray::try_from(take(ebpf, "NUMA_WORKLOADS")?)
+                .map_err(map_err("NUMA_WORKLOADS"))?,
+            migrated: PerCpuArray::try_from(take(ebpf, "NUMA_MIGRATED")?)
+                .map_err(map_err("NUMA_MIGRATED"))?,
+            counters: PerCpuArray::try_from(take(ebpf, "NUMA_COUNTERS")?)
+                .map_err(map_err("NUMA_COUNTERS"))?,
+            reasons,
+            nodes,
+            last: HashMap::new(),
+            retired: HashSet::new(),
+            labels: Labels::new(top_k),
+            residency: HashMap::new(),
+            residency_at: None,
+        })
+    }
+
+    pub fn collect(
+        &mut self,
+        cgroups: &mut CgroupResolver,
+    ) -> Result<(Vec<WorkloadNuma>, BTreeMap<String, u64>, NumaCounters)> {
+        let mut now: HashMap<u64, NumaTotals> = HashMap::new();
+        let mut present = HashSet::new();
+        for index in 0..self.workloads.len() {
+            let per_cpu = self
+                .workloads
+                .get(&index, 0)
+                .map_err(map_err("NUMA_WORKLOADS"))?;
+            for s in per_cpu.iter().filter(|s| s.cgroup_id != 0) {
+                present.insert(s.cgroup_id);
+                if self.retired.contains(&s.cgroup_id) {
+                    continue;
+                }
+                now.entry(s.cgroup_id).or_default().add(&NumaTotals {
+                    local_pages: s.local_pages,
+                    remote_pages: s.remote_pages,
+                    move_numa: s.move_numa,
+                    swap_numa: s.swap_numa,
+                    stick_numa: s.stick_numa,
+                });
+            }
+        }
+        self.retired.retain(|id| present.contains(id));
+        let mut deltas = Vec::new();
+        let mut gone = Vec::new();
+        for (id, t) in &now {
+            let d = t.since(&self.last.get(id).copied().unwrap_or_default());
+            match cgroups.path(*id) {
+                Some(path) => deltas.push((path, d)),
+                None => {
+                    let path = format!("(cgroup {id})");
+                    deltas.push((path.clone(), d));
+                    gone.push((*id, path));
+                }
+            }
+        }
+        let gone_paths: Vec<String> = gone.iter().map(|(_, p)| p.clone()).collect();
+        self.labels.round(&deltas, &gone_paths);
+        for (id, _) in gone {
+            now.remove(&id);
+            self.retired.insert(id);
+        }
+        self.last = now;
+
+        let labelled: Vec<String> = self
+            .labels
+            .view()
+            .into_iter()
+            .map(|(w, _)| w.to_string())
+            .collect();
+        if self.nodes > 1
+            && self
+                .residency_at
+                .is_none_or(|t| t.elapsed() >= RESIDENCY_EVERY)
+        {
+            self.residency = labelled
+                .iter()
+                .filter(|w| w.starts_with('/'))
+                .map(|w| (w.clone(), resident_by_node(cgroups, w, self.nodes)))
+                .collect();
+            self.residency_at = Some(Instant::now());
+        }
+        let workloads = self
+            .labels
+            .view()
+            .into_iter()
+            .map(|(w, t)| WorkloadNuma {
+                workload: w.to_string(),
+                local_pages: t.local_pages,
+                remote_pages: t.remote_pages,
+                balancing: NumaBalancing {
+                    move_numa: t.move_numa,
+                    swap_numa: t.swap_numa,
+                    stick_numa: t.stick_numa,
+                },
+                resident_bytes_by_node: self.residency.get(w).cloned().unwrap_or_default(),
+                oncpu_seconds_by_node: Vec::new(),
+                remote_allocation_ratio: None,
+                estimated_remote_access_ratio: None,
+            })
+            .collect();
+
+        let mut migrated = BTreeMap::new();
+        for reason in 0..MAX_REASONS {
+            let n: u64 = self
+                .migrated
+                .get(&reason, 0)
+                .map_err(map_err("NUMA_MIGRATED"))?
+                .iter()
+                .sum();
+            if n > 0 {
+                let name = self
+                    .reasons
+                    .get(reason as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("reason_{reason}"));
+                migrated.insert(name, n);
+            }
+        }
+        let c = |i: u32| -> Result<u64> {
+            Ok(self
+                .counters
+                .get(&i, 0)
+                .map_err(map_err("NUMA_COUNTERS"))?
+                .iter()
+                .sum())
+        };
+        let counters = NumaCounters {
+            events: BTreeMap::from([
+                ("mm_page_alloc", c(counter::EV_PAGE_ALLOC)?),
+                ("sched_move_numa", c(counter::EV_MOVE)?),
+                ("sched_swap_numa", c(counter::EV_SWAP)?),
+                ("sched_stick_numa", c(counter::EV_STICK)?),
+                ("mm_migrate_pages", c(counter::EV_MIGRATE_PAGES)?),
+            ]),
+            errors: BTreeMap::from([("mm_page_alloc", c(counter::ERR_NO_NODE)?)]),
+            drops: BTreeMap::from([("NUMA_WORKLOADS".into(), c(counter::DROP_WORKLOAD_MAP_FULL)?)]),
+        };
+        Ok((workloads, migrated, counters))
+    }
+}
+
+/// Bytes resident on each node of the processes of cgroup `workload`.
+fn resident_by_node(cgroups: &CgroupResolver, workload: &str, nodes: usize) -> Vec<u64> {
+    let mut total = vec![0u64; nodes];
+    for pid in cgroups.procs(workload).unwrap_or_default() {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")) {
+            for (node, bytes) in parse_numa_maps(&text).into_iter().enumerate() {
+                if let Some(t) = total.get_mut(node) {
+                    *t += bytes;
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Bytes per node in /proc/PID/numa_maps text: `N<node>=<pages>` at the
+/// mapping's `kernelpagesize_kB` (4 KiB when absent).
+pub fn parse_numa_maps(text: &str) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    for line in text.lines() {
+        let page_kib: u64 = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("kernelpagesize_kB="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        for f in line.split_whitespace() {
+            let Some((n, pages)) = f.strip_prefix('N').and_then(|r| r.split_once('=')) else {
+                continue;
+            };
+            let (Ok(node), Ok(pages)) = (n.parse::<usize>(), pages.parse::<u64>()) else {
+                continue;
+            };
+            if out.len() <= node {
+                out.resize(node + 1, 0);
+            }
+            out[node] += pages * page_kib * 1024;
+        }
+    }
+    out
+}
+
+/// Estimated share of memory accesses that are remote: for each node n,
+/// (share of on-CPU time on n) x (share of resident memory not on n). An
+/// estimate: it assumes accesses spread evenly over resident memory.
+pub fn estimated_remote_access(oncpu_by_node: &[f64], resident_by_node: &[u64]) -> Option<f64> {
+    let cpu: f64 = oncpu_by_node.iter().sum();
+    let mem: u64 = resident_by_node.iter().sum();
+    if cpu <= 0.0 || mem == 0 {
+        return None;
+    }
+    Some(
+        oncpu_by_node
+            .iter()
+            .enumerate()
+            .map(|(n, c)| {
+                let here = resident_by_node.get(n).copied().unwrap_or(0);
+                c / cpu * (mem - here) as f64 / mem as f64
+            })
+            .sum(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_numa_maps() {
+        let text = "\
+7f0000000000 bind:1 anon=65536 dirty=65536 N1=65536 kernelpagesize_kB=4
+7f1000000000 default file=/usr/lib/libc.so.6 mapped=100 mapmax=20 N0=60 N1=40 kernelpagesize_kB=4
+7f2000000000 default anon=2 dirty=2 N0=2 kernelpagesize_kB=2048
+";
+        let b = parse_numa_maps(text);
+        assert_eq!(b, vec![60 * 4096 + 2 * 2048 * 1024, (65536 + 40) * 4096]);
+    }
+
+    #[test]
+    fn remote_access_estimates() {
+        // (cpu seconds by node, resident bytes by node, expected)
+        let table: [(&[f64], &[u64], Option<f64>); 5] = [
+            (&[1.0, 0.0], &[0, 100], Some(1.0)),   // runs on 0, memory on 1
+            (&[1.0, 0.0], &[100, 0], Some(0.0)),   // all local
+            (&[1.0, 1.0], &[100, 100], Some(0.5)), // spread evenly
+            (&[3.0, 1.0], &[0, 100], Some(0.75)),
+            (&[0.0, 0.0], &[0, 100], None), // never ran
+        ];
+        for (cpu, mem, want) in table {
+            let got = estimated_remote_access(cpu, mem);
+            match (got, want) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{cpu:?} {mem:?}: {g}"),
+                (g, w) => assert_eq!(g, w, "{cpu:?} {mem:?}"),
+            }
+        }
+    }
+}
