@@ -201,6 +201,24 @@ impl Btf {
         None
     }
 
+    /// Element count of array member `member` of `struct name` (a direct
+    /// member, not one inside an anonymous struct).
+    pub fn array_len(&self, name: &str, member: &str) -> Result<u32> {
+        let missing = || Error::BtfMissing {
+            what: format!("array member {name}.{member}"),
+        };
+        let id = self.find(KIND_STRUCT, name).ok_or_else(missing)?;
+        let p = self.types[id as usize];
+        (0..(self.u32_at(p + 4) & 0xffff) as usize)
+            .map(|i| p + 12 + 12 * i)
+            .find(|&m| self.name(self.u32_at(m)) == member)
+            .map(|m| self.peel(self.u32_at(m + 4)))
+            .filter(|&t| self.kind(t) == KIND_ARRAY)
+            // struct btf_array { type, index_type, nelems } after the header.
+            .map(|t| self.u32_at(self.types[t as usize] + 12 + 8))
+            .ok_or_else(missing)
+    }
+
     /// Every enumerator of `enum en` with its value.
     pub fn enum_values(&self, en: &str) -> Result<Vec<(String, i64)>> {
         let id = self.find(KIND_ENUM, en).ok_or_else(|| Error::BtfMissing {
@@ -340,6 +358,9 @@ pub(crate) mod tests {
         b.ty(KIND_TYPEDEF, "btf_trace_sched_switch", 0, 9, &[]); // 10
         let (locked, head) = (b.s("PG_locked"), b.s("PG_head"));
         b.ty(KIND_ENUM, "pageflags", 2, 4, &[locked, 0, head, 6]); // 11
+        b.ty(KIND_ARRAY, "", 0, 0, &[1, 1, 5121]); // 12: int[5121]
+        let m = b.member("_zonerefs", 12, 0);
+        b.ty(KIND_STRUCT, "zonelist", 1, 4 * 5121, &m); // 13
         b.build()
     }
 
@@ -367,6 +388,14 @@ pub(crate) mod tests {
             btf.enum_values("pageflags").unwrap(),
             vec![("PG_locked".into(), 0), ("PG_head".into(), 6)]
         );
+    }
+
+    #[test]
+    fn finds_array_lengths() {
+        let btf = Btf::parse(fixture()).unwrap();
+        assert_eq!(btf.array_len("zonelist", "_zonerefs").unwrap(), 5121);
+        assert!(btf.array_len("task_struct", "pid").is_err());
+        assert!(btf.array_len("zonelist", "nope").is_err());
     }
 
     #[test]

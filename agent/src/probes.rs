@@ -54,7 +54,7 @@ pub enum Needs {
     BalanceFormat,
     /// The exceptions:page_fault_user BTF prototype (x86).
     FaultBtf,
-    /// The kmem:mm_page_alloc format and the nodes' pfn ranges.
+    /// The kmem:mm_page_alloc BTF prototype and the page-flags node bits.
     PageAlloc,
     /// Nothing read from the record: the tracepoint only has to exist.
     Nothing,
@@ -91,7 +91,7 @@ pub const PROGRAMS: [ProgramSpec; 14] = [
     spec("writeback_dirty_folio", Hook::BtfTracepoint("writeback", "writeback_dirty_folio"), Needs::FolioBtf),
     spec("balance_dirty_pages", Hook::Tracepoint("writeback", "balance_dirty_pages"), Needs::BalanceFormat),
     spec("page_fault_user", Hook::BtfTracepoint("exceptions", "page_fault_user"), Needs::FaultBtf),
-    spec("mm_page_alloc", Hook::Tracepoint("kmem", "mm_page_alloc"), Needs::PageAlloc),
+    spec("mm_page_alloc", Hook::BtfTracepoint("kmem", "mm_page_alloc"), Needs::PageAlloc),
     spec("sched_move_numa", Hook::Tracepoint("sched", "sched_move_numa"), Needs::Nothing),
     spec("sched_swap_numa", Hook::Tracepoint("sched", "sched_swap_numa"), Needs::Nothing),
     spec("sched_stick_numa", Hook::Tracepoint("sched", "sched_stick_numa"), Needs::Nothing),
@@ -100,7 +100,7 @@ pub const PROGRAMS: [ProgramSpec; 14] = [
 
 /// Maps the collectors and the loader use, with the value size the agent
 /// expects: the kernel and user sides must agree on every record type.
-pub const MAP_CONTRACT: [(&str, usize); 18] = [
+pub const MAP_CONTRACT: [(&str, usize); 17] = [
     ("TASK_SLOTS", size_of::<TaskSlot>()),
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
@@ -115,7 +115,6 @@ pub const MAP_CONTRACT: [(&str, usize); 18] = [
     ("DIRTY_WORKLOADS", size_of::<dirty::Stats>()),
     ("DIRTY_FILES", size_of::<dirty::FileStats>()),
     ("DIRTY_COUNTERS", size_of::<u64>()),
-    ("NODE_PFNS", size_of::<numa::PfnRange>()),
     ("NUMA_WORKLOADS", size_of::<numa::Stats>()),
     ("NUMA_MIGRATED", size_of::<u64>()),
     ("NUMA_COUNTERS", size_of::<u64>()),
@@ -354,18 +353,52 @@ pub fn folio_offsets(btf: &Btf) -> Result<FolioOffsets> {
     })
 }
 
-/// Offsets in the `mm_page_alloc` record.
+/// Where `mm_page_alloc` finds a page's node: `page->flags` at `flags`,
+/// node = (flags >> shift) & mask.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PageAllocOffsets {
-    pub pfn: u32,
-    pub order: u32,
+pub struct PageNodeBits {
+    pub flags: u32,
+    pub shift: u32,
+    pub mask: u64,
 }
 
-pub fn page_alloc_offsets(tracefs: &Path) -> Result<PageAllocOffsets> {
-    let f = Format::read(tracefs, "kmem", "mm_page_alloc")?;
-    Ok(PageAllocOffsets {
-        pfn: f.int_field("pfn", 8)?,
-        order: f.int_field("order", 4)?,
+/// The node bits of `page->flags` on x86-64 with SPARSEMEM_VMEMMAP (no
+/// section bits): the top NODES_SHIFT bits, where MAX_NUMNODES =
+/// 2^NODES_SHIFT is read from BTF as `struct zonelist`'s
+/// `_zonerefs[MAX_NUMNODES * MAX_NR_ZONES + 1]`.
+pub fn page_node_bits(btf: &Btf) -> Result<PageNodeBits> {
+    let args = btf.tracepoint_args("mm_page_alloc")?;
+    let page = TypeShape::Pointer {
+        to: Some("page".into()),
+    };
+    if args.first() != Some(&page) || args.get(1) != Some(&TypeShape::Int { size: 4 }) {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "kmem:mm_page_alloc".into(),
+            reason: format!("expected (page *, unsigned int order, ...), found {args:?}"),
+        });
+    }
+    let refs = u64::from(btf.array_len("zonelist", "_zonerefs")?);
+    let zones = btf.enum_value("zone_type", "__MAX_NR_ZONES")?;
+    let zones = u64::try_from(zones).ok().filter(|&z| z > 0);
+    let nodes = zones
+        .map(|z| (refs.saturating_sub(1)) / z)
+        .filter(|n| n.is_power_of_two());
+    let Some(nodes) = nodes else {
+        return Err(Error::BtfMissing {
+            what: format!("MAX_NUMNODES as a power of two (zonelist holds {refs} zonerefs)"),
+        });
+    };
+    let bits = nodes.trailing_zeros();
+    let (flags, size) = btf.member("page", "flags")?;
+    if size != 8 {
+        return Err(Error::BtfMissing {
+            what: format!("8-byte page.flags (it has {size} bytes)"),
+        });
+    }
+    Ok(PageNodeBits {
+        flags,
+        shift: 64 - bits,
+        mask: nodes - 1,
     })
 }
 
@@ -488,25 +521,25 @@ impl Probes {
             .map_err(|_| Error::NoTracefs)
             .and_then(|t| balance_pause_offset(t));
         let fault = with_btf(&btf, fault_args);
-        let node_pfns = crate::topology::node_pfn_ranges(Path::new("/proc/zoneinfo"));
-        let page_alloc = tracefs
-            .as_ref()
-            .map_err(|_| Error::NoTracefs)
-            .and_then(|t| page_alloc_offsets(t))
-            .and_then(|o| {
-                if node_pfns.len() <= 1 && !opts.page_alloc_on_one_node {
-                    Err(Error::OneNode)
-                } else {
-                    Ok(o)
-                }
-            });
+        let page_alloc = with_btf(&btf, page_node_bits).and_then(|b| {
+            if topology.nodes <= 1 && !opts.page_alloc_on_one_node {
+                Err(Error::OneNode)
+            } else {
+                Ok(b)
+            }
+        });
         let migrate_pages = tracefs
             .as_ref()
             .map_err(|_| Error::NoTracefs)
             .and_then(|t| migrate_pages_offsets(t));
         let pa = page_alloc.as_ref().ok().copied().unwrap_or_default();
+        // Possible node ids, for the kernel's sanity check of the node bits.
+        let nr_nodes = std::fs::read_to_string("/sys/devices/system/node/possible")
+            .ok()
+            .and_then(|t| crate::topology::parse_cpu_list(t.trim()))
+            .and_then(|ids| ids.into_iter().max())
+            .map_or(pa.mask as u32 + 1, |m| m + 1);
         let (mp_succeeded, mp_reason) = migrate_pages.as_ref().ok().copied().unwrap_or((0, 0));
-        let nr_nodes = (node_pfns.len() as u32).clamp(1, numa::MAX_NODES);
         debug!(
             ?task,
             ?migrate,
@@ -560,8 +593,9 @@ impl Probes {
             .override_global("SB_DEV_OFFSET", &fo.sb_dev, true)
             .override_global("BALANCE_PAUSE_OFFSET", &balance_pause, true)
             .override_global("NR_NODES", &nr_nodes, true)
-            .override_global("ALLOC_PFN_OFFSET", &pa.pfn, true)
-            .override_global("ALLOC_ORDER_OFFSET", &pa.order, true)
+            .override_global("PAGE_FLAGS_OFFSET", &pa.flags, true)
+            .override_global("NODE_PGSHIFT", &pa.shift, true)
+            .override_global("NODE_MASK", &pa.mask, true)
             .override_global("MIGRATE_SUCCEEDED_OFFSET", &mp_succeeded, true)
             .override_global("MIGRATE_REASON_OFFSET", &mp_reason, true)
             .map_max_entries("LOCK_TASK_SLOTS", slots)
@@ -588,24 +622,6 @@ impl Probes {
         for (cpu, t) in topology.cpus.iter().enumerate() {
             topo.set(cpu as u32, t, 0).map_err(|source| Error::Map {
                 name: "CPU_TOPO",
-                source,
-            })?;
-        }
-
-        let mut pfns: Array<_, numa::PfnRange> =
-            Array::try_from(ebpf.map_mut("NODE_PFNS").ok_or(Error::Map {
-                name: "NODE_PFNS",
-                source: aya::maps::MapError::InvalidName {
-                    name: "NODE_PFNS".into(),
-                },
-            })?)
-            .map_err(|source| Error::Map {
-                name: "NODE_PFNS",
-                source,
-            })?;
-        for (node, r) in node_pfns.iter().enumerate().take(numa::MAX_NODES as usize) {
-            pfns.set(node as u32, r, 0).map_err(|source| Error::Map {
-                name: "NODE_PFNS",
                 source,
             })?;
         }
@@ -797,8 +813,9 @@ processed 76 insns (limit 1000000) max_states_per_insn 0 total_states 6 peak_sta
         );
         assert!(balance_pause_offset(&tracefs).unwrap() >= 8);
         fault_args(&btf).unwrap();
-        let pa = page_alloc_offsets(&tracefs).unwrap();
-        assert!(pa.order > pa.pfn);
+        let bits = page_node_bits(&btf).unwrap();
+        // This kernel: CONFIG_NODES_SHIFT=10.
+        assert_eq!((bits.flags, bits.shift, bits.mask), (0, 54, 1023));
         let (succeeded, reason) = migrate_pages_offsets(&tracefs).unwrap();
         assert!(reason > succeeded);
     }

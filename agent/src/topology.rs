@@ -150,57 +150,6 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
     Some(out)
 }
 
-/// Each node's pfn range `[start, end)` from /proc/zoneinfo (its zones'
-/// `start_pfn` and `spanned`), indexed by node id; nodes without memory get
-/// an empty range. Empty if the file cannot be read.
-pub fn node_pfn_ranges(zoneinfo: &Path) -> Vec<hostprobe_common::numa::PfnRange> {
-    std::fs::read_to_string(zoneinfo)
-        .map(|t| parse_zoneinfo(&t))
-        .unwrap_or_default()
-}
-
-pub fn parse_zoneinfo(text: &str) -> Vec<hostprobe_common::numa::PfnRange> {
-    use hostprobe_common::numa::PfnRange;
-    let mut ranges: Vec<PfnRange> = Vec::new();
-    let mut node = None;
-    let mut spanned = 0u64;
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(rest) = t.strip_prefix("Node ") {
-            node = rest
-                .split(',')
-                .next()
-                .and_then(|n| n.trim().parse::<usize>().ok());
-            spanned = 0;
-            if let Some(n) = node {
-                if ranges.len() <= n {
-                    ranges.resize(n + 1, PfnRange::default());
-                }
-            }
-        } else if let Some(v) = t.strip_prefix("spanned") {
-            spanned = v.trim().parse().unwrap_or(0);
-        } else if let Some(v) = t.strip_prefix("start_pfn:") {
-            let (Some(n), Ok(start)) = (node, v.trim().parse::<u64>()) else {
-                continue;
-            };
-            if spanned == 0 {
-                continue;
-            }
-            let r = &mut ranges[n];
-            if r.end == 0 {
-                *r = PfnRange {
-                    start,
-                    end: start + spanned,
-                };
-            } else {
-                r.start = r.start.min(start);
-                r.end = r.end.max(start + spanned);
-            }
-        }
-    }
-    ranges
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -336,35 +285,5 @@ pub(crate) mod tests {
         let online = std::thread::available_parallelism().unwrap().get();
         assert!(t.online_cpus >= online, "{} < {online}", t.online_cpus);
         assert!(t.nodes >= 1 && t.llcs >= 1);
-    }
-
-    #[test]
-    fn node_pfn_ranges_from_zoneinfo() {
-        // Shaped like the 2-node guest's /proc/zoneinfo (abridged).
-        let text = "\
-Node 0, zone      DMA
-  pages free     3840
-        spanned  4095
-        present  3998
-  start_pfn:           1
-Node 0, zone    DMA32
-        spanned  258048
-  start_pfn:           4096
-Node 0, zone   Normal
-        spanned  0
-  start_pfn:           0
-Node 1, zone   Normal
-        spanned  262144
-  start_pfn:           262144
-Node 1, zone  Movable
-        spanned  0
-  start_pfn:           0
-";
-        let r = parse_zoneinfo(text);
-        assert_eq!(r.len(), 2);
-        assert_eq!((r[0].start, r[0].end), (1, 262144));
-        assert_eq!((r[1].start, r[1].end), (262144, 524288));
-        let here = node_pfn_ranges(Path::new("/proc/zoneinfo"));
-        assert!(!here.is_empty() && here[0].end > here[0].start);
     }
 }

@@ -444,18 +444,8 @@ pub mod dirty {
 /// (`kmem:mm_page_alloc`), NUMA-balancing task moves (`sched:sched_*_numa`)
 /// and pages migrated by reason (`migrate:mm_migrate_pages`).
 pub mod numa {
-    /// Nodes the pfn-range table holds.
-    pub const MAX_NODES: u32 = 64;
     /// Migration reasons counted (the kernel's `enum migrate_reason`).
     pub const MAX_REASONS: u32 = 16;
-
-    /// A node's pfn range `[start, end)`.
-    #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct PfnRange {
-        pub start: u64,
-        pub end: u64,
-    }
 
     /// Per workload, per CPU: an entry of the open-addressed per-CPU table
     /// `NUMA_WORKLOADS`.
@@ -484,7 +474,8 @@ pub mod numa {
         pub const EV_MIGRATE_PAGES: u32 = 4;
         /// A workload could not be added: `NUMA_WORKLOADS` full on a CPU.
         pub const DROP_WORKLOAD_MAP_FULL: u32 = 5;
-        /// A page's pfn was in no node's range (or a CPU's node unknown).
+        /// A page's node bits named a node that does not exist: the flags
+        /// layout is not what the agent derived.
         pub const ERR_NO_NODE: u32 = 6;
         pub const COUNT: u32 = 7;
     }
@@ -504,7 +495,6 @@ mod pod {
     unsafe impl aya::Pod for super::dirty::Stats {}
     unsafe impl aya::Pod for super::dirty::FileKey {}
     unsafe impl aya::Pod for super::dirty::FileStats {}
-    unsafe impl aya::Pod for super::numa::PfnRange {}
     unsafe impl aya::Pod for super::numa::Stats {}
 }
 
@@ -580,7 +570,6 @@ mod tests {
         assert_eq!(size_of::<dirty::Stats>(), 40);
         assert_eq!(size_of::<dirty::FileKey>(), 16);
         assert_eq!(size_of::<dirty::FileStats>(), 16);
-        assert_eq!(size_of::<numa::PfnRange>(), 16);
         assert_eq!(size_of::<numa::Stats>(), 48);
         assert_eq!(size_of::<CpuTopo>(), 16);
         assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 8);

@@ -3,40 +3,45 @@
 //! node pfn ranges the agent writes at start), NUMA-balancing task moves,
 //! swaps and failed moves (`sched:sched_{move,swap,stick}_numa`, in the
 //! task's own context), and pages migrated by reason
-//! (`migrate:mm_migrate_pages`). Classic tracepoints with tracefs offsets:
-//! the record of `mm_page_alloc` carries the pfn, which a BTF tracepoint
-//! would have to compute from `vmemmap_base` (not in kallsyms here).
+//! (`migrate:mm_migrate_pages`). `mm_page_alloc` fires on every page
+//! allocation: it is a BTF tracepoint (as a classic one the kernel spent
+//! ~250 ns per event building the record), and the page's node comes from
+//! the node bits of `page->flags`, whose position the agent derives from
+//! BTF (MAX_NUMNODES); the others are classic, with tracefs offsets.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_numa_node_id},
-    macros::map,
+    macros::{btf_tracepoint, map},
     maps::{Array, PerCpuArray},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
 use hostprobe_common::{
-    numa::{counter, PfnRange, Stats, MAX_NODES, MAX_REASONS},
+    numa::{counter, Stats, MAX_REASONS},
     DEFAULT_MAX_WORKLOADS,
 };
 
 use crate::util::{bump, first_time, selected};
 use crate::workloads;
 
-/// Nodes in `NODE_PFNS`.
+/// Possible nodes: a larger node id means the flags layout is not what the
+/// agent derived (counted as an error).
 #[no_mangle]
 static NR_NODES: Global<u32> = Global::new(1);
+/// `page->flags` offset, and where its node bits are: node =
+/// (flags >> NODE_PGSHIFT) & NODE_MASK.
 #[no_mangle]
-static ALLOC_PFN_OFFSET: Global<u32> = Global::new(0);
+static PAGE_FLAGS_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
-static ALLOC_ORDER_OFFSET: Global<u32> = Global::new(0);
+static NODE_PGSHIFT: Global<u32> = Global::new(54);
+#[no_mangle]
+static NODE_MASK: Global<u64> = Global::new(1023);
 #[no_mangle]
 static MIGRATE_SUCCEEDED_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static MIGRATE_REASON_OFFSET: Global<u32> = Global::new(0);
 
-#[map]
-static NODE_PFNS: Array<PfnRange> = Array::with_max_entries(MAX_NODES, 0);
 #[map]
 static NUMA_WORKLOADS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(DEFAULT_MAX_WORKLOADS, 0);
 /// Pages migrated, by `enum migrate_reason`.
@@ -47,14 +52,13 @@ static NUMA_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::
 #[map]
 static NUMA_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
 
-/// These programs return 1 so that perf users of the tracepoints (perf
+/// The classic tracepoint programs return 1 so that perf users of the tracepoints (perf
 /// stat, numastat-like tools) still see the events (see
 /// `sched_migrate_task`).
-#[no_mangle]
-#[link_section = "tracepoint/kmem/mm_page_alloc"]
-pub extern "C" fn mm_page_alloc(ctx: *mut core::ffi::c_void) -> u32 {
-    let _ = try_page_alloc(&TracePointContext::new(ctx));
-    1
+#[btf_tracepoint(function = "mm_page_alloc")]
+pub fn mm_page_alloc(ctx: BtfTracePointContext) -> i32 {
+    try_page_alloc(&ctx);
+    0
 }
 
 #[no_mangle]
@@ -85,48 +89,26 @@ pub extern "C" fn mm_migrate_pages(ctx: *mut core::ffi::c_void) -> u32 {
     1
 }
 
-/// The node whose pfn range holds `pfn`.
-#[inline(always)]
-fn node_of(pfn: u64) -> Option<u32> {
-    let n = NR_NODES.load();
-    for i in 0..MAX_NODES {
-        if i >= n {
-            break;
-        }
-        let r = NODE_PFNS.get(i)?;
-        if pfn >= r.start && pfn < r.end {
-            return Some(i);
-        }
-    }
-    None
-}
-
-fn try_page_alloc(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_page_alloc(ctx: &BtfTracePointContext) {
     bump(&NUMA_COUNTERS, counter::EV_PAGE_ALLOC);
-    if !selected() {
-        return Ok(());
+    // (page, order, gfp_flags, migratetype); page is NULL when it failed.
+    let page: *const u8 = ctx.arg(0);
+    if page.is_null() || !selected() {
+        return;
     }
-    // SAFETY: offsets from this kernel's tracefs format file.
-    let (pfn, order) = unsafe {
-        (
-            ctx.read_at::<u64>(ALLOC_PFN_OFFSET.load() as usize)?,
-            ctx.read_at::<u32>(ALLOC_ORDER_OFFSET.load() as usize)?,
-        )
-    };
+    let order: u32 = ctx.arg(1);
+    // SAFETY: `page` is the tracepoint's trusted `struct page *`; the
+    // verifier checks the load against BTF (a direct load, no helper call).
+    let flags: u64 =
+        unsafe { *(page.wrapping_add(PAGE_FLAGS_OFFSET.load() as usize) as *const u64) };
+    let node = ((flags >> (NODE_PGSHIFT.load() & 63)) & NODE_MASK.load()) as u32;
+    if node >= NR_NODES.load() {
+        bump(&NUMA_COUNTERS, counter::ERR_NO_NODE);
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let remote = node != unsafe { bpf_get_numa_node_id() } as u32;
     let pages = 1u64 << (order & 15);
-    let remote = if NR_NODES.load() <= 1 {
-        false
-    } else {
-        // SAFETY: helper without arguments.
-        let here = unsafe { bpf_get_numa_node_id() } as u32;
-        match node_of(pfn) {
-            Some(node) => node != here,
-            None => {
-                bump(&NUMA_COUNTERS, counter::ERR_NO_NODE);
-                return Ok(());
-            }
-        }
-    };
     update(ctx, |s| {
         if remote {
             s.remote_pages += pages;
@@ -134,7 +116,6 @@ fn try_page_alloc(ctx: &TracePointContext) -> Result<(), i64> {
             s.local_pages += pages;
         }
     });
-    Ok(())
 }
 
 fn balancing(ctx: &TracePointContext, event: u32) {
