@@ -7,6 +7,7 @@ use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
+use crate::affinity;
 use crate::cgroup::CgroupResolver;
 use std::collections::BTreeMap;
 
@@ -50,6 +51,8 @@ pub struct Agent {
     dirty: DirtyCollector,
     numa: NumaCollector,
     readiness: Option<ReadinessCollector>,
+    /// /proc/stat per-CPU times at start, for busy shares.
+    cpu_times_at_start: Vec<(u64, u64)>,
     started: Instant,
     kernel: String,
     filter: Option<String>,
@@ -110,6 +113,7 @@ impl Agent {
             dirty,
             numa,
             readiness: opts.readiness.clone().map(ReadinessCollector::start),
+            cpu_times_at_start: proc_stat_times(),
             started: Instant::now(),
             kernel: kernel_release(),
             filter,
@@ -156,7 +160,7 @@ impl Agent {
         map_drops.extend(lock_counters.drops);
         map_drops.extend(dirty_counters.drops);
         map_drops.extend(numa_counters.drops);
-        Ok(Snapshot {
+        let mut snapshot = Snapshot {
             hostprobe_version: env!("CARGO_PKG_VERSION"),
             kernel: self.kernel.clone(),
             window_seconds: self.started.elapsed().as_secs_f64(),
@@ -177,8 +181,36 @@ impl Agent {
                 .map(ReadinessCollector::collect)
                 .unwrap_or_default(),
             map_drops,
-            collection_seconds: t0.elapsed().as_secs_f64(),
-        })
+            cpu_busy: affinity::busy_between(&self.cpu_times_at_start, &proc_stat_times()),
+            affinity: Vec::new(),
+            collection_seconds: 0.0,
+        };
+        snapshot.affinity = self.affinity(&snapshot);
+        snapshot.collection_seconds = t0.elapsed().as_secs_f64();
+        Ok(snapshot)
+    }
+
+    /// The affinity model over this snapshot, worst score first.
+    fn affinity(&self, s: &Snapshot) -> Vec<affinity::Affinity> {
+        let t = &self.probes.topology;
+        let group = |key: fn(&hostprobe_common::CpuTopo) -> u32| {
+            let mut m: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+            for (cpu, c) in t.cpus.iter().enumerate().filter(|(_, c)| c.present != 0) {
+                m.entry(key(c)).or_default().push(cpu as u32);
+            }
+            m.into_values().collect::<Vec<_>>()
+        };
+        let host = affinity::Host {
+            node_cpus: group(|c| c.node),
+            llc_cpus: group(|c| c.llc),
+            cpu_busy: s.cpu_busy.clone(),
+        };
+        let mut out: Vec<affinity::Affinity> = affinity::inputs(s)
+            .iter()
+            .map(|w| affinity::evaluate(w, &host))
+            .collect();
+        out.sort_by(|a, b| a.score.total_cmp(&b.score));
+        out
     }
 }
 
@@ -208,6 +240,10 @@ fn forward_kernel_logs(probes: &mut Probes) {
             guard.clear_ready();
         }
     });
+}
+
+fn proc_stat_times() -> Vec<(u64, u64)> {
+    affinity::cpu_times(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
 }
 
 pub fn kernel_release() -> String {

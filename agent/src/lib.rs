@@ -5,6 +5,7 @@
 //! [`collectors`], the snapshot field in [`snapshot`], and its views in
 //! [`output`].
 
+pub mod affinity;
 pub mod agent;
 pub mod assess;
 pub mod btf;

@@ -26,6 +26,10 @@ pub struct Snapshot {
     pub lock: LockSection,
     pub dirty: DirtySection,
     pub numa: NumaSection,
+    /// Busy share of each CPU over the window (from /proc/stat).
+    pub cpu_busy: Vec<f64>,
+    /// Scheduler affinity per workload, worst score first.
+    pub affinity: Vec<crate::affinity::Affinity>,
     /// Live-migration readiness of VMs and named targets (latest pass).
     pub readiness: crate::collectors::readiness::ReadinessSection,
     /// Updates lost because a bounded kernel map was full or a slot was

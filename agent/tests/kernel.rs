@@ -1315,3 +1315,105 @@ fn diagnose_assesses_the_readiness_of_the_top_dirtying_cgroup() {
     assert_eq!(assessed["target"]["kind"], "cgroup");
     assert!(assessed["prediction"]["converges"].is_boolean());
 }
+
+/// A test cgroup under the v2 root, removed on drop (after its processes).
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = hostprobe::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+        let dir = root.join(format!("hostprobe-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("create test cgroup");
+        Self(dir)
+    }
+
+    fn path(&self) -> String {
+        format!("/{}", self.0.file_name().unwrap().to_string_lossy())
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
+    assert!(two_cpus(), "this test needs two CPUs");
+    let _k = KernelTest::start();
+    let pinned_cg = TestCgroup::new("pinned");
+    let bouncing_cg = TestCgroup::new("bouncing");
+    // Pinned: short-lived processes on CPU 1 only (many switch-ins, all on
+    // the CPU the task last ran on).
+    let pinned = KillOnDrop::spawn(Command::new("taskset").args([
+        "-c",
+        "1",
+        "sh",
+        "-c",
+        "sleep 0.3; while :; do sleep 0.002; done",
+    ]));
+    pinned_cg.add(pinned.0.id());
+    let bouncing = Spinner::start();
+    bouncing_cg.add(bouncing.pid());
+    let diag = start_diagnose(&["--duration", "5s", "--no-vm-readiness"]);
+    // Moved between the two CPUs every 4 ms by affinity changes.
+    for i in 0..750 {
+        // SAFETY: plain syscall on a zeroed, correctly sized cpu_set_t.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(i % 2, &mut set);
+            libc::sched_setaffinity(
+                bouncing.pid() as i32,
+                std::mem::size_of::<libc::cpu_set_t>(),
+                &set,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let s = finish(diag);
+    drop(pinned);
+    bouncing.stop();
+    let find = |path: &str| {
+        s["affinity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["workload"] == path)
+            .unwrap_or_else(|| panic!("{path} not scored: {}", s["affinity"]))
+            .clone()
+    };
+    let p = find(&pinned_cg.path());
+    let b = find(&bouncing_cg.path());
+    eprintln!("pinned: {p}\nbouncing: {b}");
+    assert!(p["score"].as_f64().unwrap() >= 0.9, "pinned: {p}");
+    assert!(p["recommendation"].is_null(), "pinned: {p}");
+    assert!(b["score"].as_f64().unwrap() <= 0.7, "bouncing: {b}");
+    let r = &b["recommendation"];
+    assert!(r.is_object(), "bouncing gets a recommendation: {b}");
+    assert!(r["command"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("/sys/fs/cgroup{}/cpuset.cpus", bouncing_cg.path())));
+    let text = render_diagnose_summary(&s);
+    assert!(text.is_empty() || text.contains("keep"), "{text}");
+}
+
+/// The recommendation texts of the snapshot, as diagnose's summary lists them.
+fn render_diagnose_summary(s: &Value) -> String {
+    s["affinity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["recommendation"]["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

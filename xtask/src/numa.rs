@@ -243,6 +243,19 @@ fn check_numa(s: &Value, counters: &Value) -> Result<Vec<String>> {
         &|r| (0.95..=1.05).contains(&r),
         "1 +- 0.05, over > 1000 pages",
     );
+    // Issue 6: the misplaced task is told to move to its memory's node.
+    let advice = s["affinity"]
+        .as_array()
+        .and_then(|a| a.iter().find(|w| w["workload"] == "/remote"))
+        .map(|w| w["recommendation"].clone())
+        .unwrap_or(Value::Null);
+    println!(
+        "  affinity advice for /remote: {}",
+        advice["text"].as_str().unwrap_or("none")
+    );
+    if advice["cpus"] != serde_json::json!([2, 3]) {
+        failures.push(format!("/remote (CPU on node 0, memory on node 1) was not told to move to node 1's CPUs 2-3: {advice}"));
+    }
     let balance = find("/balance");
     println!(
         "  (d) balancing events of the moved task: {}",

@@ -169,6 +169,21 @@ pub(crate) mod tests {
                 }],
                 pages_migrated: BTreeMap::from([("numa_misplaced".into(), 7)]),
             },
+            cpu_busy: vec![0.9, 0.1],
+            affinity: vec![crate::affinity::Affinity {
+                workload: "/db.service".into(),
+                score: 0.5,
+                cache_cpu: 0.6,
+                cache_llc: 1.0,
+                cache_node: 1.0,
+                recommendation: Some(crate::affinity::Recommendation {
+                    cpus: vec![1],
+                    text: "keep /db.service on CPU 1: 40% of its switch-ins land on another CPU"
+                        .into(),
+                    command: "systemctl set-property db.service AllowedCPUs=1".into(),
+                }),
+                no_recommendation: None,
+            }],
             readiness: sample_readiness(),
             map_drops: BTreeMap::from([("SCHED_WORKLOADS".into(), 0), ("TASK_SLOTS".into(), 2)]),
             collection_seconds: 0.001,

@@ -217,6 +217,7 @@ pub fn render(s: &Snapshot) -> String {
     out.extend([contentions, wait, by_caller, by_workload, unsampled]);
     dirty(s, &mut out);
     numa(s, &mut out);
+    affinity(s, &mut out);
     readiness(s, &mut out);
 
     let families: Vec<MetricFamily> = out
@@ -325,6 +326,41 @@ fn numa(s: &Snapshot, out: &mut Vec<Family>) {
         migrated.counter(&[("reason", reason.as_str())], *n as f64);
     }
     out.extend([alloc, balancing, resident, cpu, ratio, migrated]);
+}
+
+/// The affinity model's verdicts (see `crate::affinity` for the score).
+fn affinity(s: &Snapshot, out: &mut Vec<Family>) {
+    use MetricType::GAUGE;
+    let mut score = Family::new("hostprobe_workload_affinity_score", "Scheduler affinity in 0..1: same-CPU share of switch-ins x (1 - remote memory share) x (1 - lock wait share).", GAUGE);
+    let mut cache = Family::new(
+        "hostprobe_workload_cache_affinity_ratio",
+        "Share of switch-ins that kept the cache of this level or closer (level=cpu|llc|node).",
+        GAUGE,
+    );
+    let mut rec = Family::new(
+        "hostprobe_workload_affinity_recommendation_info",
+        "The active placement recommendation of the workload (value 1), with its CPUs and command.",
+        GAUGE,
+    );
+    for a in &s.affinity {
+        let wl = a.workload.as_str();
+        score.gauge(&[("workload", wl)], a.score);
+        for (level, r) in [
+            ("cpu", a.cache_cpu),
+            ("llc", a.cache_llc),
+            ("node", a.cache_node),
+        ] {
+            cache.gauge(&[("workload", wl), ("level", level)], r);
+        }
+        if let Some(r) = &a.recommendation {
+            let cpus = crate::affinity::cpu_list(&r.cpus);
+            rec.gauge(
+                &[("workload", wl), ("cpus", &cpus), ("command", &r.command)],
+                1.0,
+            );
+        }
+    }
+    out.extend([score, cache, rec]);
 }
 
 /// The latest readiness assessments, one series per target.
@@ -459,6 +495,9 @@ mod tests {
             "hostprobe_workload_cpu_seconds_total{workload=\"/db.service\",node=\"0\"} 1.5",
             "hostprobe_workload_numa_remote_ratio{workload=\"/db.service\",method=\"allocations\"} 0.75",
             "hostprobe_numa_pages_migrated_total{reason=\"numa_misplaced\"} 7",
+            "hostprobe_workload_affinity_score{workload=\"/db.service\"} 0.5",
+            "hostprobe_workload_cache_affinity_ratio{workload=\"/db.service\",level=\"llc\"} 1",
+            "hostprobe_workload_affinity_recommendation_info{workload=\"/db.service\",cpus=\"1\",command=\"systemctl set-property db.service AllowedCPUs=1\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -53,6 +53,7 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
     if let Some(f) = &s.filter {
         let _ = writeln!(o, "filter: {f} (applied in the kernel)");
     }
+    render_summary(&mut o, s);
 
     let _ = writeln!(o, "\nProbes");
     for p in &s.probes {
@@ -243,6 +244,46 @@ pub fn render_readiness(r: &crate::assess::ReadinessReport) -> String {
         }
     }
     o
+}
+
+/// The top problems first: workloads with a placement recommendation,
+/// worst affinity first, each with its evidence and the command.
+fn render_summary(o: &mut String, s: &Snapshot) {
+    let problems: Vec<_> = s
+        .affinity
+        .iter()
+        .filter_map(|a| a.recommendation.as_ref().map(|r| (a, r)))
+        .take(3)
+        .collect();
+    let _ = writeln!(o, "\nSummary");
+    if problems.is_empty() {
+        let _ = writeln!(
+            o,
+            "  no placement problem with enough evidence ({} workloads scored; lowest affinity {})",
+            s.affinity.len(),
+            s.affinity
+                .first()
+                .map_or("-".into(), |a| format!("{:.2} for {}", a.score, a.workload))
+        );
+    }
+    for (i, (a, r)) in problems.iter().enumerate() {
+        let _ = writeln!(o, "  {}. affinity {:.2}: {}", i + 1, a.score, r.text);
+        let _ = writeln!(o, "     {}", r.command);
+    }
+    for rs in s
+        .readiness
+        .targets
+        .iter()
+        .filter(|t| !t.prediction.converges)
+    {
+        let _ = writeln!(
+            o,
+            "  - {} would not live-migrate at {:.0} MiB/s within {} (see Live-migration readiness)",
+            rs.target.workload(),
+            rs.link.bandwidth_bytes_per_second / (1024.0 * 1024.0),
+            fmt_seconds(rs.link.downtime_limit_seconds)
+        );
+    }
 }
 
 /// Where each top workload runs and where its memory is.
@@ -541,6 +582,9 @@ mod tests {
             "vm:web1",
             "Page dirtying",
             "NUMA (2 nodes)",
+            "Summary",
+            "1. affinity 0.50: keep /db.service on CPU 1",
+            "systemctl set-property db.service AllowedCPUs=1",
             "1.5/0.0",
             "pages migrated: numa_misplaced 7",
             "/dev/vda 0.0 MiB",
