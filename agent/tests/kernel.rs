@@ -1417,3 +1417,149 @@ fn render_diagnose_summary(s: &Value) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `hostprobe_*` metric names used in a rules or dashboard file (histogram
+/// series suffixes folded to their family where the family has them).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("hostprobe_") {
+        // Recorded series (`workload:hostprobe_...:rate5m`) are not ours.
+        let recorded = i > 0 && rest.as_bytes()[i - 1] == b':';
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !recorded && !tail[end..].starts_with(':') {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn rules_pass_promtool_and_use_only_metrics_serve_exposes() {
+    let _k = KernelTest::start();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    for args in [
+        vec!["check", "rules", "rules.yml"],
+        vec!["test", "rules", "rules_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (cargo xtask setup installs the prometheus package)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut used = metric_names(&std::fs::read_to_string(dir.join("rules.yml")).unwrap());
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "json") {
+            used.extend(metric_names(
+                &std::fs::read_to_string(entry.path()).unwrap(),
+            ));
+        }
+    }
+    assert!(used.len() >= 5, "{used:?}");
+    // A scrape with every kind of series present: a readiness target, lock
+    // contention, a migrating spinner.
+    let me = std::process::id().to_string();
+    let server = Server::start_with(
+        19491,
+        &[],
+        &[
+            "--readiness-pid",
+            &me,
+            "--readiness-windows",
+            "200ms",
+            "--readiness-interval",
+            "1s",
+        ],
+    );
+    let (messaging, stop, threads) = lock_load();
+    let spinner = Spinner::start();
+    flip(&spinner);
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, body) = server.get("/metrics").unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    drop(messaging);
+    spinner.stop();
+    let exposed: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|n| !exposed.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used by dashboards/rules but not exposed: {missing:?}"
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_real_prometheus_scrapes_serve() {
+    let _k = KernelTest::start();
+    let server = Server::start_with(19492, &[], &["--no-vm-readiness"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:19492']\n",
+    )
+    .unwrap();
+    let _prometheus = KillOnDrop::spawn(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .args(["--web.listen-address=127.0.0.1:19493", "--log.level=warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let query = |q: &str| -> Option<Value> {
+        let mut s = TcpStream::connect("127.0.0.1:19493").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /api/v1/query?query={q} HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        if let Some(v) = query("hostprobe_build_info") {
+            if v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never stored a hostprobe sample"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(result["status"], "success");
+    let sample = &result["data"]["result"][0];
+    assert_eq!(sample["metric"]["job"], "hostprobe");
+    assert_eq!(sample["value"][1], "1");
+    assert!(server.stop().success());
+}
