@@ -1,7 +1,7 @@
 //! The running agent: probes attached, collectors reading them, one
 //! [`Snapshot`] per collection.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
@@ -51,8 +51,10 @@ pub struct Agent {
     dirty: DirtyCollector,
     numa: NumaCollector,
     readiness: Option<ReadinessCollector>,
-    /// /proc/stat per-CPU times at start, for busy shares.
-    cpu_times_at_start: Vec<(u64, u64)>,
+    /// /proc/stat per-CPU times at the last busy reading, when it was
+    /// taken, and the busy shares it gave.
+    cpu_times: (Vec<(u64, u64)>, Instant),
+    cpu_busy: Vec<f64>,
     started: Instant,
     kernel: String,
     filter: Option<String>,
@@ -113,7 +115,8 @@ impl Agent {
             dirty,
             numa,
             readiness: opts.readiness.clone().map(ReadinessCollector::start),
-            cpu_times_at_start: proc_stat_times(),
+            cpu_times: (proc_stat_times(), Instant::now()),
+            cpu_busy: Vec::new(),
             started: Instant::now(),
             kernel: kernel_release(),
             filter,
@@ -181,13 +184,24 @@ impl Agent {
                 .map(ReadinessCollector::collect)
                 .unwrap_or_default(),
             map_drops,
-            cpu_busy: affinity::busy_between(&self.cpu_times_at_start, &proc_stat_times()),
+            cpu_busy: self.cpu_busy(),
             affinity: Vec::new(),
             collection_seconds: 0.0,
         };
         snapshot.affinity = self.affinity(&snapshot);
         snapshot.collection_seconds = t0.elapsed().as_secs_f64();
         Ok(snapshot)
+    }
+
+    /// Busy share of each CPU over the last second or more: a fresh reading
+    /// once at least a second has passed since the previous one.
+    fn cpu_busy(&mut self) -> Vec<f64> {
+        if self.cpu_busy.is_empty() || self.cpu_times.1.elapsed() >= Duration::from_secs(1) {
+            let now = proc_stat_times();
+            self.cpu_busy = affinity::busy_between(&self.cpu_times.0, &now);
+            self.cpu_times = (now, Instant::now());
+        }
+        self.cpu_busy.clone()
     }
 
     /// The affinity model over this snapshot, worst score first.

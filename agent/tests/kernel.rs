@@ -183,8 +183,8 @@ impl Spinner {
         self.0 .0.id()
     }
 
-    /// Pins it to `cpu` and waits until it runs there.
-    fn move_to(&self, cpu: usize) {
+    /// Pins it to `cpu` (without waiting for it to run there).
+    fn set_cpu(&self, cpu: usize) {
         // SAFETY: plain syscall on a zeroed, correctly sized cpu_set_t.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -198,6 +198,11 @@ impl Spinner {
                 0
             );
         }
+    }
+
+    /// Pins it to `cpu` and waits until it runs there.
+    fn move_to(&self, cpu: usize) {
+        self.set_cpu(cpu);
         let deadline = Instant::now() + Duration::from_secs(5);
         while current_cpu(self.pid()) != Some(cpu) {
             assert!(Instant::now() < deadline, "spinner never ran on cpu {cpu}");
@@ -1367,16 +1372,7 @@ fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     let diag = start_diagnose(&["--duration", "5s", "--no-vm-readiness"]);
     // Moved between the two CPUs every 4 ms by affinity changes.
     for i in 0..750 {
-        // SAFETY: plain syscall on a zeroed, correctly sized cpu_set_t.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(i % 2, &mut set);
-            libc::sched_setaffinity(
-                bouncing.pid() as i32,
-                std::mem::size_of::<libc::cpu_set_t>(),
-                &set,
-            );
-        }
+        bouncing.set_cpu(i % 2);
         std::thread::sleep(Duration::from_millis(4));
     }
     let s = finish(diag);
@@ -1480,16 +1476,25 @@ fn rules_pass_promtool_and_use_only_metrics_serve_exposes() {
             "200ms",
             "--readiness-interval",
             "1s",
+            "--numa-page-alloc",
+            "always",
         ],
     );
     let (messaging, stop, threads) = lock_load();
-    let spinner = Spinner::start();
-    flip(&spinner);
-    std::thread::sleep(Duration::from_secs(2));
-    let (_, body) = server.get("/metrics").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     threads.into_iter().for_each(|t| t.join().unwrap());
     drop(messaging);
+    // A workload bouncing between CPUs (now idle enough to take a
+    // recommendation), for the recommendation series.
+    let cg = TestCgroup::new("rules");
+    let spinner = Spinner::start();
+    cg.add(spinner.pid());
+    for i in 0..750 {
+        spinner.set_cpu(i % 2);
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let (_, body) = server.get("/metrics").unwrap();
     spinner.stop();
     let exposed: std::collections::BTreeSet<&str> = body
         .lines()

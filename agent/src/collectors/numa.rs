@@ -1,7 +1,8 @@
 //! NUMA collector: reads the maps of `ebpf-probes/probes/src/numa.rs`
 //! (allocations local/remote and NUMA-balancing events per workload, pages
 //! migrated by reason) and, for the labelled workloads, where their memory
-//! is resident (/proc/PID/numa_maps, at most every `RESIDENCY_EVERY`).
+//! is resident (/proc/PID/numa_maps, at most every `RESIDENCY_EVERY`; on
+//! one node too, where it is the resident size).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use crate::snapshot::{NumaBalancing, WorkloadNuma};
 use crate::topk::{Labels, Totals};
 
 /// numa_maps walks page tables: read it for the labelled workloads only,
-/// and not more often than this.
+/// and not more often than this (or when a newly labelled one has none).
 const RESIDENCY_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,8 +150,11 @@ impl NumaCollector {
             .into_iter()
             .map(|(w, _)| w.to_string())
             .collect();
-        if self.nodes > 1
-            && self
+        let unread = labelled
+            .iter()
+            .any(|w| w.starts_with('/') && !self.residency.contains_key(w));
+        if unread
+            || self
                 .residency_at
                 .is_none_or(|t| t.elapsed() >= RESIDENCY_EVERY)
         {
@@ -189,13 +193,16 @@ impl NumaCollector {
                 .map_err(map_err("NUMA_MIGRATED"))?
                 .iter()
                 .sum();
-            if n > 0 {
-                let name = self
-                    .reasons
-                    .get(reason as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("reason_{reason}"));
-                migrated.insert(name, n);
+            // Every reason the kernel names, at 0 too (a counter that
+            // exists from the start); unnamed ones only once they count.
+            match self.reasons.get(reason as usize).filter(|r| !r.is_empty()) {
+                Some(name) => {
+                    migrated.insert(name.clone(), n);
+                }
+                None if n > 0 => {
+                    migrated.insert(format!("reason_{reason}"), n);
+                }
+                None => {}
             }
         }
         let c = |i: u32| -> Result<u64> {

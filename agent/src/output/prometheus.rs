@@ -307,14 +307,20 @@ fn numa(s: &Snapshot, out: &mut Vec<Family>) {
                 *bytes as f64,
             );
         }
-        for (node, secs) in w.oncpu_seconds_by_node.iter().enumerate() {
-            cpu.counter(&[("workload", wl), ("node", &node.to_string())], *secs);
-        }
         if let Some(r) = w.remote_allocation_ratio {
             ratio.gauge(&[("workload", wl), ("method", "allocations")], r);
         }
         if let Some(r) = w.estimated_remote_access_ratio {
             ratio.gauge(&[("workload", wl), ("method", "estimated_access")], r);
+        }
+    }
+    for w in &s.sched.workloads {
+        for (node, secs) in w.oncpu_seconds_by_node.iter().enumerate() {
+            let labels = [
+                ("workload", w.workload.as_str()),
+                ("node", &node.to_string()),
+            ];
+            cpu.counter(&labels, *secs);
         }
     }
     let mut migrated = Family::new(
