@@ -18,6 +18,8 @@ pub enum Error {
     Btf { path: PathBuf, reason: String },
     #[error("one NUMA node: nothing is remote here, so mm_page_alloc stays detached (--numa-page-alloc always attaches it)")]
     OneNode,
+    #[error("dropping capabilities failed: {reason}")]
+    Capabilities { reason: String },
     #[error("kernel BTF has no {what}")]
     BtfMissing { what: String },
     #[error("kernel BTF is missing ({path}): the kernel needs CONFIG_DEBUG_INFO_BTF=y for the BTF tracepoints")]

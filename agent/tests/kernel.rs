@@ -615,6 +615,19 @@ fn serve_exposes_metrics_that_promtool_accepts_and_exits_cleanly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(server.get("/healthz").unwrap().1, "ok\n");
+    // Attached, every thread keeps only CAP_BPF, CAP_SYS_PTRACE and
+    // CAP_DAC_READ_SEARCH, and the scrapes above still worked.
+    let kept: u64 = (1 << 39) | (1 << 19) | (1 << 2);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.0.id())).unwrap();
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap();
+        assert_eq!(eff, kept, "thread {:?} kept {eff:x}", task.file_name());
+    }
     let status = server.stop();
     assert!(status.success(), "serve exited with {status}");
 }

@@ -57,6 +57,10 @@ impl ReadinessCollector {
         std::thread::Builder::new()
             .name("readiness".into())
             .spawn(move || {
+                // This thread's own capabilities (they are per thread).
+                if let Err(e) = crate::privileges::drop_unneeded() {
+                    warn!("readiness thread keeps its capabilities: {e}");
+                }
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64;
                 loop {
                     let t0 = Instant::now();

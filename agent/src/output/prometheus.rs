@@ -176,7 +176,28 @@ pub fn render(s: &Snapshot) -> String {
         oncpu.counter(&[("workload", wl)], w.oncpu_seconds);
         histogram(&mut runq, &[("workload", wl)], &w.runqueue_latency);
     }
-    out.extend([mig, sw, oncpu, runq]);
+    let mut info = Family::new("hostprobe_workload_info", "What the workload's cgroup path says: kind (systemd, pod, container, cgroup), systemd unit, pod UID and QoS, container id and runtime. Always 1; join on workload.", GAUGE);
+    for w in s
+        .sched
+        .workloads
+        .iter()
+        .filter(|w| w.workload.starts_with('/'))
+    {
+        let d = crate::workload::describe(&w.workload);
+        info.gauge(
+            &[
+                ("workload", w.workload.as_str()),
+                ("kind", d.kind),
+                ("unit", &d.unit),
+                ("pod_uid", &d.pod_uid),
+                ("qos", &d.qos),
+                ("container_id", &d.container_id),
+                ("runtime", d.runtime),
+            ],
+            1.0,
+        );
+    }
+    out.extend([mig, sw, oncpu, runq, info]);
 
     let mut contentions = Family::new(
         "hostprobe_lock_contentions_total",
@@ -480,6 +501,7 @@ mod tests {
             "# TYPE hostprobe_runqueue_latency_seconds histogram",
             "# TYPE hostprobe_sched_host_migrations_total counter",
             "hostprobe_lock_contentions_total{type=\"rwsem:W\"} 5",
+            "hostprobe_workload_info{workload=\"/db.service\",kind=\"systemd\",unit=\"db.service\",pod_uid=\"\",qos=\"\",container_id=\"\",runtime=\"\"} 1",
             "hostprobe_lock_wait_seconds_count{type=\"rwsem:W\"} 5",
             "hostprobe_lock_wait_seconds_total{type=\"rwsem:W\",caller=\"do_mmap\"} 0.002",
             "hostprobe_workload_lock_wait_seconds_total{workload=\"/db.service\"} 0.002",
