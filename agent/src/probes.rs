@@ -627,6 +627,7 @@ impl Probes {
         }
 
         let kernel_btf = AyaBtf::from_sys_fs().ok();
+        let one_node = matches!(page_alloc, Err(Error::OneNode));
         let mut status = Vec::new();
         for spec in PROGRAMS {
             let prerequisite = match spec.needs {
@@ -647,6 +648,10 @@ impl Probes {
             match &outcome {
                 Ok(()) => {
                     info!(probe = spec.program, hook = %spec.hook.tracepoint(), "probe ready")
+                }
+                // Detached by design on a one-node host: not a warning.
+                Err(reason) if spec.needs == Needs::PageAlloc && one_node => {
+                    info!(probe = spec.program, %reason, "probe disabled")
                 }
                 Err(reason) => warn!(probe = spec.program, %reason, "probe disabled"),
             }

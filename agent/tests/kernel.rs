@@ -1370,15 +1370,19 @@ fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     let _k = KernelTest::start();
     let pinned_cg = TestCgroup::new("pinned");
     let bouncing_cg = TestCgroup::new("bouncing");
-    // Pinned: short-lived processes on CPU 1 only (many switch-ins, all on
-    // the CPU the task last ran on).
-    let pinned = KillOnDrop::spawn(Command::new("taskset").args([
-        "-c",
-        "1",
-        "sh",
-        "-c",
-        "sleep 0.3; while :; do sleep 0.002; done",
-    ]));
+    // Pinned: two processes ping-ponging through a pipe on CPU 1 only (many
+    // switch-ins, all on the CPU the task last ran on; no forks).
+    let pinned = KillOnDrop::spawn(
+        Command::new("taskset")
+            .args([
+                "-c",
+                "1",
+                "sh",
+                "-c",
+                "sleep 0.3; exec perf bench sched pipe -l 1000000000",
+            ])
+            .stdout(Stdio::null()),
+    );
     pinned_cg.add(pinned.0.id());
     let bouncing = Spinner::start();
     bouncing_cg.add(bouncing.pid());
