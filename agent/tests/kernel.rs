@@ -1364,10 +1364,46 @@ impl Drop for TestCgroup {
     }
 }
 
+/// Builds a C helper from `agent/tests/helpers/` into `dir`.
+fn helper(name: &str, dir: &std::path::Path) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/helpers/{name}.c"));
+    let out = dir.join(name);
+    let status = Command::new("gcc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc (cargo xtask setup installs it)");
+    assert!(status.success(), "building {name}");
+    out
+}
+
+/// Pins the threads of `pid` to CPUs `first`, `first + 1`, ... (mod 2),
+/// so that two threads run side by side.
+fn pin_threads(pid: u32, first: usize) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for (n, t) in tasks.flatten().enumerate() {
+        let cpu = (first + n) % 2;
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: plain syscall on a zeroed, correctly sized cpu_set_t.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
 #[test]
 fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     assert!(two_cpus(), "this test needs two CPUs");
     let _k = KernelTest::start();
+    let bin = tempfile::tempdir().unwrap();
+    let contend = helper("mmap_contend", bin.path());
     let pinned_cg = TestCgroup::new("pinned");
     let bouncing_cg = TestCgroup::new("bouncing");
     // Pinned: two processes ping-ponging through a pipe on CPU 1 only (many
@@ -1384,17 +1420,18 @@ fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
             .stdout(Stdio::null()),
     );
     pinned_cg.add(pinned.0.id());
-    let bouncing = Spinner::start();
-    bouncing_cg.add(bouncing.pid());
+    // Bouncing and lock-heavy: two threads contending for their mmap_lock
+    // side by side, swapped between the CPUs every millisecond.
+    let bouncing = KillOnDrop::spawn(&mut Command::new(&contend));
+    bouncing_cg.add(bouncing.0.id());
     let diag = start_diagnose(&["--duration", "5s", "--no-vm-readiness"]);
-    // Moved between the two CPUs every 4 ms by affinity changes.
-    for i in 0..750 {
-        bouncing.set_cpu(i % 2);
-        std::thread::sleep(Duration::from_millis(4));
+    for i in 0..3000 {
+        pin_threads(bouncing.0.id(), i % 2);
+        std::thread::sleep(Duration::from_millis(1));
     }
     let s = finish(diag);
     drop(pinned);
-    bouncing.stop();
+    drop(bouncing);
     let find = |path: &str| {
         s["affinity"]
             .as_array()
@@ -1406,7 +1443,14 @@ fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     };
     let p = find(&pinned_cg.path());
     let b = find(&bouncing_cg.path());
-    eprintln!("pinned: {p}\nbouncing: {b}");
+    let waited = s["lock"]["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == bouncing_cg.path().as_str())
+        .map_or(0.0, |w| w["wait_seconds"].as_f64().unwrap());
+    eprintln!("pinned: {p}\nbouncing: {b}\nbouncing lock wait: {waited:.3} s");
+    assert!(waited > 0.0, "the bouncing workload waited on no lock");
     assert!(p["score"].as_f64().unwrap() >= 0.9, "pinned: {p}");
     assert!(p["recommendation"].is_null(), "pinned: {p}");
     assert!(b["score"].as_f64().unwrap() <= 0.7, "bouncing: {b}");

@@ -9,9 +9,18 @@ use anyhow::{bail, Context as _, Result};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests and benchmarks use: perf (reference counts and
-/// loads), promtool (metrics lint), bpftool (no programs left loaded),
-/// bpftrace (the benchmark's peer).
-const PACKAGES: [&str; 4] = ["linux-perf", "prometheus", "bpftool", "bpftrace"];
+/// loads), prometheus (promtool, and the end-to-end scrape), bpftool (no
+/// programs left loaded), bpftrace (the benchmark's peer), gcc and libc6-dev
+/// (test helpers in C), systemd (systemd-analyze verify).
+const PACKAGES: [&str; 7] = [
+    "linux-perf",
+    "prometheus",
+    "bpftool",
+    "bpftrace",
+    "gcc",
+    "libc6-dev",
+    "systemd",
+];
 
 pub struct Tools {
     /// Directory holding the `bpf-linker` built for the current nightly.
