@@ -19,6 +19,9 @@ use serde::Serialize;
 pub const MIN_SWITCH_INS: u64 = 200;
 /// CPUs busier than this are never recommended.
 pub const BUSY: f64 = 0.8;
+/// Nor CPUs where tasks already wait longer than this for their turn (p99
+/// run-queue latency): busy share alone misses short saturation bursts.
+pub const QUEUED_SECONDS: f64 = 0.005;
 
 /// What the model sees of one workload.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,6 +49,8 @@ pub struct Host {
     pub llc_cpus: Vec<Vec<u32>>,
     /// Busy share of each CPU over the window (index = CPU).
     pub cpu_busy: Vec<f64>,
+    /// p99 run-queue latency of each CPU over the window, if measured.
+    pub cpu_runq_p99: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -155,7 +160,17 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
         ));
     }
     let busy = |c: &u32| host.cpu_busy.get(*c as usize).copied().unwrap_or(0.0);
-    let idle_enough = |cpus: &[u32]| cpus.iter().all(|c| busy(c) < BUSY);
+    let queued = |c: &u32| {
+        host.cpu_runq_p99
+            .get(*c as usize)
+            .copied()
+            .flatten()
+            .unwrap_or(0.0)
+    };
+    let idle_enough = |cpus: &[u32]| {
+        cpus.iter()
+            .all(|c| busy(c) < BUSY && queued(c) < QUEUED_SECONDS)
+    };
     // CPUs the workload keeps busy: as many as it used on average, plus one.
     let needed = ((w.oncpu_seconds / w.window_seconds.max(1e-9)).ceil() as usize).max(1);
 
@@ -176,7 +191,7 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
             let cpus = host.node_cpus.get(node).cloned().unwrap_or_default();
             if cpus.is_empty() || !idle_enough(&cpus) {
                 return Err(format!(
-                    "{} of its memory is on node {node}, whose CPUs are saturated (>= {})",
+                    "{} of its memory is on node {node}, whose CPUs are saturated (>= {} busy or p99 run-queue latency >= 5ms)",
                     pct(mem_share),
                     pct(BUSY)
                 ));
@@ -221,7 +236,7 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
     }
     let Some((load, cpus)) = best else {
         return Err(format!(
-            "{} of switch-ins change CPU, but no {needed} CPUs of one LLC are below {} busy",
+            "{} of switch-ins change CPU, but no {needed} CPUs of one LLC are below {} busy with p99 run-queue latency under 5ms",
             pct(1.0 - cache_cpu),
             pct(BUSY)
         ));
@@ -326,6 +341,7 @@ mod tests {
             node_cpus: vec![cpus.clone()],
             llc_cpus: vec![cpus],
             cpu_busy: busy.to_vec(),
+            cpu_runq_p99: Vec::new(),
         }
     }
 
@@ -415,11 +431,24 @@ mod tests {
     }
 
     #[test]
+    fn never_recommends_cpus_with_long_run_queues() {
+        let host = Host {
+            cpu_runq_p99: vec![None, Some(0.020)],
+            ..one_node_host(&[0.9, 0.1])
+        };
+        // CPU 1 is idle on average but tasks there wait 20 ms at p99.
+        let a = evaluate(&input("/bouncy", [100, 900, 0, 0], 800), &host);
+        assert!(a.recommendation.is_none());
+        assert!(a.no_recommendation.unwrap().contains("run-queue latency"));
+    }
+
+    #[test]
     fn a_misplaced_task_is_sent_to_its_memory() {
         let host = Host {
             node_cpus: vec![vec![0, 1], vec![2, 3]],
             llc_cpus: vec![vec![0, 1], vec![2, 3]],
             cpu_busy: vec![0.5, 0.5, 0.1, 0.1],
+            cpu_runq_p99: vec![Some(0.000_050); 4],
         };
         let w = Input {
             cross_node_migrations: 40,

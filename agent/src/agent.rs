@@ -218,6 +218,7 @@ impl Agent {
             node_cpus: group(|c| c.node),
             llc_cpus: group(|c| c.llc),
             cpu_busy: s.cpu_busy.clone(),
+            cpu_runq_p99: s.sched.cpu_runqueue_p99_seconds.clone(),
         };
         let mut out: Vec<affinity::Affinity> = affinity::inputs(s)
             .iter()

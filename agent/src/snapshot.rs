@@ -67,6 +67,9 @@ pub struct SchedSection {
     pub host_migrated_switch_ins: u64,
     /// Busiest workloads first; `other` (everything beyond top-K) last.
     pub workloads: Vec<WorkloadSched>,
+    /// p99 run-queue latency of all tasks per CPU over the last second or
+    /// more (`None`: none measured there).
+    pub cpu_runqueue_p99_seconds: Vec<Option<f64>>,
 }
 
 /// Migrations by topology distance between source and destination CPU.

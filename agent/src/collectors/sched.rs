@@ -131,6 +131,10 @@ pub struct SchedCollector {
     labels: Labels<SchedTotals>,
     /// NUMA node of each CPU (per-CPU values come in CPU order).
     cpu_node: Vec<usize>,
+    /// Run-queue latency of all workloads per CPU at the last reference
+    /// point (moved at most once a second), and the p99 since then.
+    cpu_runq_ref: (Vec<Log2Hist>, std::time::Instant),
+    cpu_runq_p99: Vec<Option<f64>>,
 }
 
 /// Self-metrics of the scheduler programs, read from `SCHED_COUNTERS`.
@@ -160,6 +164,8 @@ impl SchedCollector {
             dead_next: 0,
             labels: Labels::new(top_k),
             cpu_node,
+            cpu_runq_ref: (Vec::new(), std::time::Instant::now()),
+            cpu_runq_p99: Vec::new(),
         })
     }
 
@@ -173,6 +179,8 @@ impl SchedCollector {
     ) -> Result<(SchedSection, SchedCounters)> {
         let mut now: HashMap<u64, SchedTotals> = HashMap::new();
         let mut present = HashSet::new();
+        // All workloads' run-queue latencies per CPU, cumulative.
+        let mut cpu_runq: Vec<Log2Hist> = Vec::new();
         for index in 0..self.workloads.len() {
             let per_cpu = self
                 .workloads
@@ -182,6 +190,16 @@ impl SchedCollector {
                 if entry.cgroup_id == 0 {
                     continue;
                 }
+                if cpu_runq.len() <= cpu {
+                    cpu_runq.resize(cpu + 1, Log2Hist::default());
+                }
+                for (a, b) in cpu_runq[cpu]
+                    .buckets
+                    .iter_mut()
+                    .zip(entry.runq_hist.iter().take(HIST_BUCKETS))
+                {
+                    *a += b;
+                }
                 present.insert(entry.cgroup_id);
                 if !self.retired.contains(&entry.cgroup_id) {
                     let node = self.cpu_node.get(cpu).copied().unwrap_or(0);
@@ -190,6 +208,24 @@ impl SchedCollector {
                         .add_entry(entry, node);
                 }
             }
+        }
+        // p99 per CPU over at least the last second (a fresh reference
+        // once a second has passed), for the affinity model's saturation.
+        if self.cpu_runq_p99.is_empty()
+            || self.cpu_runq_ref.1.elapsed() >= std::time::Duration::from_secs(1)
+        {
+            self.cpu_runq_p99 = cpu_runq
+                .iter()
+                .enumerate()
+                .map(|(cpu, h)| {
+                    let d = match self.cpu_runq_ref.0.get(cpu) {
+                        Some(r) => h.delta(r),
+                        None => h.clone(),
+                    };
+                    d.quantile_ns(0.99).map(|ns| ns / 1e9)
+                })
+                .collect();
+            self.cpu_runq_ref = (cpu_runq, std::time::Instant::now());
         }
         // Once the kernel has reused a retired entry, forget the id.
         self.retired.retain(|id| present.contains(id));
@@ -272,6 +308,7 @@ impl SchedCollector {
                 .into_iter()
                 .map(|(label, t)| t.view(label.to_string()))
                 .collect(),
+            cpu_runqueue_p99_seconds: self.cpu_runq_p99.clone(),
         };
         Ok((section, counters))
     }

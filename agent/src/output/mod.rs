@@ -95,6 +95,7 @@ pub(crate) mod tests {
                 },
                 host_migrated_switch_ins: 6,
                 workloads: vec![db, other],
+                cpu_runqueue_p99_seconds: vec![Some(0.001), None],
             },
             lock: LockSection {
                 by_type: vec![LockTypeStats {
