@@ -20,8 +20,12 @@ pub const MIN_SWITCH_INS: u64 = 200;
 /// CPUs busier than this are never recommended.
 pub const BUSY: f64 = 0.8;
 /// Nor CPUs where tasks already wait longer than this for their turn (p99
-/// run-queue latency): busy share alone misses short saturation bursts.
+/// run-queue latency) while the CPU is at least `QUEUED_BUSY` busy: busy
+/// share alone misses bursts, but on a mostly idle CPU a long p99 is
+/// wake-up latency (idle states, a virtual CPU waiting for its host), not
+/// a queue.
 pub const QUEUED_SECONDS: f64 = 0.005;
+pub const QUEUED_BUSY: f64 = 0.5;
 
 /// What the model sees of one workload.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -167,10 +171,9 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
             .flatten()
             .unwrap_or(0.0)
     };
-    let idle_enough = |cpus: &[u32]| {
-        cpus.iter()
-            .all(|c| busy(c) < BUSY && queued(c) < QUEUED_SECONDS)
-    };
+    let saturated =
+        |c: &u32| busy(c) >= BUSY || (busy(c) >= QUEUED_BUSY && queued(c) >= QUEUED_SECONDS);
+    let idle_enough = |cpus: &[u32]| !cpus.iter().any(saturated);
     // CPUs the workload keeps busy: as many as it used on average, plus one.
     let needed = ((w.oncpu_seconds / w.window_seconds.max(1e-9)).ceil() as usize).max(1);
 
@@ -191,7 +194,7 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
             let cpus = host.node_cpus.get(node).cloned().unwrap_or_default();
             if cpus.is_empty() || !idle_enough(&cpus) {
                 return Err(format!(
-                    "{} of its memory is on node {node}, whose CPUs are saturated (>= {} busy or p99 run-queue latency >= 5ms)",
+                    "{} of its memory is on node {node}, whose CPUs are saturated (>= {} busy, or >= 50% with p99 run-queue latency >= 5ms)",
                     pct(mem_share),
                     pct(BUSY)
                 ));
@@ -236,7 +239,7 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
     }
     let Some((load, cpus)) = best else {
         return Err(format!(
-            "{} of switch-ins change CPU, but no {needed} CPUs of one LLC are below {} busy with p99 run-queue latency under 5ms",
+            "{} of switch-ins change CPU, but no {needed} CPUs of one LLC are below {} busy (and, above 50%, with p99 run-queue latency under 5ms)",
             pct(1.0 - cache_cpu),
             pct(BUSY)
         ));
@@ -434,12 +437,24 @@ mod tests {
     fn never_recommends_cpus_with_long_run_queues() {
         let host = Host {
             cpu_runq_p99: vec![None, Some(0.020)],
-            ..one_node_host(&[0.9, 0.1])
+            ..one_node_host(&[0.9, 0.6])
         };
-        // CPU 1 is idle on average but tasks there wait 20 ms at p99.
+        // CPU 1 is below 80% busy, but tasks there wait 20 ms at p99.
         let a = evaluate(&input("/bouncy", [100, 900, 0, 0], 800), &host);
         assert!(a.recommendation.is_none());
         assert!(a.no_recommendation.unwrap().contains("run-queue latency"));
+        // On a mostly idle CPU a long p99 is wake-up latency, not a queue.
+        let idle = Host {
+            cpu_runq_p99: vec![None, Some(0.020)],
+            ..one_node_host(&[0.9, 0.05])
+        };
+        let a = evaluate(&input("/bouncy", [100, 900, 0, 0], 800), &idle);
+        assert_eq!(
+            a.recommendation.map(|r| r.cpus),
+            Some(vec![1]),
+            "{:?}",
+            a.no_recommendation
+        );
     }
 
     #[test]

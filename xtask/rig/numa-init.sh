@@ -69,6 +69,10 @@ taskset -p 1 $d >/dev/null
 sleep 15
 other1=$(other_node); migrated1=$(migrated)
 kill -INT $diag; wait $diag
+# The exact path of readiness, soft-dirty flavour (6.1 has
+# CONFIG_MEM_SOFT_DIRTY): the balancing dirtier writes 20000 pages/s.
+/bin/hostprobe readiness --pid $d --exact --windows 500ms,1s --json \
+    --exact-state-dir /tmp/exact >/tmp/exact.json 2>/tmp/exact.log
 kill $a $b $d
 echo "=== numa"
 cat /tmp/numa.json
@@ -76,6 +80,12 @@ echo "=== end numa"
 echo "=== counters"
 echo "{\"other_node\": $((other1 - other0)), \"numa_pages_migrated\": $((migrated1 - migrated0))}"
 echo "=== end counters"
+echo "=== exact"
+cat /tmp/exact.json
+echo "=== end exact"
+echo "=== exact log"
+cat /tmp/exact.log
+echo "=== end exact log"
 echo "=== numa log"
 grep -v 'probe ready' /tmp/numa.log | tail -20
 echo "=== end numa log"

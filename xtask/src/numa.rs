@@ -164,6 +164,41 @@ fn check(console: &str) -> Result<()> {
             section(console, "numa log").unwrap_or("")
         )),
     }
+    // Issue 4's exact path where the kernel has soft-dirty bits.
+    match json_section(console, "exact") {
+        Ok(r) => {
+            let method = r["method"]["method"].as_str().unwrap_or("?");
+            let rates: Vec<f64> = r["dirty"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|p| {
+                            Some(
+                                p["dirty_bytes"].as_f64()?
+                                    / 4096.0
+                                    / p["window_seconds"].as_f64()?,
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!("readiness --exact in the guest: {method}, pages/s {rates:.0?} (dirtier set to 20000)");
+            if method != "soft-dirty (exact)" {
+                failures.push(format!(
+                    "the 6.1 guest has soft-dirty, readiness --exact used {method}"
+                ));
+            }
+            // 32768 pages, round-robin: distinct pages per second stay at
+            // the set rate until the buffer wraps (1.6 s).
+            if rates.is_empty() || rates.iter().any(|r| (r - 20000.0).abs() > 0.2 * 20000.0) {
+                failures.push(format!("soft-dirty rates {rates:.0?}, want 20000 +- 20%"));
+            }
+        }
+        Err(e) => failures.push(format!(
+            "readiness --exact: {e:#}; log:\n{}",
+            section(console, "exact log").unwrap_or("")
+        )),
+    }
     if failures.is_empty() {
         Ok(())
     } else {
