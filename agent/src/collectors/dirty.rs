@@ -10,7 +10,7 @@ use aya::Ebpf;
 use hostprobe_common::dirty::{counter, FileKey, FileStats, Stats};
 use tracing::warn;
 
-use super::{map_err, take};
+use super::{counter, fold_workload_deltas, map_err, take};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::snapshot::{DeviceDirty, DirtySection, WorkloadDirty};
@@ -147,24 +147,18 @@ impl DirtyCollector {
         }
         // Once no entry of a retired id is left, forget it.
         self.retired.retain(|id| present.contains(id));
-        let mut deltas = Vec::new();
-        let mut gone = Vec::new();
-        for (id, t) in &now {
-            let d = t.since(&self.last.get(id).copied().unwrap_or_default());
-            match cgroups.path(*id) {
-                Some(path) => deltas.push((path, d)),
-                None => {
-                    let path = format!("(cgroup {id})");
-                    deltas.push((path.clone(), d));
-                    gone.push((*id, path));
-                }
-            }
-        }
-        let gone_paths: Vec<String> = gone.iter().map(|(_, p)| p.clone()).collect();
-        self.labels.round(&deltas, &gone_paths);
-        for (id, _) in &gone {
-            now.remove(id);
-            self.retired.insert(*id);
+        let deltas: Vec<_> = now
+            .iter()
+            .map(|(id, t)| {
+                (
+                    *id,
+                    t.since(&self.last.get(id).copied().unwrap_or_default()),
+                )
+            })
+            .collect();
+        for id in fold_workload_deltas(&mut self.labels, cgroups, deltas) {
+            now.remove(&id);
+            self.retired.insert(id);
         }
         for (dev, base) in &self.device_base {
             let d = by_device.entry(*dev).or_default();
@@ -222,14 +216,7 @@ impl DirtyCollector {
                 .collect(),
         };
 
-        let c = |i: u32| -> Result<u64> {
-            Ok(self
-                .counters
-                .get(&i, 0)
-                .map_err(map_err("DIRTY_COUNTERS"))?
-                .iter()
-                .sum())
-        };
+        let c = |i: u32| counter(&self.counters, "DIRTY_COUNTERS", i);
         let counters = DirtyCounters {
             events: BTreeMap::from([
                 ("writeback_dirty_folio", c(counter::EV_DIRTY_FOLIO)?),

@@ -9,7 +9,7 @@ use aya::Ebpf;
 use hostprobe_common::lock::{counter, AddrKey, CallerKey, Hist, Stat, STACK_NOT_SAMPLED, TYPES};
 use hostprobe_common::HIST_BUCKETS;
 
-use super::{map_err, take};
+use super::{counter, fold_workload_deltas, map_err, take};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::hist::Log2Hist;
@@ -210,26 +210,16 @@ impl LockCollector {
                 },
             );
         }
-        let mut deltas = Vec::new();
-        let mut gone = Vec::new();
-        for (id, now) in &workloads_now {
+        let deltas = workloads_now.iter().map(|(id, now)| {
             let prev = self.last_workloads.get(id).copied().unwrap_or_default();
             let d = LockTotals {
                 count: now.count.saturating_sub(prev.count),
                 total_ns: now.total_ns.saturating_sub(prev.total_ns),
             };
-            match cgroups.path(*id) {
-                Some(path) => deltas.push((path, d)),
-                None => {
-                    let path = format!("(cgroup {id})");
-                    deltas.push((path.clone(), d));
-                    gone.push((*id, path));
-                }
-            }
-        }
-        let gone_paths: Vec<String> = gone.iter().map(|(_, p)| p.clone()).collect();
-        self.workload_labels.round(&deltas, &gone_paths);
-        for (id, _) in &gone {
+            (*id, d)
+        });
+        let gone = fold_workload_deltas(&mut self.workload_labels, cgroups, deltas);
+        for id in &gone {
             workloads_now.remove(id);
             // Already gone from the map is fine.
             let _ = self.workloads.remove(id);
@@ -266,14 +256,7 @@ impl LockCollector {
         merge_same_names(&mut by_type);
         by_type.sort_by(|a, b| b.wait_seconds.total_cmp(&a.wait_seconds));
 
-        let c = |i: u32| -> Result<u64> {
-            Ok(self
-                .counters
-                .get(&i, 0)
-                .map_err(map_err("LOCK_COUNTERS"))?
-                .iter()
-                .sum())
-        };
+        let c = |i: u32| counter(&self.counters, "LOCK_COUNTERS", i);
         let counters = LockCounters {
             events: BTreeMap::from([
                 ("contention_begin", c(counter::EV_BEGIN)?),

@@ -11,7 +11,7 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::Ebpf;
 use hostprobe_common::numa::{counter, Stats, MAX_REASONS};
 
-use super::{map_err, take};
+use super::{counter, fold_workload_deltas, map_err, take};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::snapshot::{NumaBalancing, WorkloadNuma};
@@ -123,22 +123,16 @@ impl NumaCollector {
             }
         }
         self.retired.retain(|id| present.contains(id));
-        let mut deltas = Vec::new();
-        let mut gone = Vec::new();
-        for (id, t) in &now {
-            let d = t.since(&self.last.get(id).copied().unwrap_or_default());
-            match cgroups.path(*id) {
-                Some(path) => deltas.push((path, d)),
-                None => {
-                    let path = format!("(cgroup {id})");
-                    deltas.push((path.clone(), d));
-                    gone.push((*id, path));
-                }
-            }
-        }
-        let gone_paths: Vec<String> = gone.iter().map(|(_, p)| p.clone()).collect();
-        self.labels.round(&deltas, &gone_paths);
-        for (id, _) in gone {
+        let deltas: Vec<_> = now
+            .iter()
+            .map(|(id, t)| {
+                (
+                    *id,
+                    t.since(&self.last.get(id).copied().unwrap_or_default()),
+                )
+            })
+            .collect();
+        for id in fold_workload_deltas(&mut self.labels, cgroups, deltas) {
             now.remove(&id);
             self.retired.insert(id);
         }
@@ -205,14 +199,7 @@ impl NumaCollector {
                 None => {}
             }
         }
-        let c = |i: u32| -> Result<u64> {
-            Ok(self
-                .counters
-                .get(&i, 0)
-                .map_err(map_err("NUMA_COUNTERS"))?
-                .iter()
-                .sum())
-        };
+        let c = |i: u32| counter(&self.counters, "NUMA_COUNTERS", i);
         let counters = NumaCounters {
             events: BTreeMap::from([
                 ("mm_page_alloc", c(counter::EV_PAGE_ALLOC)?),

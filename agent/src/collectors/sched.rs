@@ -8,7 +8,7 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use aya::Ebpf;
 use hostprobe_common::{counter, SchedStats, DEAD_CGROUPS, DIST_CLASSES, HIST_BUCKETS};
 
-use super::{map_err, take};
+use super::{counter, map_err, take};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::hist::Log2Hist;
@@ -267,13 +267,7 @@ impl SchedCollector {
         }
         self.last = now;
 
-        let c = |i: u32| -> Result<u64> {
-            let v = self
-                .counters
-                .get(&i, 0)
-                .map_err(map_err("SCHED_COUNTERS"))?;
-            Ok(v.iter().sum())
-        };
+        let c = |i: u32| counter(&self.counters, "SCHED_COUNTERS", i);
         let mut migrations = [0u64; DIST_CLASSES];
         for (d, m) in migrations.iter_mut().enumerate() {
             *m = c(counter::MIGRATIONS + d as u32)?;

@@ -164,12 +164,8 @@ fn try_fault(ctx: &BtfTracePointContext) {
 /// Applies `f` to the current workload's per-CPU stats.
 #[inline(always)]
 fn update<C: EbpfContext>(ctx: &C, f: impl FnOnce(&mut Stats)) {
-    // SAFETY: helper without arguments.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    match workloads::entry(&DIRTY_WORKLOADS, cgroup) {
-        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
-        Some(s) => f(unsafe { &mut *s }),
-        None => full(ctx, counter::DROP_WORKLOAD_MAP_FULL),
+    if workloads::update(&DIRTY_WORKLOADS, f).is_err() {
+        full(ctx, counter::DROP_WORKLOAD_MAP_FULL);
     }
 }
 

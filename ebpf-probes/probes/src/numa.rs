@@ -10,7 +10,7 @@
 //! BTF (MAX_NUMNODES); the others are classic, with tracefs offsets.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_numa_node_id},
+    helpers::bpf_get_numa_node_id,
     macros::{btf_tracepoint, map},
     maps::{Array, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
@@ -149,20 +149,14 @@ fn try_migrate_pages(ctx: &TracePointContext) -> Result<(), i64> {
 /// Applies `f` to the current workload's per-CPU stats.
 #[inline(always)]
 fn update<C: EbpfContext>(ctx: &C, f: impl FnOnce(&mut Stats)) {
-    // SAFETY: helper without arguments.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    match workloads::entry(&NUMA_WORKLOADS, cgroup) {
-        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
-        Some(s) => f(unsafe { &mut *s }),
-        None => {
-            bump(&NUMA_COUNTERS, counter::DROP_WORKLOAD_MAP_FULL);
-            if first_time(&NUMA_LOGGED, counter::DROP_WORKLOAD_MAP_FULL) {
-                warn!(
-                    ctx,
-                    "NUMA_WORKLOADS is full on a CPU: cgroup {} and later new workloads are not counted there (raise --max-workloads)",
-                    cgroup
-                );
-            }
+    if let Err(cgroup) = workloads::update(&NUMA_WORKLOADS, f) {
+        bump(&NUMA_COUNTERS, counter::DROP_WORKLOAD_MAP_FULL);
+        if first_time(&NUMA_LOGGED, counter::DROP_WORKLOAD_MAP_FULL) {
+            warn!(
+                ctx,
+                "NUMA_WORKLOADS is full on a CPU: cgroup {} and later new workloads are not counted there (raise --max-workloads)",
+                cgroup
+            );
         }
     }
 }

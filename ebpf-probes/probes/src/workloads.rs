@@ -4,6 +4,7 @@
 //! reading their last values; each CPU then reuses its own entry.
 
 use aya_ebpf::{
+    helpers::bpf_get_current_cgroup_id,
     macros::map,
     maps::{Array, PerCpuArray},
     Global,
@@ -42,6 +43,18 @@ pub fn entry<T: Entry>(table: &PerCpuArray<T>, cgroup: u64) -> Option<*mut T> {
         }
     }
     None
+}
+
+/// Applies `f` to this CPU's entry for the current task's workload; the
+/// cgroup id as the error when the table is full (the caller counts it).
+#[inline(always)]
+pub fn update<T: Entry>(table: &PerCpuArray<T>, f: impl FnOnce(&mut T)) -> Result<(), u64> {
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let e = entry(table, cgroup).ok_or(cgroup)?;
+    // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+    f(unsafe { &mut *e });
+    Ok(())
 }
 
 /// Whether the agent has reported `cgroup` removed (and read its last
