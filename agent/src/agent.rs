@@ -17,7 +17,7 @@ use crate::collectors::numa::{estimated_remote_access, NumaCollector};
 use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
 use crate::error::{Error, Result};
-use crate::probes::{LoadOptions, Probes};
+use crate::probes::{LoadOptions, PageAlloc, Probes};
 use crate::snapshot::Snapshot;
 
 /// What to watch: the whole host, one process or one cgroup.
@@ -37,8 +37,8 @@ pub struct AgentOptions {
     pub lock_types: u64,
     /// Stack walks per second per CPU for spinning lock waits; 0: all.
     pub spin_stacks_per_sec: u32,
-    /// Attach `mm_page_alloc` on a one-node host too (the benchmark does).
-    pub page_alloc_on_one_node: bool,
+    /// When `mm_page_alloc` attaches.
+    pub page_alloc: PageAlloc,
     /// Migration readiness of VMs and named targets; `None`: off.
     pub readiness: Option<ReadinessOptions>,
 }
@@ -83,7 +83,7 @@ impl Agent {
             max_workloads: opts.max_workloads,
             lock_types: opts.lock_types,
             spin_stacks_per_sec: opts.spin_stacks_per_sec,
-            page_alloc_on_one_node: opts.page_alloc_on_one_node,
+            page_alloc: opts.page_alloc,
         };
         let mut probes = Probes::load(&load)?;
         forward_kernel_logs(&mut probes);

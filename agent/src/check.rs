@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::agent::kernel_release;
 use crate::cgroup::{cgroup2_mount, CgroupResolver};
 use crate::error::Error;
-use crate::probes::{require_privileges, LoadOptions, Probes, PROGRAMS, VMLINUX_BTF};
+use crate::probes::{require_privileges, LoadOptions, PageAlloc, Probes, PROGRAMS, VMLINUX_BTF};
 use crate::snapshot::ProbeStatus;
 use crate::topology::{Topology, SYSFS_SYSTEM};
 use crate::tracefs;
@@ -84,7 +84,7 @@ pub fn run() -> CheckReport {
     let topology = Topology::read(Path::new(SYSFS_SYSTEM)).ok();
     // Every program, so that check says whether each one loads here.
     let all = LoadOptions {
-        page_alloc_on_one_node: true,
+        page_alloc: PageAlloc::Always,
         ..LoadOptions::default()
     };
     let probes = match Probes::load(&all) {

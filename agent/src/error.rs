@@ -18,6 +18,8 @@ pub enum Error {
     Btf { path: PathBuf, reason: String },
     #[error("one NUMA node: nothing is remote here, so mm_page_alloc stays detached (--numa-page-alloc always attaches it)")]
     OneNode,
+    #[error("turned off by --numa-page-alloc never")]
+    PageAllocOff,
     #[error("dropping capabilities failed: {reason}")]
     Capabilities { reason: String },
     #[error("kernel BTF has no {what}")]

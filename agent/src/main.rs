@@ -12,6 +12,7 @@ use hostprobe::assess;
 use hostprobe::collectors::readiness::{assess_top_dirtying, ReadinessOptions};
 use hostprobe::error::Error;
 use hostprobe::output::report;
+use hostprobe::probes::PageAlloc;
 use hostprobe::readiness::Link;
 use hostprobe::{check, dirty, lock_types, serve};
 use hostprobe_common::{DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS};
@@ -151,10 +152,11 @@ struct Tuning {
     /// "(stack not sampled)". Sleeping waits always get their stack.
     #[arg(long, default_value_t = hostprobe_common::lock::DEFAULT_SPIN_STACKS_PER_SEC)]
     lock_stacks: u32,
-    /// `mm_page_alloc` (remote allocations): `auto` attaches it only with two or more NUMA
-    /// nodes, `always` also on one (every page allocation pays for it).
+    /// `mm_page_alloc` (remote page allocations per workload; every page allocation
+    /// pays ~0.1 us for it): `auto` attaches it with two or more NUMA nodes, `always`
+    /// also on one, `never` not at all (residency, CPU time by node and balancing stay).
     #[arg(long, value_enum, default_value = "auto")]
-    numa_page_alloc: NumaPageAlloc,
+    numa_page_alloc: PageAlloc,
     /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).
     #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = clap::value_parser!(u32).range(2..=(1 << 22)))]
     task_slots: u32,
@@ -237,12 +239,6 @@ impl ReadinessArgs {
             max_targets: self.readiness_max_targets,
         })
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum NumaPageAlloc {
-    Auto,
-    Always,
 }
 
 fn main() -> ExitCode {
@@ -400,7 +396,7 @@ fn options(target: Target, t: &Tuning, lock_types: u64) -> AgentOptions {
         max_workloads: t.max_workloads,
         lock_types,
         spin_stacks_per_sec: t.lock_stacks,
-        page_alloc_on_one_node: t.numa_page_alloc == NumaPageAlloc::Always,
+        page_alloc: t.numa_page_alloc,
         readiness: None,
     }
 }

@@ -208,9 +208,21 @@ pub struct LoadOptions {
     pub lock_types: u64,
     /// Stack walks per second per CPU for spinning lock waits; 0: all.
     pub spin_stacks_per_sec: u32,
-    /// Attach `mm_page_alloc` even on a one-node host (nothing is remote
-    /// there, and every page allocation would pay for the program).
-    pub page_alloc_on_one_node: bool,
+    /// When to attach `mm_page_alloc`, the one program every page
+    /// allocation pays for.
+    pub page_alloc: PageAlloc,
+}
+
+/// When `mm_page_alloc` (remote page allocations per workload) attaches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PageAlloc {
+    /// With two or more NUMA nodes (on one, nothing is remote).
+    #[default]
+    Auto,
+    /// Also on a one-node host (the benchmark measures it there).
+    Always,
+    /// Never: residency, on-CPU time by node and balancing stay on.
+    Never,
 }
 
 impl Default for LoadOptions {
@@ -222,7 +234,7 @@ impl Default for LoadOptions {
             max_workloads: DEFAULT_MAX_WORKLOADS,
             lock_types: 0,
             spin_stacks_per_sec: lock::DEFAULT_SPIN_STACKS_PER_SEC,
-            page_alloc_on_one_node: false,
+            page_alloc: PageAlloc::Auto,
         }
     }
 }
@@ -521,12 +533,10 @@ impl Probes {
             .map_err(|_| Error::NoTracefs)
             .and_then(|t| balance_pause_offset(t));
         let fault = with_btf(&btf, fault_args);
-        let page_alloc = with_btf(&btf, page_node_bits).and_then(|b| {
-            if topology.nodes <= 1 && !opts.page_alloc_on_one_node {
-                Err(Error::OneNode)
-            } else {
-                Ok(b)
-            }
+        let page_alloc = with_btf(&btf, page_node_bits).and_then(|b| match opts.page_alloc {
+            PageAlloc::Never => Err(Error::PageAllocOff),
+            PageAlloc::Auto if topology.nodes <= 1 => Err(Error::OneNode),
+            _ => Ok(b),
         });
         let migrate_pages = tracefs
             .as_ref()
@@ -627,7 +637,7 @@ impl Probes {
         }
 
         let kernel_btf = AyaBtf::from_sys_fs().ok();
-        let one_node = matches!(page_alloc, Err(Error::OneNode));
+        let chosen_off = matches!(page_alloc, Err(Error::OneNode | Error::PageAllocOff));
         let mut status = Vec::new();
         for spec in PROGRAMS {
             let prerequisite = match spec.needs {
@@ -649,8 +659,8 @@ impl Probes {
                 Ok(()) => {
                     info!(probe = spec.program, hook = %spec.hook.tracepoint(), "probe ready")
                 }
-                // Detached by design on a one-node host: not a warning.
-                Err(reason) if spec.needs == Needs::PageAlloc && one_node => {
+                // Detached by design (one node, or asked to): not a warning.
+                Err(reason) if spec.needs == Needs::PageAlloc && chosen_off => {
                     info!(probe = spec.program, %reason, "probe disabled")
                 }
                 Err(reason) => warn!(probe = spec.program, %reason, "probe disabled"),

@@ -1,8 +1,10 @@
 //! Overhead benchmark: scheduler-heavy loads with no agent, with `hostprobe
-//! serve`, and with a bpftrace runqlat-style script, in rounds that run the
-//! three modes in random order (see shared/design/PERF.md for why: the
-//! noise here is large and drifts, so only differences within a round and
-//! their medians over many rounds mean anything).
+//! serve`, and with a bpftrace runqlat-style script; a page-fault load with no
+//! agent, with `serve` with and without `mm_page_alloc`, and with a bpftrace
+//! page-allocation count. Rounds run the modes in random order (see
+//! shared/design/PERF.md for why: the noise here is large and drifts, so only
+//! differences within a round and their medians over many rounds mean
+//! anything).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -49,11 +51,19 @@ tracepoint:sched:sched_switch {
 }
 "#;
 
+/// The peer for the page-fault load: what a user would type to count page
+/// allocations per cgroup. (bpftrace 0.17's rawtracepoint probes do not
+/// attach here, so the cheaper raw form cannot be offered.)
+const BPFTRACE_PAGE_ALLOC: &str = "tracepoint:kmem:mm_page_alloc { @[cgroup] = count(); }";
+
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
     Baseline,
+    /// `hostprobe serve --numa-page-alloc always`: every program.
     Hostprobe,
-    Bpftrace,
+    /// `hostprobe serve --numa-page-alloc never`: all but `mm_page_alloc`.
+    HostprobeNoPageAlloc,
+    Bpftrace(&'static str),
 }
 
 struct Load {
@@ -117,8 +127,10 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         ops: FAULT_PAGES as f64,
     };
     let mut modes = vec![Mode::Baseline, Mode::Hostprobe];
+    let mut fault_modes = vec![Mode::Baseline, Mode::Hostprobe, Mode::HostprobeNoPageAlloc];
     if !args.no_bpftrace {
-        modes.push(Mode::Bpftrace);
+        modes.push(Mode::Bpftrace(BPFTRACE_RUNQLAT));
+        fault_modes.push(Mode::Bpftrace(BPFTRACE_PAGE_ALLOC));
     }
 
     let events_per_op = measure_events_per_op(hostprobe, &pipe)?;
@@ -158,13 +170,12 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         );
     }
     eprintln!();
-    // bpftrace's runqlat does not hook page faults: no peer to compare.
     let mut fault_rounds = Vec::new();
     for i in 0..args.fault_rounds {
         fault_rounds.push(round(
             hostprobe,
             &faults,
-            &[Mode::Baseline, Mode::Hostprobe],
+            &fault_modes,
             &mut rng,
             &mut agent_use,
         )?);
@@ -190,8 +201,8 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         println!(
             "{label:<34} {base:>12} {:>24} {:>20}",
             f(Mode::Hostprobe),
-            if modes.contains(&Mode::Bpftrace) {
-                f(Mode::Bpftrace)
+            if modes.contains(&Mode::Bpftrace(BPFTRACE_RUNQLAT)) {
+                f(Mode::Bpftrace(BPFTRACE_RUNQLAT))
             } else {
                 "-".into()
             }
@@ -221,31 +232,8 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         let (lo, mid, hi) = median_ci(&diffs(&msg_rounds, m, |x, b| x / b));
         format!("{mid:.3} [{lo:.3}, {hi:.3}]")
     });
-    let fault_ns: Vec<f64> = fault_rounds
-        .iter()
-        .filter_map(|r| value(r, Mode::Baseline))
-        .map(|s| s / faults.ops * 1e9)
-        .collect();
-    row(
-        "faults (4K write faults), ns/fault",
-        format!("{:.0}", median(&fault_ns)),
-        &|m| {
-            if m == Mode::Bpftrace {
-                return "-".into();
-            }
-            let (lo, mid, hi) =
-                median_ci(&diffs(&fault_rounds, m, |x, b| (x - b) / faults.ops * 1e9));
-            format!("{mid:+.0} [{lo:+.0}, {hi:+.0}]")
-        },
-    );
-    row("faults, ratio [95% CI]", "1".into(), &|m| {
-        if m == Mode::Bpftrace {
-            return "-".into();
-        }
-        let (lo, mid, hi) = median_ci(&diffs(&fault_rounds, m, |x, b| x / b));
-        format!("{mid:.3} [{lo:.3}, {hi:.3}]")
-    });
     println!("{:<34} {:>12.2}", "probe events per pipe op", events_per_op);
+    print_faults(&fault_rounds, &fault_modes, faults.ops);
     println!(
         "{:<34} {:>12.1} ms CPU per run (start, attach, load, one scrape; median), peak RSS {:.1} MiB (max)",
         "agent",
@@ -253,6 +241,66 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         agent_use.peak_rss_kib.iter().cloned().fold(0.0, f64::max) / 1024.0
     );
     Ok(())
+}
+
+/// The page-fault load: every 4 KiB write fault also allocates a page, so
+/// `page_fault_user` and `mm_page_alloc` each run once per fault. The
+/// `always - never` row is mm_page_alloc's own cost, paired within rounds.
+fn print_faults(rounds: &[Vec<(Mode, f64)>], modes: &[Mode], ops: f64) {
+    let base: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| value(r, Mode::Baseline))
+        .map(|s| s / ops * 1e9)
+        .collect();
+    println!(
+        "\npage-fault load ({} rounds of {ops} faults; baseline {:.0} ns/fault, median)",
+        rounds.len(),
+        median(&base)
+    );
+    println!(
+        "{:<62} {:>22} {:>22}",
+        "", "added ns/fault [95% CI]", "ratio [95% CI]"
+    );
+    let line = |label: &str, added: Vec<f64>, ratio: Vec<f64>| {
+        let (alo, amid, ahi) = median_ci(&added);
+        let (rlo, rmid, rhi) = median_ci(&ratio);
+        println!(
+            "{label:<62} {:>22} {:>22}",
+            format!("{amid:+.0} [{alo:+.0}, {ahi:+.0}]"),
+            format!("{rmid:.3} [{rlo:.3}, {rhi:.3}]")
+        );
+    };
+    for &m in modes.iter().filter(|m| **m != Mode::Baseline) {
+        let label = match m {
+            Mode::Hostprobe => "hostprobe, every program (--numa-page-alloc always)".into(),
+            Mode::HostprobeNoPageAlloc => {
+                "hostprobe, without mm_page_alloc (--numa-page-alloc never)".into()
+            }
+            Mode::Bpftrace(script) => format!("bpftrace `{script}`"),
+            Mode::Baseline => unreachable!(),
+        };
+        line(
+            &label,
+            diffs(rounds, m, |x, b| (x - b) / ops * 1e9),
+            diffs(rounds, m, |x, b| x / b),
+        );
+    }
+    let paired = |f: fn(f64, f64) -> f64| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|r| {
+                Some(f(
+                    value(r, Mode::Hostprobe)?,
+                    value(r, Mode::HostprobeNoPageAlloc)?,
+                ))
+            })
+            .collect()
+    };
+    line(
+        "mm_page_alloc alone (always vs never, same round)",
+        paired(|a, n| a - n).iter().map(|d| d / ops * 1e9).collect(),
+        paired(|a, n| a / n),
+    );
 }
 
 fn value(round: &[(Mode, f64)], m: Mode) -> Option<f64> {
@@ -280,8 +328,13 @@ fn round(
     for m in order {
         let secs = match m {
             Mode::Baseline => run_load(load)?,
-            Mode::Hostprobe => {
-                let agent = Agent::start(hostprobe, "5s")?;
+            Mode::Hostprobe | Mode::HostprobeNoPageAlloc => {
+                let page_alloc = if m == Mode::Hostprobe {
+                    "always"
+                } else {
+                    "never"
+                };
+                let agent = Agent::start(hostprobe, "5s", page_alloc)?;
                 let secs = run_load(load)?;
                 // One scrape, as Prometheus would do, before reading its use.
                 agent.events()?;
@@ -290,8 +343,8 @@ fn round(
                 agent.stop()?;
                 secs
             }
-            Mode::Bpftrace => {
-                let bt = Bpftrace::start()?;
+            Mode::Bpftrace(script) => {
+                let bt = Bpftrace::start(script)?;
                 let secs = run_load(load)?;
                 bt.stop();
                 secs
@@ -359,7 +412,7 @@ fn run_load(load: &Load) -> Result<f64> {
 }
 
 fn measure_events_per_op(hostprobe: &Path, pipe: &Load) -> Result<f64> {
-    let agent = Agent::start(hostprobe, "100ms")?;
+    let agent = Agent::start(hostprobe, "100ms", "always")?;
     std::thread::sleep(Duration::from_millis(300));
     let before = agent.events()?;
     run_load(pipe)?;
@@ -374,7 +427,8 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(bin: &Path, interval: &str) -> Result<Self> {
+    /// `page_alloc`: the `--numa-page-alloc` value.
+    fn start(bin: &Path, interval: &str, page_alloc: &str) -> Result<Self> {
         let child = Command::new(bin)
             .args([
                 "serve",
@@ -384,9 +438,8 @@ impl Agent {
                 interval,
                 "--log-level",
                 "warn",
-                // Measure every program, the NUMA page-allocation one too.
                 "--numa-page-alloc",
-                "always",
+                page_alloc,
             ])
             .stdout(Stdio::null())
             .spawn()
@@ -461,9 +514,9 @@ struct Bpftrace {
 }
 
 impl Bpftrace {
-    fn start() -> Result<Self> {
+    fn start(script: &str) -> Result<Self> {
         let mut child = Command::new("bpftrace")
-            .args(["-e", BPFTRACE_RUNQLAT])
+            .args(["-e", script])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -76,7 +76,7 @@ pub extern "C" fn balance_dirty_pages(ctx: *mut core::ffi::c_void) -> u32 {
 /// the trace record a classic tracepoint program would read.
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn page_fault_user(ctx: BtfTracePointContext) -> i32 {
-    try_fault(&ctx);
+    count_fault(&ctx);
     0
 }
 
@@ -144,7 +144,7 @@ fn try_balance(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-fn try_fault(ctx: &BtfTracePointContext) {
+fn count_fault(ctx: &BtfTracePointContext) {
     bump(&DIRTY_COUNTERS, counter::EV_FAULT);
     // (address, regs, error_code)
     let code: u64 = ctx.arg(2);

@@ -1,6 +1,5 @@
 //! NUMA per workload: page allocations local or remote to the allocating
-//! CPU's node (`kmem:mm_page_alloc`: the page's node from its pfn and the
-//! node pfn ranges the agent writes at start), NUMA-balancing task moves,
+//! CPU's node (`kmem:mm_page_alloc`), NUMA-balancing task moves,
 //! swaps and failed moves (`sched:sched_{move,swap,stick}_numa`, in the
 //! task's own context), and pages migrated by reason
 //! (`migrate:mm_migrate_pages`). `mm_page_alloc` fires on every page
@@ -52,15 +51,15 @@ static NUMA_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::
 #[map]
 static NUMA_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
 
-/// The classic tracepoint programs return 1 so that perf users of the tracepoints (perf
-/// stat, numastat-like tools) still see the events (see
-/// `sched_migrate_task`).
 #[btf_tracepoint(function = "mm_page_alloc")]
 pub fn mm_page_alloc(ctx: BtfTracePointContext) -> i32 {
-    try_page_alloc(&ctx);
+    count_page_alloc(&ctx);
     0
 }
 
+/// The classic tracepoint programs return 1 so that perf users of the tracepoints (perf
+/// stat, numastat-like tools) still see the events (see
+/// `sched_migrate_task`).
 #[no_mangle]
 #[link_section = "tracepoint/sched/sched_move_numa"]
 pub extern "C" fn sched_move_numa(ctx: *mut core::ffi::c_void) -> u32 {
@@ -89,7 +88,7 @@ pub extern "C" fn mm_migrate_pages(ctx: *mut core::ffi::c_void) -> u32 {
     1
 }
 
-fn try_page_alloc(ctx: &BtfTracePointContext) {
+fn count_page_alloc(ctx: &BtfTracePointContext) {
     bump(&NUMA_COUNTERS, counter::EV_PAGE_ALLOC);
     // (page, order, gfp_flags, migratetype); page is NULL when it failed.
     let page: *const u8 = ctx.arg(0);
