@@ -151,6 +151,10 @@ pub fn render(r: &CheckReport) -> String {
         if let Some(reason) = &p.reason {
             o += &format!(": {reason}");
         }
+        let one_node = r.topology.as_ref().is_some_and(|t| t.nodes <= 1);
+        if p.probe == "mm_page_alloc" && p.attached && one_node {
+            o += " (loads; serve and diagnose attach it on one node only with --numa-page-alloc always)";
+        }
         o += "\n";
     }
     o += if r.usable() {
