@@ -158,6 +158,9 @@ impl Agent {
         for p in &mut probes {
             p.events = events.get(p.probe.as_str()).copied().unwrap_or(0);
             p.errors = errors.get(p.probe.as_str()).copied().unwrap_or(0);
+            if p.attached {
+                p.missed = self.probes.missed(&p.probe).unwrap_or(0);
+            }
         }
         let mut map_drops = counters.drops;
         map_drops.extend(lock_counters.drops);

@@ -114,6 +114,7 @@ fn unavailable(reason: &str) -> Vec<ProbeStatus> {
             reason: Some(reason.to_string()),
             events: 0,
             errors: 0,
+            missed: 0,
         })
         .collect()
 }

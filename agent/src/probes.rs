@@ -44,8 +44,6 @@ pub enum Hook {
 pub enum Needs {
     /// task_struct offsets and tracepoint prototypes from BTF.
     TaskBtf,
-    /// The sched_migrate_task format.
-    MigrateFormat,
     /// The lock:contention_begin/end formats.
     LockFormat,
     /// struct folio / address_space / inode / super_block offsets from BTF.
@@ -85,7 +83,7 @@ pub const PROGRAMS: [ProgramSpec; 14] = [
     spec("sched_switch", Hook::BtfTracepoint("sched", "sched_switch"), Needs::TaskBtf),
     spec("sched_wakeup", Hook::BtfTracepoint("sched", "sched_wakeup"), Needs::TaskBtf),
     spec("sched_wakeup_new", Hook::BtfTracepoint("sched", "sched_wakeup_new"), Needs::TaskBtf),
-    spec("sched_migrate_task", Hook::Tracepoint("sched", "sched_migrate_task"), Needs::MigrateFormat),
+    spec("sched_migrate_task", Hook::BtfTracepoint("sched", "sched_migrate_task"), Needs::TaskBtf),
     spec("contention_begin", Hook::Tracepoint("lock", "contention_begin"), Needs::LockFormat),
     spec("contention_end", Hook::Tracepoint("lock", "contention_end"), Needs::LockFormat),
     spec("writeback_dirty_folio", Hook::BtfTracepoint("writeback", "writeback_dirty_folio"), Needs::FolioBtf),
@@ -264,14 +262,9 @@ fn migrate_reasons(btf: &Btf) -> Result<Vec<String>> {
 pub struct TaskOffsets {
     pub pid: u32,
     pub tgid: u32,
-}
-
-/// Offsets in the `sched_migrate_task` record.
-#[derive(Debug, Clone, Copy)]
-pub struct MigrateOffsets {
-    pub pid: u32,
-    pub orig_cpu: u32,
-    pub dest_cpu: u32,
+    /// The task's CPU: `thread_info.cpu` (5.16+ with THREAD_INFO_IN_TASK),
+    /// else `task_struct.cpu`.
+    pub cpu: u32,
 }
 
 /// Resolves `task_struct` offsets from kernel BTF and checks that the BTF
@@ -285,9 +278,17 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
             }),
         }
     };
+    let cpu = match (
+        btf.member("task_struct", "thread_info"),
+        btf.member("thread_info", "cpu"),
+    ) {
+        (Ok((ti, _)), Ok((off, 4))) => ti + off,
+        _ => int4("cpu")?,
+    };
     let offsets = TaskOffsets {
         pid: int4("pid")?,
         tgid: int4("tgid")?,
+        cpu,
     };
     let task = TypeShape::Pointer {
         to: Some("task_struct".into()),
@@ -314,6 +315,13 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
                 reason: format!("expected (task_struct *p), found {args:?}"),
             });
         }
+    }
+    let migrate = btf.tracepoint_args("sched_migrate_task")?;
+    if migrate.len() != 2 || migrate[0] != task || !matches!(migrate[1], TypeShape::Int { .. }) {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "sched:sched_migrate_task".into(),
+            reason: format!("expected (task_struct *p, int dest_cpu), found {migrate:?}"),
+        });
     }
     Ok(offsets)
 }
@@ -464,15 +472,6 @@ pub fn fault_args(btf: &Btf) -> Result<()> {
     }
 }
 
-pub fn migrate_offsets(tracefs: &Path) -> Result<MigrateOffsets> {
-    let f = Format::read(tracefs, "sched", "sched_migrate_task")?;
-    Ok(MigrateOffsets {
-        pid: f.int_field("pid", 4)?,
-        orig_cpu: f.int_field("orig_cpu", 4)?,
-        dest_cpu: f.int_field("dest_cpu", 4)?,
-    })
-}
-
 /// Fails with a clear message when the process cannot load eBPF programs.
 pub fn require_privileges() -> Result<()> {
     let status = std::fs::read_to_string("/proc/self/status")
@@ -504,6 +503,16 @@ pub fn missing_capabilities(cap_eff: u64) -> Option<String> {
 }
 
 impl Probes {
+    /// Runs of `program` the kernel skipped (`recursion_misses` in the
+    /// program's fdinfo; aya 0.14 does not expose it). `None` when not
+    /// loaded or the kernel does not report it.
+    pub fn missed(&self, program: &str) -> Option<u64> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let fd = self.ebpf.program(program)?.fd().ok()?.as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        fdinfo_field(&info, "recursion_misses")
+    }
+
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         check_object(PROBES_OBJECT)?;
         require_privileges()?;
@@ -520,10 +529,6 @@ impl Probes {
         let task = with_btf(&btf, task_offsets);
         let folio = with_btf(&btf, folio_offsets);
         let tracefs = tracefs::mount_point().ok_or(Error::NoTracefs);
-        let migrate = tracefs
-            .as_ref()
-            .map_err(|_| Error::NoTracefs)
-            .and_then(|t| migrate_offsets(t));
         let locks = tracefs
             .as_ref()
             .map_err(|_| Error::NoTracefs)
@@ -552,7 +557,6 @@ impl Probes {
         let (mp_succeeded, mp_reason) = migrate_pages.as_ref().ok().copied().unwrap_or((0, 0));
         debug!(
             ?task,
-            ?migrate,
             ?locks,
             ?folio,
             ?balance,
@@ -566,16 +570,14 @@ impl Probes {
         let spin_stacks_per_window = opts.spin_stacks_per_sec.div_ceil(windows_per_sec);
 
         let t = task.as_ref().ok().copied();
-        let m = migrate.as_ref().ok().copied();
         let slots = opts.task_slots.max(2).next_power_of_two();
         let mask = slots - 1;
         let workloads = opts.max_workloads.max(WORKLOAD_PROBES).next_power_of_two();
         let workloads_mask = workloads - 1;
-        let (pid_off, tgid_off) = (t.map_or(0, |t| t.pid), t.map_or(0, |t| t.tgid));
-        let (mpid, morig, mdest) = (
-            m.map_or(0, |m| m.pid),
-            m.map_or(0, |m| m.orig_cpu),
-            m.map_or(0, |m| m.dest_cpu),
+        let (pid_off, tgid_off, cpu_off) = (
+            t.map_or(0, |t| t.pid),
+            t.map_or(0, |t| t.tgid),
+            t.map_or(0, |t| t.cpu),
         );
         let filter_tgid = opts.pid.unwrap_or(0);
         let filter_cgroup = opts.cgroup_id.unwrap_or(0);
@@ -583,9 +585,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("TASK_PID_OFFSET", &pid_off, true)
             .override_global("TASK_TGID_OFFSET", &tgid_off, true)
-            .override_global("MIGRATE_PID_OFFSET", &mpid, true)
-            .override_global("MIGRATE_ORIG_CPU_OFFSET", &morig, true)
-            .override_global("MIGRATE_DEST_CPU_OFFSET", &mdest, true)
+            .override_global("TASK_CPU_OFFSET", &cpu_off, true)
             .override_global("TASK_SLOTS_MASK", &mask, true)
             .override_global("WORKLOADS_MASK", &workloads_mask, true)
             .override_global("FILTER_TGID", &filter_tgid, true)
@@ -642,7 +642,6 @@ impl Probes {
         for spec in PROGRAMS {
             let prerequisite = match spec.needs {
                 Needs::TaskBtf => task.as_ref().err().map(ToString::to_string),
-                Needs::MigrateFormat => migrate.as_ref().err().map(ToString::to_string),
                 Needs::LockFormat => locks.as_ref().err().map(ToString::to_string),
                 Needs::FolioBtf => folio.as_ref().err().map(ToString::to_string),
                 Needs::BalanceFormat => balance.as_ref().err().map(ToString::to_string),
@@ -673,6 +672,7 @@ impl Probes {
                 reason: outcome.err(),
                 events: 0,
                 errors: 0,
+                missed: 0,
             });
         }
         if !status.iter().any(|s| s.attached) {
@@ -743,9 +743,25 @@ fn load_program(
     Ok(())
 }
 
+/// A `name:\tvalue` line of a /proc/PID/fdinfo file.
+fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fdinfo_fields_are_parsed() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_cnt:\t0\nrecursion_misses:\t163\nverified_insns:\t60\n";
+        assert_eq!(fdinfo_field(info, "recursion_misses"), Some(163));
+        assert_eq!(fdinfo_field(info, "run_cnt"), Some(0));
+        assert_eq!(fdinfo_field(info, "recursion"), None);
+        assert_eq!(fdinfo_field("", "recursion_misses"), None);
+    }
 
     #[test]
     fn the_embedded_object_keeps_the_contract() {
@@ -816,8 +832,8 @@ processed 76 insns (limit 1000000) max_states_per_insn 0 total_states 6 peak_sta
         assert_eq!(t.tgid, t.pid + 4);
         let tracefs =
             tracefs::mount_point().expect("tracefs mounted (cargo xtask setup mounts it)");
-        let m = migrate_offsets(&tracefs).unwrap();
-        assert!(m.dest_cpu > m.orig_cpu && m.orig_cpu > m.pid);
+        // 6.18: thread_info (with cpu) is the first member of task_struct.
+        assert!(t.cpu < 64, "thread_info.cpu at {}", t.cpu);
         let l = lock_offsets(&tracefs).unwrap();
         assert!(l.begin_flags > l.begin_lock);
         let f = folio_offsets(&btf).unwrap();

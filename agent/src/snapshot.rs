@@ -55,6 +55,10 @@ pub struct ProbeStatus {
     pub events: u64,
     /// Events it could not handle (e.g. an out-of-range CPU).
     pub errors: u64,
+    /// Runs the kernel skipped (recursion protection: the program, or for a
+    /// classic tracepoint any tracing program, was already running on that
+    /// CPU); their events are lost.
+    pub missed: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -721,6 +721,11 @@ fn perf_controlled(server: &Server, args: &[&str], parse: impl FnOnce(&mut Windo
         assert_eq!(ack, "ack", "perf did not acknowledge {cmd}");
     };
     let scrape = || server.get("/metrics").unwrap().1;
+    // perf marks a task for `cpu-migrations` only while its events exist, so
+    // a task moved before perf started and first run inside the window
+    // would count for hostprobe alone (seen: +9% with 400 queued tasks).
+    // Every queued task runs within this wait before the window opens.
+    std::thread::sleep(Duration::from_millis(1500));
     let outer = scrape();
     command("enable");
     let inner = scrape();
@@ -774,16 +779,21 @@ fn host_migrations_agree_with_perf_stat() {
     ];
     // hostprobe's count over perf's exact window lies in [inner, outer]; the
     // check has teeth only when that bracket is narrow, so a window in which
-    // the machine stalled perf for long is measured again.
+    // the machine stalled a scrape or perf for long is measured again.
+    let narrow = |w: &Window| {
+        pairs.iter().all(|(event, metric)| {
+            let (inner, outer) = w.bracket(metric);
+            (outer - inner) / w.perf(event) <= 0.10
+        })
+    };
     let mut attempt = 0;
     let w = loop {
         attempt += 1;
         let w = perf_window(&server);
-        let (inner, outer) = w.bracket(pairs[0].1);
-        if (outer - inner) / w.perf(pairs[0].0) <= 0.10 || attempt == 3 {
+        if narrow(&w) || attempt == 5 {
             break w;
         }
-        eprintln!("bracket {inner}..{outer} too wide, measuring again");
+        eprintln!("a bracket is too wide, measuring again");
     };
     assert!(server.stop().success());
     for (event, metric) in pairs {

@@ -64,6 +64,7 @@ pub(crate) mod tests {
             reason: (!attached).then(|| "no such tracepoint".into()),
             events: if attached { 1000 } else { 0 },
             errors: 0,
+            missed: 0,
         };
         Snapshot {
             hostprobe_version: "0.0.0-test",

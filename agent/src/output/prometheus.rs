@@ -113,13 +113,19 @@ pub fn render(s: &Snapshot) -> String {
         "Events a kernel program could not handle (e.g. a CPU outside the topology table).",
         COUNTER,
     );
+    let mut missed = Family::new(
+        "hostprobe_probe_missed_total",
+        "Runs of a kernel program the kernel skipped because it, or for a classic tracepoint any tracing program, was already running on that CPU; their events are lost.",
+        COUNTER,
+    );
     for p in &s.probes {
         let l = [("probe", p.probe.as_str())];
         attached.gauge(&l, if p.attached { 1.0 } else { 0.0 });
         events.counter(&l, p.events as f64);
         errors.counter(&l, p.errors as f64);
+        missed.counter(&l, p.missed as f64);
     }
-    out.extend([attached, events, errors]);
+    out.extend([attached, events, errors, missed]);
 
     let mut drops = Family::new("hostprobe_map_drops_total", "Updates lost because a bounded kernel map was full or a task slot was taken by another thread.", COUNTER);
     for (map, n) in &s.map_drops {

@@ -63,6 +63,12 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
             "  {:<21} {:<10} {:<9} {:>12} events",
             p.probe, p.attach_type, state, p.events
         );
+        if p.errors > 0 {
+            let _ = write!(o, ", {} errors", p.errors);
+        }
+        if p.missed > 0 {
+            let _ = write!(o, ", {} MISSED (skipped by the kernel)", p.missed);
+        }
         if let Some(r) = &p.reason {
             let _ = write!(o, "  ({r})");
         }

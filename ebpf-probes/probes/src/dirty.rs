@@ -63,8 +63,9 @@ pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Returns 1 so that perf users of the tracepoint still see the event (see
-/// `sched_migrate_task`).
+/// Returns 1: a classic tracepoint program returning 0 hides the event from
+/// every perf user of the tracepoint (written by hand because aya's
+/// `#[tracepoint]` macro always returns 0).
 #[no_mangle]
 #[link_section = "tracepoint/writeback/balance_dirty_pages"]
 pub extern "C" fn balance_dirty_pages(ctx: *mut core::ffi::c_void) -> u32 {

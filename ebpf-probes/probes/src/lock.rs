@@ -86,7 +86,8 @@ static LOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::
 static LOCK_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
 
 /// Returns 1 so that perf users of the tracepoint (`perf lock record`) still
-/// see the event; see `sched_migrate_task`.
+/// see the event: a classic tracepoint program returning 0 hides it (aya's
+/// `#[tracepoint]` macro always returns 0, hence written by hand).
 #[no_mangle]
 #[link_section = "tracepoint/lock/contention_begin"]
 pub extern "C" fn contention_begin(ctx: *mut core::ffi::c_void) -> u32 {

@@ -57,9 +57,9 @@ pub fn mm_page_alloc(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The classic tracepoint programs return 1 so that perf users of the tracepoints (perf
-/// stat, numastat-like tools) still see the events (see
-/// `sched_migrate_task`).
+/// The classic tracepoint programs return 1 so that perf users of the
+/// tracepoints (perf stat, numastat-like tools) still see the events: one
+/// returning 0 hides them (aya's `#[tracepoint]` macro always returns 0).
 #[no_mangle]
 #[link_section = "tracepoint/sched/sched_move_numa"]
 pub extern "C" fn sched_move_numa(ctx: *mut core::ffi::c_void) -> u32 {

@@ -6,8 +6,10 @@
 //! direct-mapped array rather than a shared hash map. Work is attributed to a
 //! workload (cgroup v2 id) when the task itself is `current`, i.e. at its
 //! next switch-out, because `bpf_get_current_cgroup_id` only sees `current`.
-//! `sched_migrate_task` is rare enough for a classic tracepoint; its field
-//! offsets come from tracefs at load time.
+//! `sched_migrate_task` is a BTF tracepoint too: as a classic one the kernel
+//! skipped it whenever another tracing program or a map syscall (the agent
+//! reading its maps) was running on that CPU, e.g. load balancing in a
+//! softirq on that CPU; a BTF tracepoint only skips its own recursion.
 
 use aya_ebpf::{
     helpers::{
@@ -16,7 +18,7 @@ use aya_ebpf::{
     },
     macros::{btf_tracepoint, map},
     maps::{Array, PerCpuArray},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::BtfTracePointContext,
     EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
@@ -35,12 +37,9 @@ use hostprobe_common::{
 static TASK_PID_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
+/// `task_struct.thread_info.cpu` (or `task_struct.cpu` on older kernels).
 #[no_mangle]
-static MIGRATE_PID_OFFSET: Global<u32> = Global::new(0);
-#[no_mangle]
-static MIGRATE_ORIG_CPU_OFFSET: Global<u32> = Global::new(0);
-#[no_mangle]
-static MIGRATE_DEST_CPU_OFFSET: Global<u32> = Global::new(0);
+static TASK_CPU_OFFSET: Global<u32> = Global::new(0);
 
 #[map]
 static TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
@@ -73,16 +72,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Returns 1: a classic tracepoint program that returns 0 also hides the
-/// event from every perf user of `sched:sched_migrate_task` (perf stat,
-/// perf record). The event is rare, and with no perf listener the kernel
-/// stops right after the program anyway. Written out by hand because aya's
-/// `#[tracepoint]` macro always returns 0.
-#[no_mangle]
-#[link_section = "tracepoint/sched/sched_migrate_task"]
-pub extern "C" fn sched_migrate_task(ctx: *mut core::ffi::c_void) -> u32 {
-    let _ = try_migrate(&TracePointContext::new(ctx));
-    1
+#[btf_tracepoint(function = "sched_migrate_task")]
+pub fn sched_migrate_task(ctx: BtfTracePointContext) -> i32 {
+    count_migration(&ctx);
+    0
 }
 
 fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
@@ -147,44 +140,42 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     Ok(())
 }
 
-fn try_migrate(ctx: &TracePointContext) -> Result<(), i32> {
+fn count_migration(ctx: &BtfTracePointContext) {
     bump(&SCHED_COUNTERS, counter::EV_MIGRATE);
-    // SAFETY: offsets come from this kernel's tracefs format file.
-    let (tid, orig, dest) = unsafe {
-        (
-            ctx.read_at::<i32>(MIGRATE_PID_OFFSET.load() as usize)?,
-            ctx.read_at::<i32>(MIGRATE_ORIG_CPU_OFFSET.load() as usize)?,
-            ctx.read_at::<i32>(MIGRATE_DEST_CPU_OFFSET.load() as usize)?,
-        )
-    };
+    // (task_struct *p, int dest_cpu); called before the task's CPU changes,
+    // so its CPU field is still the origin.
+    let task: *const u8 = ctx.arg(0);
+    let dest: u64 = ctx.arg(1);
+    let dest = dest as u32;
+    let orig = task_field(task, TASK_CPU_OFFSET.load());
+    let tid = task_field(task, TASK_PID_OFFSET.load());
     // The tracepoint also fires when the CPU does not change.
     if orig == dest {
-        return Ok(());
+        return;
     }
-    let Some(d) = distance(orig as u32, dest as u32) else {
+    let Some(d) = distance(orig, dest) else {
         bump(&SCHED_COUNTERS, counter::ERR_BAD_CPU);
         if first_time(&SCHED_LOGGED, counter::ERR_BAD_CPU) {
             warn!(
                 ctx,
-                "sched_migrate_task: cpu {} -> {} outside the topology table; tracepoint layout differs from tracefs",
+                "sched_migrate_task: cpu {} -> {} outside the topology table read at start (a CPU brought online since?)",
                 orig,
                 dest
             );
         }
-        return Ok(());
+        return;
     };
     bump(&SCHED_COUNTERS, counter::MIGRATIONS + d as u32);
-    if tid <= 0 {
-        return Ok(());
+    if tid == 0 {
+        return;
     }
-    if let Some(slot) = claim_slot(tid as u32) {
+    if let Some(slot) = claim_slot(tid) {
         // SAFETY: map value pointer from a successful lookup.
         let s = unsafe { &mut *slot };
         if let Some(n) = s.pending_migrations.get_mut(d) {
             *n = n.saturating_add(1);
         }
     }
-    Ok(())
 }
 
 /// Attribute what `s` measured since its last switch-in to the cgroup of
