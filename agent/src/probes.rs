@@ -219,7 +219,8 @@ pub enum PageAlloc {
     Auto,
     /// Also on a one-node host (the benchmark measures it there).
     Always,
-    /// Never: residency, on-CPU time by node and balancing stay on.
+    /// Never: on-CPU time by node and balancing stay on (residency only for
+    /// workloads with balancing activity: labels rank by allocations).
     Never,
 }
 
