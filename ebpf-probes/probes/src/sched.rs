@@ -87,7 +87,16 @@ fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
     }
     let slot = claim_slot(tid).ok_or(())?;
     // SAFETY: map value pointer from a successful lookup.
-    unsafe { (*slot).queued_ns = bpf_ktime_get_ns() };
+    let s = unsafe { &mut *slot };
+    if event == counter::EV_WAKEUP_NEW {
+        // A new task may reuse the tid of one that exited: nothing of the
+        // old one's slot (its last CPU) belongs to it.
+        s.last_cpu = NO_CPU;
+        s.pending_place = NO_PENDING_PLACE;
+        s.pending_migrations = [0; DIST_CLASSES];
+    }
+    // SAFETY: helper without arguments.
+    s.queued_ns = unsafe { bpf_ktime_get_ns() };
     Ok(())
 }
 
