@@ -66,8 +66,17 @@ impl Agent {
     pub fn start(opts: &AgentOptions) -> Result<Self> {
         let cgroups = CgroupResolver::system()?;
         if let Some(pid) = opts.target.pid {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return Err(Error::NoSuchProcess { pid });
+            // /proc/TID exists for every thread too, but the kernel filters
+            // on the process id.
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map_err(|_| Error::NoSuchProcess { pid })?;
+            let tgid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(pid);
+            if tgid != pid {
+                return Err(Error::ThreadNotProcess { tid: pid, tgid });
             }
         }
         let cgroup_id = opts

@@ -43,6 +43,10 @@ pub enum Error {
     Privileges { missing: String },
     #[error("no process with pid {pid} (it may have exited)")]
     NoSuchProcess { pid: u32 },
+    #[error(
+        "{tid} is a thread of process {tgid}: --pid filters whole processes; use --pid {tgid}"
+    )]
+    ThreadNotProcess { tid: u32, tgid: u32 },
     #[error("no QEMU VM named {name:?} is running (running: {running}); name one with `-name guest=NAME`")]
     NoSuchVm { name: String, running: String },
     #[error(
@@ -97,6 +101,7 @@ impl Error {
         match self {
             Error::Privileges { .. }
             | Error::NoSuchProcess { .. }
+            | Error::ThreadNotProcess { .. }
             | Error::NoSuchVm { .. }
             | Error::EmptyCgroup { .. }
             | Error::ExactTooSoon { .. }

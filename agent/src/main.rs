@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, default_value = serve::DEFAULT_LISTEN)]
         listen: SocketAddr,
         /// How often kernel maps are read when nobody scrapes (every scrape reads them too).
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = positive_duration)]
         interval: Duration,
         #[command(flatten)]
         tuning: Tuning,
@@ -189,7 +189,7 @@ struct ReadinessArgs {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     readiness_samples_per_gib: u32,
     /// Time between the starts of two passes over the targets (serve).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = positive_duration)]
     readiness_interval: Duration,
     /// Targets assessed per pass; more are counted in hostprobe_readiness_skipped_targets.
     #[arg(long, default_value_t = 16)]
@@ -239,6 +239,15 @@ impl ReadinessArgs {
             interval: self.readiness_interval,
             max_targets: self.readiness_max_targets,
         })
+    }
+}
+
+/// A duration that must not be zero (intervals: zero would spin or panic).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero (e.g. 5s)".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -1072,6 +1072,31 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let bad_addr = hostprobe(&["serve", "--listen", "localhost"]);
     assert_eq!(bad_addr.status.code(), Some(2));
 
+    let zero = hostprobe(&["serve", "--interval", "0s"]);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("greater than zero"));
+
+    // A thread id is not a process: the kernel filters on the process id.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        let _ = done_rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap().to_string();
+    let me = std::process::id().to_string();
+    let out = hostprobe(&["diagnose", "--pid", &tid, "--duration", "1s"]);
+    drop(done_tx);
+    thread.join().unwrap();
+    let thread = out;
+    let err = String::from_utf8_lossy(&thread.stderr);
+    assert_eq!(thread.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("is a thread of process {me}")),
+        "{err}"
+    );
+
     // Without privileges: one clear line naming the capabilities, exit 2.
     let as_nobody = |args: &[&str]| {
         Command::new("setpriv")
