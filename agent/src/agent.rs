@@ -143,8 +143,9 @@ impl Agent {
         let (sched, counters) = self.sched.collect(&mut self.cgroups)?;
         let (lock, lock_counters) = self.lock.collect(&mut self.cgroups)?;
         let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups)?;
+        let busiest: Vec<String> = sched.workloads.iter().map(|w| w.workload.clone()).collect();
         let (mut numa_workloads, pages_migrated, numa_counters) =
-            self.numa.collect(&mut self.cgroups)?;
+            self.numa.collect(&mut self.cgroups, &busiest)?;
         for w in &mut numa_workloads {
             let allocated = w.local_pages + w.remote_pages;
             w.remote_allocation_ratio =

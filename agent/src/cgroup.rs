@@ -53,6 +53,14 @@ impl CgroupResolver {
             .ino())
     }
 
+    /// Processes directly in the cgroup at `path` (a workload's own tasks:
+    /// the kernel side keys workloads by the task's own cgroup).
+    pub fn own_procs(&self, path: &str) -> Result<Vec<u32>> {
+        let text = std::fs::read_to_string(self.dir_of(path)?.join("cgroup.procs"))
+            .map_err(|_| self.not_found(path))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
     /// Processes in the cgroup at `path` and all its descendants.
     pub fn procs(&self, path: &str) -> Result<Vec<u32>> {
         let mut pids = Vec::new();

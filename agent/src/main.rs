@@ -154,8 +154,7 @@ struct Tuning {
     lock_stacks: u32,
     /// `mm_page_alloc` (remote page allocations per workload; every page allocation
     /// pays ~0.1 us for it): `auto` attaches it with two or more NUMA nodes, `always`
-    /// also on one, `never` not at all (CPU time by node and balancing stay; residency
-    /// then only for workloads the kernel balanced).
+    /// also on one, `never` not at all (CPU time by node, balancing and residency stay).
     #[arg(long, value_enum, default_value = "auto")]
     numa_page_alloc: PageAlloc,
     /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).

@@ -219,8 +219,7 @@ pub enum PageAlloc {
     Auto,
     /// Also on a one-node host (the benchmark measures it there).
     Always,
-    /// Never: on-CPU time by node and balancing stay on (residency only for
-    /// workloads with balancing activity: labels rank by allocations).
+    /// Never: on-CPU time by node, balancing and residency stay on.
     Never,
 }
 

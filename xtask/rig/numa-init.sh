@@ -84,6 +84,21 @@ kill -INT $diag; wait $diag
 /bin/hostprobe readiness --pid $d --exact --windows 500ms,1s --json \
     --exact-state-dir /tmp/exact >/tmp/exact.json 2>/tmp/exact.log
 kill $a $b $d
+# Without mm_page_alloc: a busy task on node 0's CPUs with its memory on
+# node 1 still gets residency and the remote-access estimate.
+mkdir /sys/fs/cgroup/unranked
+sh -c 'echo $$ > /sys/fs/cgroup/unranked/cgroup.procs; exec numactl --cpunodebind=0 --membind=1 /bin/dirtier 5000 32' >/tmp/u.out &
+u=$!
+steady /tmp/u.out
+/bin/hostprobe diagnose --duration 3s --json --no-vm-readiness --numa-page-alloc never \
+    >/tmp/never.json 2>/tmp/never.log
+kill $u
+echo "=== never"
+cat /tmp/never.json
+echo "=== end never"
+echo "=== never log"
+grep -v 'probe ready' /tmp/never.log | tail -20
+echo "=== end never log"
 echo "=== numa"
 cat /tmp/numa.json
 echo "=== end numa"

@@ -164,6 +164,13 @@ fn check(console: &str) -> Result<()> {
             section(console, "numa log").unwrap_or("")
         )),
     }
+    match json_section(console, "never") {
+        Ok(s) => failures.extend(check_never(&s)),
+        Err(e) => failures.push(format!(
+            "--numa-page-alloc never: {e:#}; log:\n{}",
+            section(console, "never log").unwrap_or("")
+        )),
+    }
     // Issue 4's exact path where the kernel has soft-dirty bits.
     match json_section(console, "exact") {
         Ok(r) => {
@@ -204,6 +211,39 @@ fn check(console: &str) -> Result<()> {
     } else {
         bail!("{}", failures.join("\n"))
     }
+}
+
+/// With `--numa-page-alloc never`, a busy task on node 0's CPUs whose
+/// memory is on node 1 still gets its residency and the remote-access
+/// estimate (it is ranked by the scheduler signal, not by allocations).
+fn check_never(s: &Value) -> Vec<String> {
+    let mut failures = Vec::new();
+    let page_alloc = s["probes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["probe"] == "mm_page_alloc"));
+    if page_alloc.is_none_or(|p| p["attached"] != false) {
+        failures.push(format!(
+            "--numa-page-alloc never left mm_page_alloc attached: {page_alloc:?}"
+        ));
+    }
+    let w = s["numa"]["workloads"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["workload"] == "/unranked"));
+    let estimate = w.and_then(|w| w["estimated_remote_access_ratio"].as_f64());
+    let on_node1 = w
+        .and_then(|w| w["resident_bytes_by_node"][1].as_u64())
+        .unwrap_or(0);
+    println!(
+        "  never: /unranked (CPU node 0, 32 MiB on node 1): resident on node 1 {} MiB, estimated remote access {}",
+        on_node1 >> 20,
+        estimate.map_or("missing".into(), |e| format!("{e:.3}"))
+    );
+    if on_node1 < 32 << 20 || !estimate.is_some_and(|e| e >= 0.8) {
+        failures.push(format!(
+            "--numa-page-alloc never: /unranked wants >= 32 MiB on node 1 and an estimate >= 0.8, got {w:?}"
+        ));
+    }
+    failures
 }
 
 /// Acceptance (a)-(d) of the NUMA scenarios; the failures, if any.

@@ -97,9 +97,12 @@ impl NumaCollector {
         })
     }
 
+    /// `busiest`: the scheduler's labelled workloads, whose residency is read
+    /// too (with `mm_page_alloc` detached, nothing else would rank them).
     pub fn collect(
         &mut self,
         cgroups: &mut CgroupResolver,
+        busiest: &[String],
     ) -> Result<(Vec<WorkloadNuma>, BTreeMap<String, u64>, NumaCounters)> {
         let mut now: HashMap<u64, NumaTotals> = HashMap::new();
         let mut present = HashSet::new();
@@ -138,31 +141,40 @@ impl NumaCollector {
         }
         self.last = now;
 
-        let labelled: Vec<String> = self
-            .labels
-            .view()
-            .into_iter()
-            .map(|(w, _)| w.to_string())
-            .collect();
-        let unread = labelled
+        let view = self.labels.view();
+        let labelled: Vec<&str> = view.iter().map(|(w, _)| *w).collect();
+        // With two or more nodes, busy workloads the NUMA labels do not rank
+        // get a row of their own, without allocations: where they run and
+        // where their memory is.
+        let unranked: Vec<&String> = busiest
             .iter()
-            .any(|w| w.starts_with('/') && !self.residency.contains_key(w));
-        if unread
-            || self
-                .residency_at
-                .is_none_or(|t| t.elapsed() >= RESIDENCY_EVERY)
+            .filter(|w| self.nodes >= 2 && w.starts_with('/') && !labelled.contains(&w.as_str()))
+            .collect();
+        let paths: Vec<&str> = labelled
+            .iter()
+            .copied()
+            .chain(unranked.iter().map(|w| w.as_str()))
+            .filter(|w| w.starts_with('/'))
+            .collect();
+        let unread = paths.iter().any(|w| !self.residency.contains_key(*w));
+        // One node: every page is local; numa_maps would only cost.
+        if self.nodes >= 2
+            && (unread
+                || self
+                    .residency_at
+                    .is_none_or(|t| t.elapsed() >= RESIDENCY_EVERY))
         {
-            self.residency = labelled
+            self.residency = paths
                 .iter()
-                .filter(|w| w.starts_with('/'))
-                .map(|w| (w.clone(), resident_by_node(cgroups, w, self.nodes)))
+                .map(|w| (w.to_string(), resident_by_node(cgroups, w, self.nodes)))
                 .collect();
             self.residency_at = Some(Instant::now());
         }
-        let workloads = self
-            .labels
-            .view()
+        let unranked_rows = unranked.iter().map(|w| (w.as_str(), NumaTotals::default()));
+        let workloads = view
             .into_iter()
+            .map(|(w, t)| (w, *t))
+            .chain(unranked_rows)
             .map(|(w, t)| WorkloadNuma {
                 workload: w.to_string(),
                 local_pages: t.local_pages,
@@ -218,7 +230,7 @@ impl NumaCollector {
 /// Bytes resident on each node of the processes of cgroup `workload`.
 fn resident_by_node(cgroups: &CgroupResolver, workload: &str, nodes: usize) -> Vec<u64> {
     let mut total = vec![0u64; nodes];
-    for pid in cgroups.procs(workload).unwrap_or_default() {
+    for pid in cgroups.own_procs(workload).unwrap_or_default() {
         if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")) {
             for (node, bytes) in parse_numa_maps(&text).into_iter().enumerate() {
                 if let Some(t) = total.get_mut(node) {
