@@ -111,6 +111,7 @@ fn unavailable(reason: &str) -> Vec<ProbeStatus> {
             tracepoint: s.hook.tracepoint(),
             attach_type: s.hook.attach_type().to_string(),
             attached: false,
+            enabled: true,
             reason: Some(reason.to_string()),
             events: 0,
             errors: 0,

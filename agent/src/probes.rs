@@ -654,14 +654,13 @@ impl Probes {
                 Some(reason) => Err(reason),
                 None => load_program(&mut ebpf, spec, kernel_btf.as_ref()),
             };
+            // Detached by design (one node, or asked to): not a warning.
+            let enabled = !(spec.needs == Needs::PageAlloc && chosen_off);
             match &outcome {
                 Ok(()) => {
                     info!(probe = spec.program, hook = %spec.hook.tracepoint(), "probe ready")
                 }
-                // Detached by design (one node, or asked to): not a warning.
-                Err(reason) if spec.needs == Needs::PageAlloc && chosen_off => {
-                    info!(probe = spec.program, %reason, "probe disabled")
-                }
+                Err(reason) if !enabled => info!(probe = spec.program, %reason, "probe disabled"),
                 Err(reason) => warn!(probe = spec.program, %reason, "probe disabled"),
             }
             status.push(ProbeStatus {
@@ -669,6 +668,7 @@ impl Probes {
                 tracepoint: spec.hook.tracepoint(),
                 attach_type: spec.hook.attach_type().to_string(),
                 attached: outcome.is_ok(),
+                enabled,
                 reason: outcome.err(),
                 events: 0,
                 errors: 0,

@@ -49,6 +49,9 @@ pub struct ProbeStatus {
     /// `tp_btf` or `tracepoint`.
     pub attach_type: String,
     pub attached: bool,
+    /// False when it is off by design (`mm_page_alloc` on one NUMA node or
+    /// with `--numa-page-alloc never`), not because it failed.
+    pub enabled: bool,
     /// Why it is not attached.
     pub reason: Option<String>,
     /// Times it ran.

@@ -157,12 +157,10 @@ impl NumaCollector {
             .filter(|w| w.starts_with('/'))
             .collect();
         let unread = paths.iter().any(|w| !self.residency.contains_key(*w));
-        // One node: every page is local; numa_maps would only cost.
-        if self.nodes >= 2
-            && (unread
-                || self
-                    .residency_at
-                    .is_none_or(|t| t.elapsed() >= RESIDENCY_EVERY))
+        if unread
+            || self
+                .residency_at
+                .is_none_or(|t| t.elapsed() >= RESIDENCY_EVERY)
         {
             self.residency = paths
                 .iter()

@@ -61,6 +61,7 @@ pub(crate) mod tests {
             tracepoint: format!("sched:{name}"),
             attach_type: "tp_btf".into(),
             attached,
+            enabled: true,
             reason: (!attached).then(|| "no such tracepoint".into()),
             events: if attached { 1000 } else { 0 },
             errors: 0,

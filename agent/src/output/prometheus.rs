@@ -103,6 +103,11 @@ pub fn render(s: &Snapshot) -> String {
         "1 if the kernel program is attached, 0 if it is disabled (see `hostprobe check` for why).",
         GAUGE,
     );
+    let mut enabled = Family::new(
+        "hostprobe_probe_enabled",
+        "0 if the kernel program is off by design (mm_page_alloc on one NUMA node or with --numa-page-alloc never), 1 if hostprobe tries to attach it.",
+        GAUGE,
+    );
     let mut events = Family::new(
         "hostprobe_probe_events_total",
         "Times each kernel program ran.",
@@ -121,11 +126,12 @@ pub fn render(s: &Snapshot) -> String {
     for p in &s.probes {
         let l = [("probe", p.probe.as_str())];
         attached.gauge(&l, if p.attached { 1.0 } else { 0.0 });
+        enabled.gauge(&l, if p.enabled { 1.0 } else { 0.0 });
         events.counter(&l, p.events as f64);
         errors.counter(&l, p.errors as f64);
         missed.counter(&l, p.missed as f64);
     }
-    out.extend([attached, events, errors, missed]);
+    out.extend([attached, enabled, events, errors, missed]);
 
     let mut drops = Family::new("hostprobe_map_drops_total", "Updates lost because a bounded kernel map was full or a task slot was taken by another thread.", COUNTER);
     for (map, n) in &s.map_drops {
@@ -308,7 +314,7 @@ fn numa(s: &Snapshot, out: &mut Vec<Family>) {
     use MetricType::{COUNTER, GAUGE};
     let mut alloc = Family::new("hostprobe_numa_page_allocations_total", "Pages (4 KiB units) the workload allocated on its CPU's node (locality=local) or another (remote).", COUNTER);
     let mut balancing = Family::new("hostprobe_numa_balancing_events_total", "NUMA-balancing decisions about the workload's tasks: kind=move (to another node's CPU), swap (with a task there), stick (wanted to move, could not).", COUNTER);
-    let mut resident = Family::new("hostprobe_workload_resident_bytes", "Resident memory of the workload's processes by node (numa_maps, labelled workloads, refreshed every 10 s).", GAUGE);
+    let mut resident = Family::new("hostprobe_workload_resident_bytes", "Resident memory by node of the processes directly in the workload's cgroup (numa_maps; the NUMA-labelled workloads and, with two or more nodes, the scheduler's top-K; refreshed at most every 10 s).", GAUGE);
     let mut cpu = Family::new(
         "hostprobe_workload_cpu_seconds_total",
         "On-CPU time of the workload by the NUMA node of the CPU.",
