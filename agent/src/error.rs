@@ -102,6 +102,7 @@ impl Error {
             Error::Privileges { .. }
             | Error::NoSuchProcess { .. }
             | Error::ThreadNotProcess { .. }
+            | Error::Listen { .. }
             | Error::NoSuchVm { .. }
             | Error::EmptyCgroup { .. }
             | Error::ExactTooSoon { .. }

@@ -354,11 +354,12 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         } => {
             let mut opts = options(Target::default(), &tuning, 0);
             opts.readiness = Some(readiness.options(None, None)?);
+            let listener = serve::bind(listen).await?;
             let agent = Agent::start(&opts)?;
             // Attached: what loading needed is not needed any more.
             let dropped = hostprobe::privileges::drop_unneeded()?;
             tracing::info!(?dropped, "capabilities dropped after attaching");
-            serve::run(agent, listen, interval).await?;
+            serve::run(agent, listener, interval).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diagnose {

@@ -46,13 +46,26 @@ fn lock(state: &Shared) -> MutexGuard<'_, Collected> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub async fn run(mut agent: Agent, listen: SocketAddr, interval: Duration) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
+/// Binds the listener; done before loading the probes so that a taken or
+/// privileged port fails at once, while the process still has its
+/// capabilities.
+pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| Error::Listen {
             addr: listen,
             source,
-        })?;
+        })
+}
+
+pub async fn run(
+    mut agent: Agent,
+    listener: tokio::net::TcpListener,
+    interval: Duration,
+) -> Result<()> {
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::io("listener".as_ref(), e))?;
     let latest = agent.snapshot()?;
     let state: Shared = Arc::new(Mutex::new(Collected { agent, latest }));
     let app = Router::new()

@@ -1072,6 +1072,17 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     let bad_addr = hostprobe(&["serve", "--listen", "localhost"]);
     assert_eq!(bad_addr.status.code(), Some(2));
 
+    // A taken port fails before anything is loaded.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let busy = hostprobe(&["serve", "--listen", &addr]);
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert_eq!(busy.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && !err.contains("probe ready"),
+        "{err}"
+    );
+
     let zero = hostprobe(&["serve", "--interval", "0s"]);
     assert_eq!(zero.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&zero.stderr).contains("greater than zero"));
