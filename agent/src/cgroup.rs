@@ -1,7 +1,7 @@
 //! Workload names: cgroup v2 ids (what `bpf_get_current_cgroup_id` returns:
 //! the kernfs inode number of the cgroup directory) resolved to paths.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,14 @@ use crate::error::{Error, Result};
 pub struct CgroupResolver {
     root: PathBuf,
     by_id: HashMap<u64, String>,
+    /// Last paths of cgroups that a rescan found removed (the most recent
+    /// `REMEMBER_REMOVED`), so that their last counts keep their name.
+    removed: HashMap<u64, String>,
+    removed_order: VecDeque<u64>,
 }
+
+/// Removed cgroups whose paths are remembered.
+const REMEMBER_REMOVED: usize = 4096;
 
 impl CgroupResolver {
     /// Uses the cgroup v2 mount of this machine (`/sys/fs/cgroup` on unified
@@ -27,6 +34,8 @@ impl CgroupResolver {
         let mut r = Self {
             root,
             by_id: HashMap::new(),
+            removed: HashMap::new(),
+            removed_order: VecDeque::new(),
         };
         r.rescan();
         r
@@ -43,6 +52,11 @@ impl CgroupResolver {
             self.rescan();
         }
         self.by_id.get(&id).cloned()
+    }
+
+    /// The last path of cgroup `id` if a rescan found it removed.
+    pub fn removed_path(&self, id: u64) -> Option<&str> {
+        self.removed.get(&id).map(String::as_str)
     }
 
     /// Id of the cgroup at `path` (relative to the v2 root, leading `/`
@@ -113,7 +127,7 @@ impl CgroupResolver {
     }
 
     fn rescan(&mut self) {
-        self.by_id.clear();
+        let before = std::mem::take(&mut self.by_id);
         let mut stack = vec![(self.root.clone(), String::from("/"))];
         while let Some((dir, rel)) = stack.pop() {
             let Ok(meta) = std::fs::metadata(&dir) else {
@@ -132,6 +146,16 @@ impl CgroupResolver {
                         format!("{rel}/{name}")
                     };
                     stack.push((e.path(), child));
+                }
+            }
+        }
+        for (id, path) in before {
+            if !self.by_id.contains_key(&id) && self.removed.insert(id, path).is_none() {
+                self.removed_order.push_back(id);
+                if self.removed_order.len() > REMEMBER_REMOVED {
+                    if let Some(old) = self.removed_order.pop_front() {
+                        self.removed.remove(&old);
+                    }
                 }
             }
         }
@@ -187,10 +211,12 @@ mod tests {
         std::fs::create_dir(dir.path().join("late")).unwrap();
         let late = r.id_of("/late").unwrap();
         assert_eq!(r.path(late).as_deref(), Some("/late"));
-        // A removed cgroup is gone after the rescan its miss triggers.
+        // A removed cgroup is gone after the rescan its miss triggers, and
+        // its last path is remembered.
         std::fs::remove_dir(dir.path().join("late")).unwrap();
         r.rescan();
         assert_eq!(r.path(late), None);
+        assert_eq!(r.removed_path(late), Some("/late"));
     }
 
     #[test]

@@ -33,27 +33,99 @@ fn counter(map: &PerCpuArray<MapData, u64>, name: &'static str, index: u32) -> R
 }
 
 /// Folds each cgroup's delta into `labels` under its path; a cgroup that no
-/// longer exists counts its last delta as `(cgroup ID)` and loses its label.
-/// Returns the ids of those removed cgroups.
+/// longer exists counts its last delta under its last path (or `(cgroup
+/// ID)` if it was never resolved) and loses its label. Returns the ids of
+/// those removed cgroups.
 fn fold_workload_deltas<T: Totals>(
     labels: &mut Labels<T>,
     cgroups: &mut CgroupResolver,
     deltas: impl IntoIterator<Item = (u64, T)>,
 ) -> Vec<u64> {
     let mut named = Vec::new();
+    let mut live = std::collections::HashSet::new();
     let mut gone = Vec::new();
     let mut gone_paths = Vec::new();
     for (id, d) in deltas {
         match cgroups.path(id) {
-            Some(path) => named.push((path, d)),
+            Some(path) => {
+                live.insert(path.clone());
+                named.push((path, d));
+            }
             None => {
-                let path = format!("(cgroup {id})");
+                let path = cgroups
+                    .removed_path(id)
+                    .map_or_else(|| format!("(cgroup {id})"), str::to_string);
                 named.push((path.clone(), d));
                 gone.push(id);
                 gone_paths.push(path);
             }
         }
     }
+    // A path recreated under a new id (a restarted unit) keeps its label.
+    gone_paths.retain(|p| !live.contains(p));
     labels.round(&named, &gone_paths);
     gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Clone, Copy, PartialEq)]
+    struct Count(u64);
+
+    impl Totals for Count {
+        fn activity(&self) -> u64 {
+            self.0
+        }
+        fn add(&mut self, o: &Self) {
+            self.0 += o.0;
+        }
+    }
+
+    fn totals(labels: &Labels<Count>) -> Vec<(String, u64)> {
+        labels
+            .view()
+            .into_iter()
+            .map(|(l, c)| (l.to_string(), c.0))
+            .collect()
+    }
+
+    #[test]
+    fn removed_cgroups_keep_their_name_and_a_restarted_one_keeps_its_label() {
+        // tmpfs numbers inodes without reusing them, as cgroupfs does its
+        // ids (disk filesystems hand a freed inode to the next directory).
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        let mut cgroups = CgroupResolver::at(dir.path().to_path_buf());
+        let mut labels = Labels::new(4);
+        let first = cgroups.id_of("/db").unwrap();
+        assert!(fold_workload_deltas(&mut labels, &mut cgroups, [(first, Count(5))]).is_empty());
+
+        // The unit restarts: same path, new cgroup (new id). The old one's
+        // last delta counts under the path, which keeps its label.
+        std::fs::remove_dir(dir.path().join("db")).unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        let second = cgroups.id_of("/db").unwrap();
+        assert_ne!(first, second);
+        let gone = fold_workload_deltas(
+            &mut labels,
+            &mut cgroups,
+            [(second, Count(3)), (first, Count(2))],
+        );
+        assert_eq!(gone, vec![first]);
+        assert_eq!(totals(&labels), vec![("/db".to_string(), 10)]);
+
+        // Removed for good: its last delta is named, then the label goes.
+        std::fs::remove_dir(dir.path().join("db")).unwrap();
+        std::fs::create_dir(dir.path().join("other")).unwrap();
+        let other = cgroups.id_of("/other").unwrap();
+        let gone = fold_workload_deltas(
+            &mut labels,
+            &mut cgroups,
+            [(other, Count(1)), (second, Count(1))],
+        );
+        assert_eq!(gone, vec![second]);
+        assert_eq!(totals(&labels), vec![("/other".to_string(), 1)]);
+    }
 }

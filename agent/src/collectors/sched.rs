@@ -231,6 +231,7 @@ impl SchedCollector {
         self.retired.retain(|id| present.contains(id));
         let mut deltas = Vec::with_capacity(now.len());
         let mut gone = Vec::new();
+        let mut live = HashSet::new();
         for (id, totals) in &now {
             let d = match self.last.get(id) {
                 Some(prev) => totals.delta(prev),
@@ -239,6 +240,7 @@ impl SchedCollector {
             let path = match cgroups.path(*id) {
                 Some(path) => {
                     self.names.insert(*id, path.clone());
+                    live.insert(path.clone());
                     path
                 }
                 None => {
@@ -253,7 +255,12 @@ impl SchedCollector {
             };
             deltas.push((path, d));
         }
-        let gone_paths: Vec<String> = gone.iter().map(|(_, p)| p.clone()).collect();
+        // A path recreated under a new id (a restarted unit) keeps its label.
+        let gone_paths: Vec<String> = gone
+            .iter()
+            .map(|(_, p)| p.clone())
+            .filter(|p| !live.contains(p))
+            .collect();
         self.labels.round(&deltas, &gone_paths);
         for (id, _) in &gone {
             now.remove(id);
