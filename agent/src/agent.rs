@@ -16,6 +16,7 @@ use crate::collectors::lock::LockCollector;
 use crate::collectors::numa::{estimated_remote_access, NumaCollector};
 use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
+use crate::collectors::DeadRing;
 use crate::error::{Error, Result};
 use crate::probes::{LoadOptions, PageAlloc, Probes};
 use crate::snapshot::Snapshot;
@@ -50,6 +51,7 @@ pub struct Agent {
     lock: LockCollector,
     dirty: DirtyCollector,
     numa: NumaCollector,
+    dead: DeadRing,
     readiness: Option<ReadinessCollector>,
     /// /proc/stat per-CPU times at the last busy reading, when it was
     /// taken, and the busy shares it gave.
@@ -103,6 +105,7 @@ impl Agent {
             .map(|c| c.node as usize)
             .collect();
         let sched = SchedCollector::new(&mut probes.ebpf, opts.top_k, cpu_node)?;
+        let dead = DeadRing::new(&mut probes.ebpf)?;
         let lock = LockCollector::new(&mut probes.ebpf, opts.top_k)?;
         let dirty = DirtyCollector::new(&mut probes.ebpf, opts.top_k)?;
         let numa = NumaCollector::new(
@@ -123,6 +126,7 @@ impl Agent {
             lock,
             dirty,
             numa,
+            dead,
             readiness: opts.readiness.clone().map(ReadinessCollector::start),
             cpu_times: (proc_stat_times(), Instant::now()),
             cpu_busy: Vec::new(),
@@ -146,6 +150,17 @@ impl Agent {
         let busiest: Vec<String> = sched.workloads.iter().map(|w| w.workload.clone()).collect();
         let (mut numa_workloads, pages_migrated, numa_counters) =
             self.numa.collect(&mut self.cgroups, &busiest)?;
+        // Every table has read its last values of these: the kernel may
+        // reuse their entries.
+        let retired: std::collections::BTreeSet<u64> = self
+            .sched
+            .retired()
+            .iter()
+            .chain(self.dirty.retired())
+            .chain(self.numa.retired())
+            .copied()
+            .collect();
+        self.dead.publish(&retired)?;
         for w in &mut numa_workloads {
             let allocated = w.local_pages + w.remote_pages;
             w.remote_allocation_ratio =

@@ -75,7 +75,7 @@ pub struct DirtyCollector {
     devices: HashMap<u32, String>,
     last: HashMap<u64, DirtyTotals>,
     /// Removed cgroups already counted whose kernel entries await reuse
-    /// (the sched collector hands them back through `DEAD_CGROUPS`).
+    /// (the agent hands them back through `DEAD_CGROUPS`, see `DeadRing`).
     retired: HashSet<u64>,
     /// Device totals of deleted file entries (folios, bytes).
     device_base: HashMap<u32, (u64, u64)>,
@@ -83,6 +83,11 @@ pub struct DirtyCollector {
 }
 
 impl DirtyCollector {
+    /// Removed cgroups whose entries are still in the kernel tables.
+    pub fn retired(&self) -> &HashSet<u64> {
+        &self.retired
+    }
+
     pub fn new(ebpf: &mut Ebpf, top_k: usize) -> Result<Self> {
         let hz = kernel_hz();
         if hz.is_none() {

@@ -1,7 +1,7 @@
 //! One collector per signal: each reads its kernel maps on an interval and
 //! returns its part of the snapshot.
 
-use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 
 use crate::cgroup::CgroupResolver;
@@ -13,6 +13,47 @@ pub mod lock;
 pub mod numa;
 pub mod readiness;
 pub mod sched;
+
+/// The kernel's `DEAD_CGROUPS` ring: ids of removed cgroups whose entries
+/// the per-CPU workload tables (sched, dirty, NUMA) may reuse. The agent
+/// publishes every collector's retired ids after all of them have read
+/// their last values, and again each round while a table still holds them:
+/// the ring is short, and under cgroup churn an id written once would be
+/// pushed out before the kernel got to reuse its entries.
+pub struct DeadRing {
+    map: Array<MapData, u64>,
+    next: u32,
+    /// Where the next round starts when there are more ids than slots.
+    cursor: usize,
+}
+
+impl DeadRing {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            map: Array::try_from(take(ebpf, "DEAD_CGROUPS")?).map_err(map_err("DEAD_CGROUPS"))?,
+            next: 0,
+            cursor: 0,
+        })
+    }
+
+    /// Writes up to a ringful of `ids`, rotating through them across rounds.
+    pub fn publish(&mut self, ids: &std::collections::BTreeSet<u64>) -> Result<()> {
+        let ids: Vec<u64> = ids.iter().copied().collect();
+        let n = ids.len().min(hostprobe_common::DEAD_CGROUPS as usize);
+        for k in 0..n {
+            let id = ids[(self.cursor + k) % ids.len()];
+            let slot = self.next % hostprobe_common::DEAD_CGROUPS;
+            self.next = self.next.wrapping_add(1);
+            self.map.set(slot, id, 0).map_err(map_err("DEAD_CGROUPS"))?;
+        }
+        self.cursor = if ids.is_empty() {
+            0
+        } else {
+            (self.cursor + n) % ids.len()
+        };
+        Ok(())
+    }
+}
 
 /// Takes a map the collector will own out of the loaded object.
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {

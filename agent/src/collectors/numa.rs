@@ -79,6 +79,11 @@ pub struct NumaCollector {
 }
 
 impl NumaCollector {
+    /// Removed cgroups whose entries are still in the kernel tables.
+    pub fn retired(&self) -> &HashSet<u64> {
+        &self.retired
+    }
+
     pub fn new(ebpf: &mut Ebpf, top_k: usize, nodes: usize, reasons: Vec<String>) -> Result<Self> {
         Ok(Self {
             workloads: PerCpuArray::try_from(take(ebpf, "NUMA_WORKLOADS")?)

@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use aya::Ebpf;
-use hostprobe_common::{counter, SchedStats, DEAD_CGROUPS, DIST_CLASSES, HIST_BUCKETS};
+use hostprobe_common::{counter, SchedStats, DIST_CLASSES, HIST_BUCKETS};
 
 use super::{counter, map_err, take};
 use crate::cgroup::CgroupResolver;
@@ -118,7 +118,6 @@ impl SchedTotals {
 
 pub struct SchedCollector {
     workloads: PerCpuArray<MapData, SchedStats>,
-    dead: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     last: HashMap<u64, SchedTotals>,
     /// Last known path of each cgroup id, to name a cgroup's final delta.
@@ -126,8 +125,6 @@ pub struct SchedCollector {
     /// Removed cgroups whose final values were counted; their entries stay
     /// in the kernel table until reused, and must not be counted again.
     retired: HashSet<u64>,
-    /// Next slot of the kernel's `DEAD_CGROUPS` ring.
-    dead_next: u32,
     labels: Labels<SchedTotals>,
     /// NUMA node of each CPU (per-CPU values come in CPU order).
     cpu_node: Vec<usize>,
@@ -148,20 +145,22 @@ pub struct SchedCounters {
 }
 
 impl SchedCollector {
+    /// Removed cgroups whose entries are still in the kernel table.
+    pub fn retired(&self) -> &HashSet<u64> {
+        &self.retired
+    }
+
     pub fn new(ebpf: &mut Ebpf, top_k: usize, cpu_node: Vec<usize>) -> Result<Self> {
-        let dead = Array::try_from(take(ebpf, "DEAD_CGROUPS")?).map_err(map_err("DEAD_CGROUPS"))?;
         let workloads = PerCpuArray::try_from(take(ebpf, "SCHED_WORKLOADS")?)
             .map_err(map_err("SCHED_WORKLOADS"))?;
         let counters = PerCpuArray::try_from(take(ebpf, "SCHED_COUNTERS")?)
             .map_err(map_err("SCHED_COUNTERS"))?;
         Ok(Self {
             workloads,
-            dead,
             counters,
             last: HashMap::new(),
             names: HashMap::new(),
             retired: HashSet::new(),
-            dead_next: 0,
             labels: Labels::new(top_k),
             cpu_node,
             cpu_runq_ref: (Vec::new(), std::time::Instant::now()),
@@ -265,12 +264,6 @@ impl SchedCollector {
         for (id, _) in &gone {
             now.remove(id);
             self.retired.insert(*id);
-            // The kernel reuses the entries of ids in this ring.
-            let slot = self.dead_next % DEAD_CGROUPS;
-            self.dead_next = self.dead_next.wrapping_add(1);
-            self.dead
-                .set(slot, *id, 0)
-                .map_err(map_err("DEAD_CGROUPS"))?;
         }
         self.last = now;
 
