@@ -89,6 +89,8 @@ pub trait Totals: Default {
     /// How busy: the top-K ranking key.
     fn activity(&self) -> u64;
     fn add(&mut self, other: &Self);
+    /// What was added since an `earlier` reading of the same counters.
+    fn since(&self, earlier: &Self) -> Self;
 }
 
 /// Per-key deltas folded into monotonic totals per exported label: the K

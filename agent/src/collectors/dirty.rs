@@ -10,7 +10,7 @@ use aya::Ebpf;
 use hostprobe_common::dirty::{counter, FileKey, FileStats, Stats};
 use tracing::warn;
 
-use super::{counter, fold_workload_deltas, map_err, take};
+use super::{counter, fold_round, map_err, take};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::snapshot::{DeviceDirty, DirtySection, WorkloadDirty};
@@ -41,9 +41,7 @@ impl Totals for DirtyTotals {
         self.throttle_jiffies += o.throttle_jiffies;
         self.throttle_pauses += o.throttle_pauses;
     }
-}
 
-impl DirtyTotals {
     fn since(&self, prev: &Self) -> Self {
         Self {
             file_bytes: self.file_bytes.saturating_sub(prev.file_bytes),
@@ -152,19 +150,13 @@ impl DirtyCollector {
         }
         // Once no entry of a retired id is left, forget it.
         self.retired.retain(|id| present.contains(id));
-        let deltas: Vec<_> = now
-            .iter()
-            .map(|(id, t)| {
-                (
-                    *id,
-                    t.since(&self.last.get(id).copied().unwrap_or_default()),
-                )
-            })
-            .collect();
-        for id in fold_workload_deltas(&mut self.labels, cgroups, deltas) {
-            now.remove(&id);
-            self.retired.insert(id);
-        }
+        fold_round(
+            &mut self.labels,
+            cgroups,
+            now,
+            &mut self.last,
+            &mut self.retired,
+        );
         for (dev, base) in &self.device_base {
             let d = by_device.entry(*dev).or_default();
             d.0 += base.0;
@@ -186,7 +178,6 @@ impl DirtyCollector {
             // Already gone is fine.
             let _ = self.files.remove(key);
         }
-        self.last = now;
 
         if by_device.keys().any(|d| !self.devices.contains_key(d)) {
             self.devices = device_names();

@@ -41,6 +41,13 @@ impl Totals for LockTotals {
         self.count += o.count;
         self.total_ns += o.total_ns;
     }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            count: self.count.saturating_sub(earlier.count),
+            total_ns: self.total_ns.saturating_sub(earlier.total_ns),
+        }
+    }
 }
 
 fn sum(per_cpu: &[Stat]) -> Stat {
@@ -164,11 +171,7 @@ impl LockCollector {
         let deltas: Vec<(String, LockTotals)> = callers_now
             .iter()
             .map(|(k, now)| {
-                let prev = self.last_callers.get(k).copied().unwrap_or_default();
-                let d = LockTotals {
-                    count: now.count.saturating_sub(prev.count),
-                    total_ns: now.total_ns.saturating_sub(prev.total_ns),
-                };
+                let d = now.since(&self.last_callers.get(k).copied().unwrap_or_default());
                 (format!("{}\u{1f}{}", lock_types::name(k.0), k.1), d)
             })
             .collect();
@@ -211,12 +214,10 @@ impl LockCollector {
             );
         }
         let deltas = workloads_now.iter().map(|(id, now)| {
-            let prev = self.last_workloads.get(id).copied().unwrap_or_default();
-            let d = LockTotals {
-                count: now.count.saturating_sub(prev.count),
-                total_ns: now.total_ns.saturating_sub(prev.total_ns),
-            };
-            (*id, d)
+            (
+                *id,
+                now.since(&self.last_workloads.get(id).copied().unwrap_or_default()),
+            )
         });
         let gone = fold_workload_deltas(&mut self.workload_labels, cgroups, deltas);
         for id in &gone {

@@ -1,6 +1,8 @@
 //! One collector per signal: each reads its kernel maps on an interval and
 //! returns its part of the snapshot.
 
+use std::collections::{HashMap, HashSet};
+
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 
@@ -73,6 +75,28 @@ fn counter(map: &PerCpuArray<MapData, u64>, name: &'static str, index: u32) -> R
     Ok(map.get(&index, 0).map_err(map_err(name))?.iter().sum())
 }
 
+/// One round of a per-CPU workload table (dirty, NUMA): each cgroup's
+/// counters since `last` are folded into `labels`; removed cgroups are
+/// retired (counted once, their entries left for the kernel to reuse) and
+/// `now` becomes `last`.
+fn fold_round<T: Totals + Copy>(
+    labels: &mut Labels<T>,
+    cgroups: &mut CgroupResolver,
+    mut now: HashMap<u64, T>,
+    last: &mut HashMap<u64, T>,
+    retired: &mut HashSet<u64>,
+) {
+    let deltas: Vec<_> = now
+        .iter()
+        .map(|(id, t)| (*id, t.since(&last.get(id).copied().unwrap_or_default())))
+        .collect();
+    for id in fold_workload_deltas(labels, cgroups, deltas) {
+        now.remove(&id);
+        retired.insert(id);
+    }
+    *last = now;
+}
+
 /// Folds each cgroup's delta into `labels` under its path; a cgroup that no
 /// longer exists counts its last delta under its last path (or `(cgroup
 /// ID)` if it was never resolved) and loses its label. Returns the ids of
@@ -83,7 +107,7 @@ fn fold_workload_deltas<T: Totals>(
     deltas: impl IntoIterator<Item = (u64, T)>,
 ) -> Vec<u64> {
     let mut named = Vec::new();
-    let mut live = std::collections::HashSet::new();
+    let mut live = HashSet::new();
     let mut gone = Vec::new();
     let mut gone_paths = Vec::new();
     for (id, d) in deltas {
@@ -121,6 +145,9 @@ mod tests {
         }
         fn add(&mut self, o: &Self) {
             self.0 += o.0;
+        }
+        fn since(&self, e: &Self) -> Self {
+            Self(self.0 - e.0)
         }
     }
 

@@ -11,7 +11,7 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::Ebpf;
 use hostprobe_common::numa::{counter, Stats, MAX_REASONS};
 
-use super::{counter, fold_workload_deltas, map_err, take};
+use super::{counter, fold_round, map_err, take};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::snapshot::{NumaBalancing, WorkloadNuma};
@@ -43,9 +43,7 @@ impl Totals for NumaTotals {
         self.swap_numa += o.swap_numa;
         self.stick_numa += o.stick_numa;
     }
-}
 
-impl NumaTotals {
     fn since(&self, p: &Self) -> Self {
         Self {
             local_pages: self.local_pages.saturating_sub(p.local_pages),
@@ -131,20 +129,13 @@ impl NumaCollector {
             }
         }
         self.retired.retain(|id| present.contains(id));
-        let deltas: Vec<_> = now
-            .iter()
-            .map(|(id, t)| {
-                (
-                    *id,
-                    t.since(&self.last.get(id).copied().unwrap_or_default()),
-                )
-            })
-            .collect();
-        for id in fold_workload_deltas(&mut self.labels, cgroups, deltas) {
-            now.remove(&id);
-            self.retired.insert(id);
-        }
-        self.last = now;
+        fold_round(
+            &mut self.labels,
+            cgroups,
+            now,
+            &mut self.last,
+            &mut self.retired,
+        );
 
         let view = self.labels.view();
         let labelled: Vec<&str> = view.iter().map(|(w, _)| *w).collect();

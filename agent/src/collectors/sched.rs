@@ -58,8 +58,25 @@ impl SchedTotals {
         }
         self.oncpu_ns += v.oncpu_ns;
     }
+}
 
-    fn delta(&self, earlier: &SchedTotals) -> SchedTotals {
+impl Totals for SchedTotals {
+    fn add(&mut self, other: &SchedTotals) {
+        self.runq.add(&other.runq);
+        for i in 0..DIST_CLASSES {
+            self.switch_ins[i] += other.switch_ins[i];
+            self.migrations[i] += other.migrations[i];
+        }
+        self.oncpu_ns += other.oncpu_ns;
+        add_by_node(&mut self.oncpu_ns_by_node, &other.oncpu_ns_by_node);
+    }
+
+    /// Events in these totals: how busy the workload was, for top-K.
+    fn activity(&self) -> u64 {
+        self.switch_ins.iter().sum::<u64>() + self.migrations.iter().sum::<u64>()
+    }
+
+    fn since(&self, earlier: &SchedTotals) -> SchedTotals {
         let sub = |a: &[u64; DIST_CLASSES], b: &[u64; DIST_CLASSES]| {
             std::array::from_fn(|i| a[i].saturating_sub(b[i]))
         };
@@ -77,23 +94,6 @@ impl SchedTotals {
                 })
                 .collect(),
         }
-    }
-}
-
-impl Totals for SchedTotals {
-    fn add(&mut self, other: &SchedTotals) {
-        self.runq.add(&other.runq);
-        for i in 0..DIST_CLASSES {
-            self.switch_ins[i] += other.switch_ins[i];
-            self.migrations[i] += other.migrations[i];
-        }
-        self.oncpu_ns += other.oncpu_ns;
-        add_by_node(&mut self.oncpu_ns_by_node, &other.oncpu_ns_by_node);
-    }
-
-    /// Events in these totals: how busy the workload was, for top-K.
-    fn activity(&self) -> u64 {
-        self.switch_ins.iter().sum::<u64>() + self.migrations.iter().sum::<u64>()
     }
 }
 
@@ -233,7 +233,7 @@ impl SchedCollector {
         let mut live = HashSet::new();
         for (id, totals) in &now {
             let d = match self.last.get(id) {
-                Some(prev) => totals.delta(prev),
+                Some(prev) => totals.since(prev),
                 None => totals.clone(),
             };
             let path = match cgroups.path(*id) {
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn deltas_subtract_field_by_field() {
-        let d = t(10, 4).delta(&t(3, 1));
+        let d = t(10, 4).since(&t(3, 1));
         assert_eq!(
             (d.switch_ins[0], d.migrations[4], d.runq.buckets[10]),
             (7, 3, 7)
