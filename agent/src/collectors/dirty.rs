@@ -10,7 +10,7 @@ use aya::Ebpf;
 use hostprobe_common::dirty::{counter, FileKey, FileStats, Stats};
 use tracing::warn;
 
-use super::{counter, fold_round, map_err, take};
+use super::{counter, fold_round, map_err, take, ProbeCounters};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::snapshot::{DeviceDirty, DirtySection, WorkloadDirty};
@@ -54,14 +54,6 @@ impl Totals for DirtyTotals {
             throttle_pauses: self.throttle_pauses.saturating_sub(prev.throttle_pauses),
         }
     }
-}
-
-/// Self-metrics of the dirty programs.
-#[derive(Debug, Clone, Default)]
-pub struct DirtyCounters {
-    pub events: BTreeMap<&'static str, u64>,
-    pub errors: BTreeMap<&'static str, u64>,
-    pub drops: BTreeMap<String, u64>,
 }
 
 pub struct DirtyCollector {
@@ -110,7 +102,7 @@ impl DirtyCollector {
     pub fn collect(
         &mut self,
         cgroups: &mut CgroupResolver,
-    ) -> Result<(DirtySection, DirtyCounters)> {
+    ) -> Result<(DirtySection, ProbeCounters)> {
         let mut now: HashMap<u64, DirtyTotals> = HashMap::new();
         let mut present = HashSet::new();
         for index in 0..self.workloads.len() {
@@ -213,7 +205,7 @@ impl DirtyCollector {
         };
 
         let c = |i: u32| counter(&self.counters, "DIRTY_COUNTERS", i);
-        let counters = DirtyCounters {
+        let counters = ProbeCounters {
             events: BTreeMap::from([
                 ("writeback_dirty_folio", c(counter::EV_DIRTY_FOLIO)?),
                 ("balance_dirty_pages", c(counter::EV_BALANCE)?),

@@ -9,7 +9,7 @@ use aya::Ebpf;
 use hostprobe_common::lock::{counter, AddrKey, CallerKey, Hist, Stat, STACK_NOT_SAMPLED, TYPES};
 use hostprobe_common::HIST_BUCKETS;
 
-use super::{counter, fold_workload_deltas, map_err, take};
+use super::{counter, fold_workload_deltas, map_err, take, ProbeCounters};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::hist::Log2Hist;
@@ -78,14 +78,6 @@ pub struct LockCollector {
     workload_labels: Labels<LockTotals>,
 }
 
-/// Self-metrics of the lock programs.
-#[derive(Debug, Clone, Default)]
-pub struct LockCounters {
-    pub events: BTreeMap<&'static str, u64>,
-    pub errors: BTreeMap<&'static str, u64>,
-    pub drops: BTreeMap<String, u64>,
-}
-
 impl LockCollector {
     pub fn new(ebpf: &mut Ebpf, top_k: usize) -> Result<Self> {
         Ok(Self {
@@ -130,7 +122,10 @@ impl LockCollector {
         }
     }
 
-    pub fn collect(&mut self, cgroups: &mut CgroupResolver) -> Result<(LockSection, LockCounters)> {
+    pub fn collect(
+        &mut self,
+        cgroups: &mut CgroupResolver,
+    ) -> Result<(LockSection, ProbeCounters)> {
         // Per (type, stack): the rows of the perf-like report.
         let mut rows = Vec::new();
         for item in self.by_caller.iter() {
@@ -258,7 +253,7 @@ impl LockCollector {
         by_type.sort_by(|a, b| b.wait_seconds.total_cmp(&a.wait_seconds));
 
         let c = |i: u32| counter(&self.counters, "LOCK_COUNTERS", i);
-        let counters = LockCounters {
+        let counters = ProbeCounters {
             events: BTreeMap::from([
                 ("contention_begin", c(counter::EV_BEGIN)?),
                 ("contention_end", c(counter::EV_END)?),

@@ -1,7 +1,7 @@
 //! One collector per signal: each reads its kernel maps on an interval and
 //! returns its part of the snapshot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
@@ -55,6 +55,15 @@ impl DeadRing {
         };
         Ok(())
     }
+}
+
+/// Self-metrics of one signal's kernel programs, by program (events, errors)
+/// and by map (drops).
+#[derive(Debug, Clone, Default)]
+pub struct ProbeCounters {
+    pub events: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub drops: BTreeMap<String, u64>,
 }
 
 /// Takes a map the collector will own out of the loaded object.

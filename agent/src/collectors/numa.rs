@@ -11,7 +11,7 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::Ebpf;
 use hostprobe_common::numa::{counter, Stats, MAX_REASONS};
 
-use super::{counter, fold_round, map_err, take};
+use super::{counter, fold_round, map_err, take, ProbeCounters};
 use crate::cgroup::CgroupResolver;
 use crate::error::Result;
 use crate::snapshot::{NumaBalancing, WorkloadNuma};
@@ -53,13 +53,6 @@ impl Totals for NumaTotals {
             stick_numa: self.stick_numa.saturating_sub(p.stick_numa),
         }
     }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct NumaCounters {
-    pub events: BTreeMap<&'static str, u64>,
-    pub errors: BTreeMap<&'static str, u64>,
-    pub drops: BTreeMap<String, u64>,
 }
 
 pub struct NumaCollector {
@@ -106,7 +99,7 @@ impl NumaCollector {
         &mut self,
         cgroups: &mut CgroupResolver,
         busiest: &[String],
-    ) -> Result<(Vec<WorkloadNuma>, BTreeMap<String, u64>, NumaCounters)> {
+    ) -> Result<(Vec<WorkloadNuma>, BTreeMap<String, u64>, ProbeCounters)> {
         let mut now: HashMap<u64, NumaTotals> = HashMap::new();
         let mut present = HashSet::new();
         for index in 0..self.workloads.len() {
@@ -206,7 +199,7 @@ impl NumaCollector {
             }
         }
         let c = |i: u32| counter(&self.counters, "NUMA_COUNTERS", i);
-        let counters = NumaCounters {
+        let counters = ProbeCounters {
             events: BTreeMap::from([
                 ("mm_page_alloc", c(counter::EV_PAGE_ALLOC)?),
                 ("sched_move_numa", c(counter::EV_MOVE)?),
