@@ -140,14 +140,13 @@ impl DirtyCollector {
                 t.file_bytes += bytes;
             }
         }
-        // Once no entry of a retired id is left, forget it.
-        self.retired.retain(|id| present.contains(id));
         fold_round(
             &mut self.labels,
             cgroups,
             now,
             &mut self.last,
             &mut self.retired,
+            &present,
         );
         for (dev, base) in &self.device_base {
             let d = by_device.entry(*dev).or_default();

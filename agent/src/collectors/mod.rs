@@ -87,14 +87,17 @@ fn counter(map: &PerCpuArray<MapData, u64>, name: &'static str, index: u32) -> R
 /// One round of a per-CPU workload table (dirty, NUMA): each cgroup's
 /// counters since `last` are folded into `labels`; removed cgroups are
 /// retired (counted once, their entries left for the kernel to reuse) and
-/// `now` becomes `last`.
+/// `now` becomes `last`. `present`: the ids still in the table; a retired
+/// id none of whose entries is left is forgotten.
 fn fold_round<T: Totals + Copy>(
     labels: &mut Labels<T>,
     cgroups: &mut CgroupResolver,
     mut now: HashMap<u64, T>,
     last: &mut HashMap<u64, T>,
     retired: &mut HashSet<u64>,
+    present: &HashSet<u64>,
 ) {
+    retired.retain(|id| present.contains(id));
     let deltas: Vec<_> = now
         .iter()
         .map(|(id, t)| (*id, t.since(&last.get(id).copied().unwrap_or_default())))

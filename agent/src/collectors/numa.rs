@@ -121,13 +121,13 @@ impl NumaCollector {
                 });
             }
         }
-        self.retired.retain(|id| present.contains(id));
         fold_round(
             &mut self.labels,
             cgroups,
             now,
             &mut self.last,
             &mut self.retired,
+            &present,
         );
 
         let view = self.labels.view();
