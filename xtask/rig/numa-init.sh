@@ -66,15 +66,16 @@ sh -c 'echo $$ > /sys/fs/cgroup/balance/cgroup.procs; exec numactl --cpunodebind
 d=$!
 steady /tmp/d.out
 taskset -p 1 $d >/dev/null
-# Wait until balancing is done (all 32768 pages moved, or no change for 3 s
-# after the first 15 s; at most 90 s): diagnose's last read comes a moment
-# after vmstat's, which only agree when nothing is moving any more.
+# Wait until balancing is done (all 32768 pages moved, or, once it has
+# started, no change for 3 s after the first 15 s; at most 90 s; it once
+# had not started after 18 s): diagnose's last read comes a moment after
+# vmstat's, which only agree when nothing is moving any more.
 t=0; still=0; last=$(migrated)
 while [ $t -lt 90 ]; do
     sleep 1; t=$((t + 1)); now=$(migrated)
     if [ $((now - migrated0)) -ge 32768 ]; then break; fi
     if [ "$now" = "$last" ]; then still=$((still + 1)); else still=0; fi
-    if [ $t -ge 15 ] && [ $still -ge 3 ]; then break; fi
+    if [ $t -ge 15 ] && [ $still -ge 3 ] && [ "$now" != "$migrated0" ]; then break; fi
     last=$now
 done
 other1=$(other_node); migrated1=$(migrated)
