@@ -7,8 +7,8 @@ use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
-use crate::affinity;
-use crate::cgroup::CgroupResolver;
+use crate::host::cgroup::CgroupResolver;
+use crate::model::affinity;
 use std::collections::BTreeMap;
 
 use crate::collectors::dirty::DirtyCollector;

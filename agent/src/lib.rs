@@ -5,27 +5,13 @@
 //! [`collectors`], the snapshot field in [`snapshot`], and its views in
 //! [`output`].
 
-pub mod affinity;
 pub mod agent;
-pub mod assess;
-pub mod btf;
-pub mod cgroup;
-pub mod check;
 pub mod collectors;
-pub mod dirty;
+pub mod commands;
 pub mod error;
-pub mod exact;
-pub mod hist;
-pub mod kallsyms;
-pub mod lock_types;
+pub mod host;
+pub mod measure;
+pub mod model;
 pub mod output;
-pub mod privileges;
 pub mod probes;
-pub mod qemu;
-pub mod readiness;
-pub mod serve;
 pub mod snapshot;
-pub mod topk;
-pub mod topology;
-pub mod tracefs;
-pub mod workload;

@@ -11,10 +11,10 @@ use hostprobe_common::dirty::{counter, FileKey, FileStats, Stats};
 use tracing::warn;
 
 use super::{counter, fold_round, map_err, take, ProbeCounters};
-use crate::cgroup::CgroupResolver;
 use crate::error::Result;
+use crate::host::cgroup::CgroupResolver;
+use crate::model::topk::{Labels, Totals};
 use crate::snapshot::{DeviceDirty, DirtySection, WorkloadDirty};
-use crate::topk::{Labels, Totals};
 
 /// What one workload dirtied, summed over CPUs (and devices).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

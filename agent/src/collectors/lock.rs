@@ -10,15 +10,15 @@ use hostprobe_common::lock::{counter, AddrKey, CallerKey, Hist, Stat, STACK_NOT_
 use hostprobe_common::HIST_BUCKETS;
 
 use super::{counter, fold_workload_deltas, map_err, take, ProbeCounters};
-use crate::cgroup::CgroupResolver;
 use crate::error::Result;
-use crate::hist::Log2Hist;
-use crate::kallsyms::Kallsyms;
-use crate::lock_types;
+use crate::host::cgroup::CgroupResolver;
+use crate::host::kallsyms::Kallsyms;
+use crate::model::hist::Log2Hist;
+use crate::model::topk::{Labels, Totals};
+use crate::probes::lock_types;
 use crate::snapshot::{
     LatencySummary, LockCaller, LockObject, LockSection, LockTotal, LockTypeStats,
 };
-use crate::topk::{Labels, Totals};
 use tracing::warn;
 
 /// Entries of each table kept in the snapshot (the report shows fewer).
@@ -408,6 +408,6 @@ mod tests {
         );
         let v = l.view();
         assert_eq!(v[0].0, "mutex\u{1f}b");
-        assert_eq!(v[1].0, crate::topk::OTHER);
+        assert_eq!(v[1].0, crate::model::topk::OTHER);
     }
 }

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 
-use crate::cgroup::CgroupResolver;
 use crate::error::{Error, Result};
-use crate::topk::{Labels, Totals};
+use crate::host::cgroup::CgroupResolver;
+use crate::model::topk::{Labels, Totals};
 
 pub mod dirty;
 pub mod lock;

@@ -12,10 +12,10 @@ use aya::Ebpf;
 use hostprobe_common::numa::{counter, Stats, MAX_REASONS};
 
 use super::{counter, fold_round, map_err, take, ProbeCounters};
-use crate::cgroup::CgroupResolver;
 use crate::error::Result;
+use crate::host::cgroup::CgroupResolver;
+use crate::model::topk::{Labels, Totals};
 use crate::snapshot::{NumaBalancing, WorkloadNuma};
-use crate::topk::{Labels, Totals};
 
 /// numa_maps walks page tables: read it for the labelled workloads only,
 /// and not more often than this (or when a newly labelled one has none).

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::assess::{self, ReadinessReport, Resolved, Sampling, Target};
-use crate::qemu;
-use crate::readiness::Link;
+use crate::host::qemu;
+use crate::measure::assess::{self, ReadinessReport, Resolved, Sampling, Target};
+use crate::model::precopy::Link;
 
 #[derive(Debug, Clone)]
 pub struct ReadinessOptions {
@@ -58,7 +58,7 @@ impl ReadinessCollector {
             .name("readiness".into())
             .spawn(move || {
                 // This thread's own capabilities (they are per thread).
-                if let Err(e) = crate::privileges::drop_unneeded() {
+                if let Err(e) = crate::host::privileges::drop_unneeded() {
                     warn!("readiness thread keeps its capabilities: {e}");
                 }
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64;

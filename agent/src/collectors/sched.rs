@@ -9,11 +9,11 @@ use aya::Ebpf;
 use hostprobe_common::{counter, SchedStats, DIST_CLASSES, HIST_BUCKETS};
 
 use super::{counter, map_err, take};
-use crate::cgroup::CgroupResolver;
 use crate::error::Result;
-use crate::hist::Log2Hist;
+use crate::host::cgroup::CgroupResolver;
+use crate::model::hist::Log2Hist;
+use crate::model::topk::{Labels, Totals};
 use crate::snapshot::{Distances, LatencySummary, Placements, SchedSection, WorkloadSched};
-use crate::topk::{Labels, Totals};
 
 /// Per-workload totals, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq)]

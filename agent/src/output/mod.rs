@@ -10,13 +10,13 @@ pub(crate) mod tests {
 
     use hostprobe_common::CpuTopo;
 
-    use crate::assess::{MemoryMethod, ReadinessReport, TargetInfo};
     use crate::collectors::readiness::ReadinessSection;
-    use crate::dirty::SamplingMethod;
-    use crate::hist::Log2Hist;
-    use crate::readiness::{DirtyPoint, Link, Prediction, Verdict};
+    use crate::host::topology::Topology;
+    use crate::measure::assess::{MemoryMethod, ReadinessReport, TargetInfo};
+    use crate::measure::sampling::SamplingMethod;
+    use crate::model::hist::Log2Hist;
+    use crate::model::precopy::{DirtyPoint, Link, Prediction, Verdict};
     use crate::snapshot::*;
-    use crate::topology::Topology;
 
     /// A snapshot with one named workload, `other`, and a disabled probe.
     pub(crate) fn sample_snapshot() -> Snapshot {
@@ -173,13 +173,13 @@ pub(crate) mod tests {
                 pages_migrated: BTreeMap::from([("numa_misplaced".into(), 7)]),
             },
             cpu_busy: vec![0.9, 0.1],
-            affinity: vec![crate::affinity::Affinity {
+            affinity: vec![crate::model::affinity::Affinity {
                 workload: "/db.service".into(),
                 score: 0.5,
                 cache_cpu: 0.6,
                 cache_llc: 1.0,
                 cache_node: 1.0,
-                recommendation: Some(crate::affinity::Recommendation {
+                recommendation: Some(crate::model::affinity::Recommendation {
                     cpus: vec![1],
                     text: "keep /db.service on CPU 1: 40% of its switch-ins land on another CPU"
                         .into(),

@@ -195,7 +195,7 @@ pub fn render(s: &Snapshot) -> String {
         .iter()
         .filter(|w| w.workload.starts_with('/'))
     {
-        let d = crate::workload::describe(&w.workload);
+        let d = crate::model::workload::describe(&w.workload);
         info.gauge(
             &[
                 ("workload", w.workload.as_str()),
@@ -367,7 +367,7 @@ fn numa(s: &Snapshot, out: &mut Vec<Family>) {
     out.extend([alloc, balancing, resident, cpu, ratio, migrated]);
 }
 
-/// The affinity model's verdicts (see `crate::affinity` for the score).
+/// The affinity model's verdicts (see `crate::model::affinity` for the score).
 fn affinity(s: &Snapshot, out: &mut Vec<Family>) {
     use MetricType::GAUGE;
     let mut score = Family::new("hostprobe_workload_affinity_score", "Scheduler affinity in 0..1: same-CPU share of switch-ins x (1 - remote memory share) x (1 - lock wait share).", GAUGE);
@@ -392,7 +392,7 @@ fn affinity(s: &Snapshot, out: &mut Vec<Family>) {
             cache.gauge(&[("workload", wl), ("level", level)], r);
         }
         if let Some(r) = &a.recommendation {
-            let cpus = crate::affinity::cpu_list(&r.cpus);
+            let cpus = crate::model::affinity::cpu_list(&r.cpus);
             rec.gauge(
                 &[("workload", wl), ("cpus", &cpus), ("command", &r.command)],
                 1.0,
@@ -473,8 +473,8 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
             );
         }
         let method = match t.memory_method {
-            crate::assess::MemoryMethod::Resident => "resident",
-            crate::assess::MemoryMethod::GuestRamNonZero => "guest_ram_nonzero",
+            crate::measure::assess::MemoryMethod::Resident => "resident",
+            crate::measure::assess::MemoryMethod::GuestRamNonZero => "guest_ram_nonzero",
         };
         memory.gauge(&[("workload", wl), ("method", method)], t.memory_bytes);
         let p = &t.prediction;

@@ -20,8 +20,8 @@ use hostprobe_common::{
     DEFAULT_MAX_WORKLOADS,
 };
 
+use crate::tables;
 use crate::util::{bump, first_time, selected};
-use crate::workloads;
 
 /// `struct folio`: `flags`, the `PG_head` bit, and `_nr_pages` (6.18) or
 /// `_folio_nr_pages` (6.1), valid when the folio is large (`PG_head`).
@@ -165,12 +165,12 @@ fn count_fault(ctx: &BtfTracePointContext) {
 /// Applies `f` to the current workload's per-CPU stats.
 #[inline(always)]
 fn update<C: EbpfContext>(ctx: &C, f: impl FnOnce(&mut Stats)) {
-    if workloads::update(&DIRTY_WORKLOADS, f).is_err() {
+    if tables::update(&DIRTY_WORKLOADS, f).is_err() {
         full(ctx, counter::DROP_WORKLOAD_MAP_FULL);
     }
 }
 
-impl workloads::Entry for Stats {
+impl tables::Entry for Stats {
     fn cgroup(&self) -> u64 {
         self.cgroup_id
     }

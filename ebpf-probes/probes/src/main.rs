@@ -7,8 +7,8 @@ mod dirty;
 mod lock;
 mod numa;
 mod sched;
+mod tables;
 mod util;
-mod workloads;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -21,8 +21,8 @@ use hostprobe_common::{
     DEFAULT_MAX_WORKLOADS,
 };
 
+use crate::tables;
 use crate::util::{bump, first_time, selected};
-use crate::workloads;
 
 /// Possible nodes: a larger node id means the flags layout is not what the
 /// agent derived (counted as an error).
@@ -148,7 +148,7 @@ fn try_migrate_pages(ctx: &TracePointContext) -> Result<(), i64> {
 /// Applies `f` to the current workload's per-CPU stats.
 #[inline(always)]
 fn update<C: EbpfContext>(ctx: &C, f: impl FnOnce(&mut Stats)) {
-    if let Err(cgroup) = workloads::update(&NUMA_WORKLOADS, f) {
+    if let Err(cgroup) = tables::update(&NUMA_WORKLOADS, f) {
         bump(&NUMA_COUNTERS, counter::DROP_WORKLOAD_MAP_FULL);
         if first_time(&NUMA_LOGGED, counter::DROP_WORKLOAD_MAP_FULL) {
             warn!(
@@ -160,7 +160,7 @@ fn update<C: EbpfContext>(ctx: &C, f: impl FnOnce(&mut Stats)) {
     }
 }
 
-impl workloads::Entry for Stats {
+impl tables::Entry for Stats {
     fn cgroup(&self) -> u64 {
         self.cgroup_id
     }

@@ -24,8 +24,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
+use crate::tables;
 use crate::util::{bump, first_time};
-use crate::workloads;
 use hostprobe_common::{
     counter, log2_bucket, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS,
     DIST_CLASSES, DIST_SAME_CPU, MAX_CPUS, NO_CPU, NO_PENDING, NO_PENDING_PLACE,
@@ -230,7 +230,7 @@ fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64) {
 }
 
 fn workload_stats<C: EbpfContext>(ctx: &C, cgroup: u64) -> Option<*mut SchedStats> {
-    let e = workloads::entry(&SCHED_WORKLOADS, cgroup);
+    let e = tables::entry(&SCHED_WORKLOADS, cgroup);
     if e.is_none() {
         bump(&SCHED_COUNTERS, counter::DROP_WORKLOAD_MAP_FULL);
         if first_time(&SCHED_LOGGED, counter::DROP_WORKLOAD_MAP_FULL) {
@@ -244,7 +244,7 @@ fn workload_stats<C: EbpfContext>(ctx: &C, cgroup: u64) -> Option<*mut SchedStat
     e
 }
 
-impl workloads::Entry for SchedStats {
+impl tables::Entry for SchedStats {
     fn cgroup(&self) -> u64 {
         self.cgroup_id
     }

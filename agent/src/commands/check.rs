@@ -6,12 +6,12 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::agent::kernel_release;
-use crate::cgroup::{cgroup2_mount, CgroupResolver};
 use crate::error::Error;
+use crate::host::cgroup::{cgroup2_mount, CgroupResolver};
+use crate::host::topology::{Topology, SYSFS_SYSTEM};
+use crate::host::tracefs;
 use crate::probes::{require_privileges, LoadOptions, PageAlloc, Probes, PROGRAMS, VMLINUX_BTF};
 use crate::snapshot::ProbeStatus;
-use crate::topology::{Topology, SYSFS_SYSTEM};
-use crate::tracefs;
 
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
@@ -97,7 +97,7 @@ pub fn run() -> CheckReport {
         tracefs: tracefs_item,
         cgroup_v2: cgroup_item,
         privileges,
-        exact_dirty_method: crate::exact::method().to_string(),
+        exact_dirty_method: crate::measure::exact::method().to_string(),
         topology,
         probes,
     }

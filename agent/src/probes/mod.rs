@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+pub mod lock_types;
+
 use aya::{
     maps::Array,
     programs::{BtfTracePoint, TracePoint},
@@ -18,11 +20,11 @@ use hostprobe_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::btf::{Btf, TypeShape};
 use crate::error::{Error, Result};
+use crate::host::btf::{Btf, TypeShape};
+use crate::host::topology::{Topology, SYSFS_SYSTEM};
+use crate::host::tracefs::{self, Format};
 use crate::snapshot::ProbeStatus;
-use crate::topology::{Topology, SYSFS_SYSTEM};
-use crate::tracefs::{self, Format};
 
 /// The compiled kernel programs, built by `build.rs` through aya-build.
 static PROBES_OBJECT: &[u8] =
@@ -551,7 +553,7 @@ impl Probes {
         // Possible node ids, for the kernel's sanity check of the node bits.
         let nr_nodes = std::fs::read_to_string("/sys/devices/system/node/possible")
             .ok()
-            .and_then(|t| crate::topology::parse_cpu_list(t.trim()))
+            .and_then(|t| crate::host::topology::parse_cpu_list(t.trim()))
             .and_then(|ids| ids.into_iter().max())
             .map_or(pa.mask as u32 + 1, |m| m + 1);
         let (mp_succeeded, mp_reason) = migrate_pages.as_ref().ok().copied().unwrap_or((0, 0));

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::dirty::Mapping;
 use crate::error::{Error, Result};
+use crate::measure::sampling::Mapping;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Vm {

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cgroup::CgroupResolver;
-use crate::dirty::{self, Region, Sampler, SamplingMethod};
 use crate::error::{Error, Result};
-use crate::exact;
-use crate::qemu;
-use crate::readiness::{self, DirtyCurve, DirtyPoint, Link, Prediction};
+use crate::host::cgroup::CgroupResolver;
+use crate::host::qemu;
+use crate::measure::exact;
+use crate::measure::sampling::{self, Region, Sampler, SamplingMethod};
+use crate::model::precopy::{self, DirtyCurve, DirtyPoint, Link, Prediction};
 
 /// What to assess, as named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,7 +189,7 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
         None => {
             let mut rss = 0;
             for &pid in &target.info.pids {
-                rss += dirty::resident_bytes(pid)?;
+                rss += sampling::resident_bytes(pid)?;
             }
             (rss as f64, MemoryMethod::Resident)
         }
@@ -202,7 +202,7 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
         method,
         dirty: m.points,
         link: *link,
-        prediction: readiness::predict(memory_bytes, &curve, link),
-        min_bandwidth_bytes_per_second: readiness::min_bandwidth(memory_bytes, &curve, link),
+        prediction: precopy::predict(memory_bytes, &curve, link),
+        min_bandwidth_bytes_per_second: precopy::min_bandwidth(memory_bytes, &curve, link),
     })
 }

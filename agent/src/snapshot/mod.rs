@@ -9,8 +9,8 @@ use hostprobe_common::{
 };
 use serde::Serialize;
 
-use crate::hist::Log2Hist;
-use crate::topology::Topology;
+use crate::host::topology::Topology;
+use crate::model::hist::Log2Hist;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -29,7 +29,7 @@ pub struct Snapshot {
     /// Busy share of each CPU over the window (from /proc/stat).
     pub cpu_busy: Vec<f64>,
     /// Scheduler affinity per workload, worst score first.
-    pub affinity: Vec<crate::affinity::Affinity>,
+    pub affinity: Vec<crate::model::affinity::Affinity>,
     /// Live-migration readiness of VMs and named targets (latest pass).
     pub readiness: crate::collectors::readiness::ReadinessSection,
     /// Updates lost because a bounded kernel map was full or a slot was

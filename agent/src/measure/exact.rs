@@ -13,9 +13,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::dirty::{Mapping, Measurement, Region, SamplingMethod, PAGE};
 use crate::error::{Error, Result};
-use crate::readiness::DirtyPoint;
+use crate::measure::sampling::{Mapping, Measurement, Region, SamplingMethod, PAGE};
+use crate::model::precopy::DirtyPoint;
 
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;

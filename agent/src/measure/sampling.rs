@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::readiness::DirtyPoint;
+use crate::model::precopy::DirtyPoint;
 
 pub const PAGE: u64 = 4096;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;

@@ -136,8 +136,8 @@ fn parse_field(line: &str) -> Option<Field> {
 mod tests {
     use super::*;
 
-    const V6_18: &str = include_str!("../tests/fixtures/format/sched_migrate_task-6.18");
-    const V6_1: &str = include_str!("../tests/fixtures/format/sched_migrate_task-6.1");
+    const V6_18: &str = include_str!("../../tests/fixtures/format/sched_migrate_task-6.18");
+    const V6_1: &str = include_str!("../../tests/fixtures/format/sched_migrate_task-6.1");
 
     #[test]
     fn parses_both_layouts_of_sched_migrate_task() {

@@ -1,0 +1,9 @@
+//! What the running system says, behind small typed readers.
+
+pub mod btf;
+pub mod cgroup;
+pub mod kallsyms;
+pub mod privileges;
+pub mod qemu;
+pub mod topology;
+pub mod tracefs;

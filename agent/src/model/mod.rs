@@ -1,0 +1,7 @@
+//! Pure models over plain data: no I/O, table-tested.
+
+pub mod affinity;
+pub mod hist;
+pub mod precopy;
+pub mod topk;
+pub mod workload;
