@@ -1,36 +1,38 @@
 //! The running agent: probes attached, collectors reading them, one
 //! [`Snapshot`] per collection.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
-use crate::host::cgroup::CgroupResolver;
-use crate::model::affinity;
-use std::collections::BTreeMap;
-
 use crate::collectors::dirty::DirtyCollector;
 use crate::collectors::lock::LockCollector;
-use crate::collectors::numa::{estimated_remote_access, NumaCollector};
+use crate::collectors::numa::NumaCollector;
 use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
 use crate::collectors::DeadRing;
 use crate::error::{Error, Result};
+use crate::host::cgroup::CgroupResolver;
+use crate::host::kallsyms::Kallsyms;
+use crate::host::proc;
+use crate::model::affinity::busy_between;
 use crate::probes::{LoadOptions, PageAlloc, Probes};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{derive, NumaSection, Snapshot};
 
-/// What to watch: the whole host, one process or one cgroup.
+/// What the kernel programs watch: the whole host, one process or one
+/// cgroup (filtered in the kernel).
 #[derive(Debug, Clone, Default)]
-pub struct Target {
+pub struct Filter {
     pub pid: Option<u32>,
     pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    pub target: Target,
+    pub filter: Filter,
     pub top_k: usize,
     pub task_slots: u32,
     pub max_workloads: u32,
@@ -66,29 +68,27 @@ impl Agent {
     /// Loads and attaches the probes. Must run inside a tokio runtime: the
     /// kernel-side log records (aya-log) are forwarded by a task.
     pub fn start(opts: &AgentOptions) -> Result<Self> {
+        // Reading /proc/kallsyms (~45 ms of kernel time here) and measuring
+        // HZ (a 60 ms sleep) need nothing of the programs: done meanwhile.
+        let kallsyms = std::thread::spawn(Kallsyms::load);
+        let hz = std::thread::spawn(proc::kernel_hz);
         let cgroups = CgroupResolver::system()?;
-        if let Some(pid) = opts.target.pid {
+        if let Some(pid) = opts.filter.pid {
             // /proc/TID exists for every thread too, but the kernel filters
             // on the process id.
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .map_err(|_| Error::NoSuchProcess { pid })?;
-            let tgid = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(pid);
+            let tgid = proc::tgid(pid)?;
             if tgid != pid {
                 return Err(Error::ThreadNotProcess { tid: pid, tgid });
             }
         }
         let cgroup_id = opts
-            .target
+            .filter
             .cgroup
             .as_deref()
             .map(|c| cgroups.id_of(c))
             .transpose()?;
         let load = LoadOptions {
-            pid: opts.target.pid,
+            pid: opts.filter.pid,
             cgroup_id,
             task_slots: opts.task_slots,
             max_workloads: opts.max_workloads,
@@ -106,15 +106,27 @@ impl Agent {
             .collect();
         let sched = SchedCollector::new(&mut probes.ebpf, opts.top_k, cpu_node)?;
         let dead = DeadRing::new(&mut probes.ebpf)?;
-        let lock = LockCollector::new(&mut probes.ebpf, opts.top_k)?;
-        let dirty = DirtyCollector::new(&mut probes.ebpf, opts.top_k)?;
+        let kallsyms = match kallsyms.join() {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => {
+                warn!("lock callers and static locks stay unnamed: {e}");
+                Kallsyms::default()
+            }
+            Err(_) => Kallsyms::default(),
+        };
+        let hz = hz.join().ok().flatten();
+        if hz.is_none() {
+            warn!("kernel HZ unknown (/proc/timer_list unreadable): dirty-throttle time is not reported");
+        }
+        let lock = LockCollector::new(&mut probes.ebpf, opts.top_k, kallsyms)?;
+        let dirty = DirtyCollector::new(&mut probes.ebpf, opts.top_k, hz)?;
         let numa = NumaCollector::new(
             &mut probes.ebpf,
             opts.top_k,
             probes.topology.nodes,
             probes.migrate_reasons.clone(),
         )?;
-        let filter = match (&opts.target.pid, &opts.target.cgroup) {
+        let filter = match (&opts.filter.pid, &opts.filter.cgroup) {
             (Some(pid), _) => Some(format!("pid {pid}")),
             (None, Some(c)) => Some(format!("cgroup {c}")),
             _ => None,
@@ -128,10 +140,10 @@ impl Agent {
             numa,
             dead,
             readiness: opts.readiness.clone().map(ReadinessCollector::start),
-            cpu_times: (proc_stat_times(), Instant::now()),
+            cpu_times: (proc::cpu_times(), Instant::now()),
             cpu_busy: Vec::new(),
             started: Instant::now(),
-            kernel: kernel_release(),
+            kernel: proc::kernel_release(),
             filter,
         })
     }
@@ -148,11 +160,11 @@ impl Agent {
         let (lock, lock_counters) = self.lock.collect(&mut self.cgroups)?;
         let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups)?;
         let busiest: Vec<String> = sched.workloads.iter().map(|w| w.workload.clone()).collect();
-        let (mut numa_workloads, pages_migrated, numa_counters) =
+        let (numa_workloads, pages_migrated, numa_counters) =
             self.numa.collect(&mut self.cgroups, &busiest)?;
         // Every table has read its last values of these: the kernel may
         // reuse their entries.
-        let retired: std::collections::BTreeSet<u64> = self
+        let retired: BTreeSet<u64> = self
             .sched
             .retired()
             .iter()
@@ -161,16 +173,12 @@ impl Agent {
             .copied()
             .collect();
         self.dead.publish(&retired)?;
-        for w in &mut numa_workloads {
-            let allocated = w.local_pages + w.remote_pages;
-            w.remote_allocation_ratio =
-                (allocated > 0).then(|| w.remote_pages as f64 / allocated as f64);
-            if let Some(s) = sched.workloads.iter().find(|s| s.workload == w.workload) {
-                w.oncpu_seconds_by_node = s.oncpu_seconds_by_node.clone();
-            }
-            w.estimated_remote_access_ratio =
-                estimated_remote_access(&w.oncpu_seconds_by_node, &w.resident_bytes_by_node);
-        }
+        let mut numa = NumaSection {
+            nodes: self.probes.topology.nodes,
+            workloads: numa_workloads,
+            pages_migrated,
+        };
+        derive::join_numa(&mut numa, &sched);
         let mut events: BTreeMap<&str, u64> = counters.events.clone();
         events.extend(&lock_counters.events);
         events.extend(&dirty_counters.events);
@@ -201,11 +209,7 @@ impl Agent {
             sched,
             lock,
             dirty,
-            numa: crate::snapshot::NumaSection {
-                nodes: self.probes.topology.nodes,
-                workloads: numa_workloads,
-                pages_migrated,
-            },
+            numa,
             readiness: self
                 .readiness
                 .as_ref()
@@ -216,7 +220,7 @@ impl Agent {
             affinity: Vec::new(),
             collection_seconds: 0.0,
         };
-        snapshot.affinity = self.affinity(&snapshot);
+        snapshot.affinity = derive::affinity(&snapshot);
         snapshot.collection_seconds = t0.elapsed().as_secs_f64();
         Ok(snapshot)
     }
@@ -225,35 +229,11 @@ impl Agent {
     /// once at least a second has passed since the previous one.
     fn cpu_busy(&mut self) -> Vec<f64> {
         if self.cpu_busy.is_empty() || self.cpu_times.1.elapsed() >= Duration::from_secs(1) {
-            let now = proc_stat_times();
-            self.cpu_busy = affinity::busy_between(&self.cpu_times.0, &now);
+            let now = proc::cpu_times();
+            self.cpu_busy = busy_between(&self.cpu_times.0, &now);
             self.cpu_times = (now, Instant::now());
         }
         self.cpu_busy.clone()
-    }
-
-    /// The affinity model over this snapshot, worst score first.
-    fn affinity(&self, s: &Snapshot) -> Vec<affinity::Affinity> {
-        let t = &self.probes.topology;
-        let group = |key: fn(&hostprobe_common::CpuTopo) -> u32| {
-            let mut m: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-            for (cpu, c) in t.cpus.iter().enumerate().filter(|(_, c)| c.present != 0) {
-                m.entry(key(c)).or_default().push(cpu as u32);
-            }
-            m.into_values().collect::<Vec<_>>()
-        };
-        let host = affinity::Host {
-            node_cpus: group(|c| c.node),
-            llc_cpus: group(|c| c.llc),
-            cpu_busy: s.cpu_busy.clone(),
-            cpu_runq_p99: s.sched.cpu_runqueue_p99_seconds.clone(),
-        };
-        let mut out: Vec<affinity::Affinity> = affinity::inputs(s)
-            .iter()
-            .map(|w| affinity::evaluate(w, &host))
-            .collect();
-        out.sort_by(|a, b| a.score.total_cmp(&b.score));
-        out
     }
 }
 
@@ -283,14 +263,4 @@ fn forward_kernel_logs(probes: &mut Probes) {
             guard.clear_ready();
         }
     });
-}
-
-fn proc_stat_times() -> Vec<(u64, u64)> {
-    affinity::cpu_times(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
-}
-
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }

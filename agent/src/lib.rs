@@ -6,6 +6,7 @@
 //! [`output`].
 
 pub mod agent;
+pub mod cli;
 pub mod collectors;
 pub mod commands;
 pub mod error;

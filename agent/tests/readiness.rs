@@ -136,7 +136,7 @@ fn a_dead_pid_gets_a_clear_error() {
 #[test]
 fn a_cgroup_target_measures_all_its_processes() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root = hostprobe::host::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let root = hostprobe::host::proc::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
     let name = format!("hostprobe-readiness-{}", std::process::id());
     let dir = root.join(&name);
     std::fs::create_dir(&dir).expect("create test cgroup");

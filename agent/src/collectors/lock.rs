@@ -19,7 +19,6 @@ use crate::probes::lock_types;
 use crate::snapshot::{
     LatencySummary, LockCaller, LockObject, LockSection, LockTotal, LockTypeStats,
 };
-use tracing::warn;
 
 /// Entries of each table kept in the snapshot (the report shows fewer).
 const SNAPSHOT_ROWS: usize = 20;
@@ -79,7 +78,9 @@ pub struct LockCollector {
 }
 
 impl LockCollector {
-    pub fn new(ebpf: &mut Ebpf, top_k: usize) -> Result<Self> {
+    /// `kallsyms`: the kernel's symbols (empty names nothing), loaded by
+    /// the caller while the programs load.
+    pub fn new(ebpf: &mut Ebpf, top_k: usize, kallsyms: Kallsyms) -> Result<Self> {
         Ok(Self {
             by_caller: PerCpuHashMap::try_from(take(ebpf, "LOCK_BY_CALLER")?)
                 .map_err(map_err("LOCK_BY_CALLER"))?,
@@ -92,10 +93,7 @@ impl LockCollector {
                 .map_err(map_err("LOCK_COUNTERS"))?,
             stacks: StackTraceMap::try_from(take(ebpf, "LOCK_STACKS")?)
                 .map_err(map_err("LOCK_STACKS"))?,
-            kallsyms: Kallsyms::load().unwrap_or_else(|e| {
-                warn!("lock callers and static locks stay unnamed: {e}");
-                Kallsyms::default()
-            }),
+            kallsyms,
             stack_frames: HashMap::new(),
             last_callers: HashMap::new(),
             last_workloads: HashMap::new(),

@@ -84,29 +84,58 @@ fn counter(map: &PerCpuArray<MapData, u64>, name: &'static str, index: u32) -> R
     Ok(map.get(&index, 0).map_err(map_err(name))?.iter().sum())
 }
 
-/// One round of a per-CPU workload table (dirty, NUMA): each cgroup's
-/// counters since `last` are folded into `labels`; removed cgroups are
-/// retired (counted once, their entries left for the kernel to reuse) and
-/// `now` becomes `last`. `present`: the ids still in the table; a retired
-/// id none of whose entries is left is forgotten.
-fn fold_round<T: Totals + Copy>(
-    labels: &mut Labels<T>,
-    cgroups: &mut CgroupResolver,
-    mut now: HashMap<u64, T>,
-    last: &mut HashMap<u64, T>,
-    retired: &mut HashSet<u64>,
-    present: &HashSet<u64>,
-) {
-    retired.retain(|id| present.contains(id));
-    let deltas: Vec<_> = now
-        .iter()
-        .map(|(id, t)| (*id, t.since(&last.get(id).copied().unwrap_or_default())))
-        .collect();
-    for id in fold_workload_deltas(labels, cgroups, deltas) {
-        now.remove(&id);
-        retired.insert(id);
+/// A per-CPU workload table's state across rounds (sched, dirty, NUMA):
+/// each cgroup's cumulative values at the last round, the removed cgroups
+/// already counted (their entries stay in the kernel table until it reuses
+/// them, and must not be counted again), and the bounded labels the deltas
+/// fold into.
+pub struct WorkloadRounds<T> {
+    pub labels: Labels<T>,
+    last: HashMap<u64, T>,
+    retired: HashSet<u64>,
+}
+
+impl<T: Totals + Clone> WorkloadRounds<T> {
+    pub fn new(top_k: usize) -> Self {
+        Self {
+            labels: Labels::new(top_k),
+            last: HashMap::new(),
+            retired: HashSet::new(),
+        }
     }
-    *last = now;
+
+    /// Removed cgroups whose entries are still in the kernel table.
+    pub fn retired(&self) -> &HashSet<u64> {
+        &self.retired
+    }
+
+    /// One round: each cgroup's counters since the last round (`now` holds
+    /// the cumulative values of every cgroup not retired) fold into the
+    /// labels; removed cgroups are counted once and retired, and `present`
+    /// (the ids still in the table) tells when the kernel has reused a
+    /// retired id's entries, so that it can be forgotten.
+    pub fn fold(
+        &mut self,
+        cgroups: &mut CgroupResolver,
+        mut now: HashMap<u64, T>,
+        present: &HashSet<u64>,
+    ) {
+        self.retired.retain(|id| present.contains(id));
+        let deltas: Vec<_> = now
+            .iter()
+            .map(|(id, t)| {
+                (
+                    *id,
+                    t.since(&self.last.get(id).cloned().unwrap_or_default()),
+                )
+            })
+            .collect();
+        for id in fold_workload_deltas(&mut self.labels, cgroups, deltas) {
+            now.remove(&id);
+            self.retired.insert(id);
+        }
+        self.last = now;
+    }
 }
 
 /// Folds each cgroup's delta into `labels` under its path; a cgroup that no

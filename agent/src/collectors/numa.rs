@@ -11,10 +11,11 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::Ebpf;
 use hostprobe_common::numa::{counter, Stats, MAX_REASONS};
 
-use super::{counter, fold_round, map_err, take, ProbeCounters};
+use super::{counter, map_err, take, ProbeCounters, WorkloadRounds};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
-use crate::model::topk::{Labels, Totals};
+use crate::host::proc;
+use crate::model::topk::Totals;
 use crate::snapshot::{NumaBalancing, WorkloadNuma};
 
 /// numa_maps walks page tables: read it for the labelled workloads only,
@@ -62,9 +63,7 @@ pub struct NumaCollector {
     /// `enum migrate_reason` value -> name, from kernel BTF.
     reasons: Vec<String>,
     nodes: usize,
-    last: HashMap<u64, NumaTotals>,
-    retired: HashSet<u64>,
-    labels: Labels<NumaTotals>,
+    rounds: WorkloadRounds<NumaTotals>,
     residency: HashMap<String, Vec<u64>>,
     residency_at: Option<Instant>,
 }
@@ -72,7 +71,7 @@ pub struct NumaCollector {
 impl NumaCollector {
     /// Removed cgroups whose entries are still in the kernel tables.
     pub fn retired(&self) -> &HashSet<u64> {
-        &self.retired
+        self.rounds.retired()
     }
 
     pub fn new(ebpf: &mut Ebpf, top_k: usize, nodes: usize, reasons: Vec<String>) -> Result<Self> {
@@ -85,9 +84,7 @@ impl NumaCollector {
                 .map_err(map_err("NUMA_COUNTERS"))?,
             reasons,
             nodes,
-            last: HashMap::new(),
-            retired: HashSet::new(),
-            labels: Labels::new(top_k),
+            rounds: WorkloadRounds::new(top_k),
             residency: HashMap::new(),
             residency_at: None,
         })
@@ -109,7 +106,7 @@ impl NumaCollector {
                 .map_err(map_err("NUMA_WORKLOADS"))?;
             for s in per_cpu.iter().filter(|s| s.cgroup_id != 0) {
                 present.insert(s.cgroup_id);
-                if self.retired.contains(&s.cgroup_id) {
+                if self.rounds.retired().contains(&s.cgroup_id) {
                     continue;
                 }
                 now.entry(s.cgroup_id).or_default().add(&NumaTotals {
@@ -121,16 +118,9 @@ impl NumaCollector {
                 });
             }
         }
-        fold_round(
-            &mut self.labels,
-            cgroups,
-            now,
-            &mut self.last,
-            &mut self.retired,
-            &present,
-        );
+        self.rounds.fold(cgroups, now, &present);
 
-        let view = self.labels.view();
+        let view = self.rounds.labels.view();
         let labelled: Vec<&str> = view.iter().map(|(w, _)| *w).collect();
         // With two or more nodes, busy workloads the NUMA labels do not rank
         // get a row of their own, without allocations: where they run and
@@ -214,99 +204,20 @@ impl NumaCollector {
     }
 }
 
-/// Bytes resident on each node of the processes of cgroup `workload`.
+/// Bytes resident on each node of the processes directly in cgroup
+/// `workload` (the kernel side keys workloads by the task's own cgroup).
 fn resident_by_node(cgroups: &CgroupResolver, workload: &str, nodes: usize) -> Vec<u64> {
     let mut total = vec![0u64; nodes];
     for pid in cgroups.own_procs(workload).unwrap_or_default() {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")) {
-            for (node, bytes) in parse_numa_maps(&text).into_iter().enumerate() {
-                if let Some(t) = total.get_mut(node) {
-                    *t += bytes;
-                }
+        for (node, bytes) in proc::resident_by_node(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(t) = total.get_mut(node) {
+                *t += bytes;
             }
         }
     }
     total
-}
-
-/// Bytes per node in /proc/PID/numa_maps text: `N<node>=<pages>` at the
-/// mapping's `kernelpagesize_kB` (4 KiB when absent).
-pub fn parse_numa_maps(text: &str) -> Vec<u64> {
-    let mut out: Vec<u64> = Vec::new();
-    for line in text.lines() {
-        let page_kib: u64 = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("kernelpagesize_kB="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4);
-        for f in line.split_whitespace() {
-            let Some((n, pages)) = f.strip_prefix('N').and_then(|r| r.split_once('=')) else {
-                continue;
-            };
-            let (Ok(node), Ok(pages)) = (n.parse::<usize>(), pages.parse::<u64>()) else {
-                continue;
-            };
-            if out.len() <= node {
-                out.resize(node + 1, 0);
-            }
-            out[node] += pages * page_kib * 1024;
-        }
-    }
-    out
-}
-
-/// Estimated share of memory accesses that are remote: for each node n,
-/// (share of on-CPU time on n) x (share of resident memory not on n). An
-/// estimate: it assumes accesses spread evenly over resident memory.
-pub fn estimated_remote_access(oncpu_by_node: &[f64], resident_by_node: &[u64]) -> Option<f64> {
-    let cpu: f64 = oncpu_by_node.iter().sum();
-    let mem: u64 = resident_by_node.iter().sum();
-    if cpu <= 0.0 || mem == 0 {
-        return None;
-    }
-    Some(
-        oncpu_by_node
-            .iter()
-            .enumerate()
-            .map(|(n, c)| {
-                let here = resident_by_node.get(n).copied().unwrap_or(0);
-                c / cpu * (mem - here) as f64 / mem as f64
-            })
-            .sum(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_numa_maps() {
-        let text = "\
-7f0000000000 bind:1 anon=65536 dirty=65536 N1=65536 kernelpagesize_kB=4
-7f1000000000 default file=/usr/lib/libc.so.6 mapped=100 mapmax=20 N0=60 N1=40 kernelpagesize_kB=4
-7f2000000000 default anon=2 dirty=2 N0=2 kernelpagesize_kB=2048
-";
-        let b = parse_numa_maps(text);
-        assert_eq!(b, vec![60 * 4096 + 2 * 2048 * 1024, (65536 + 40) * 4096]);
-    }
-
-    #[test]
-    fn remote_access_estimates() {
-        // (cpu seconds by node, resident bytes by node, expected)
-        let table: [(&[f64], &[u64], Option<f64>); 5] = [
-            (&[1.0, 0.0], &[0, 100], Some(1.0)),   // runs on 0, memory on 1
-            (&[1.0, 0.0], &[100, 0], Some(0.0)),   // all local
-            (&[1.0, 1.0], &[100, 100], Some(0.5)), // spread evenly
-            (&[3.0, 1.0], &[0, 100], Some(0.75)),
-            (&[0.0, 0.0], &[0, 100], None), // never ran
-        ];
-        for (cpu, mem, want) in table {
-            let got = estimated_remote_access(cpu, mem);
-            match (got, want) {
-                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{cpu:?} {mem:?}: {g}"),
-                (g, w) => assert_eq!(g, w, "{cpu:?} {mem:?}"),
-            }
-        }
-    }
 }

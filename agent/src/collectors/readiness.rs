@@ -6,12 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::host::qemu;
-use crate::measure::assess::{self, ReadinessReport, Resolved, Sampling, Target};
+use crate::error::Result;
+use crate::host::{privileges, qemu};
+use crate::measure::assess::{self, Resolved, Sampling, Target};
 use crate::model::precopy::Link;
+use crate::snapshot::{DirtySection, ReadinessSection};
 
 #[derive(Debug, Clone)]
 pub struct ReadinessOptions {
@@ -26,20 +27,6 @@ pub struct ReadinessOptions {
     pub interval: Duration,
     /// At most this many targets per pass (the rest are counted, not assessed).
     pub max_targets: usize,
-}
-
-/// The latest assessment of every target: part of the snapshot.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReadinessSection {
-    /// Bandwidth and downtime limit the predictions are for.
-    pub link: Option<Link>,
-    pub targets: Vec<ReadinessReport>,
-    /// Assessments that failed (target gone, memory unreadable), in total.
-    pub errors: u64,
-    /// Targets skipped because of `max_targets`, in the last pass.
-    pub skipped: u64,
-    /// Completed passes over the targets.
-    pub passes: u64,
 }
 
 pub struct ReadinessCollector {
@@ -58,7 +45,7 @@ impl ReadinessCollector {
             .name("readiness".into())
             .spawn(move || {
                 // This thread's own capabilities (they are per thread).
-                if let Err(e) = crate::host::privileges::drop_unneeded() {
+                if let Err(e) = privileges::drop_unneeded() {
                     warn!("readiness thread keeps its capabilities: {e}");
                 }
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -128,7 +115,7 @@ impl ReadinessCollector {
 /// the root, not already assessed) with a one-second window: what
 /// `diagnose` adds to its readiness section after the collection.
 pub fn assess_top_dirtying(
-    dirty: &crate::snapshot::DirtySection,
+    dirty: &DirtySection,
     section: &mut ReadinessSection,
     opts: &ReadinessOptions,
     n: usize,
@@ -166,9 +153,8 @@ pub fn assess_top_dirtying(
 
 /// This pass's targets: named ones first, then VMs; beyond `max_targets`
 /// only counted.
-fn resolve(opts: &ReadinessOptions) -> (Vec<crate::error::Result<Resolved>>, usize) {
-    let mut all: Vec<crate::error::Result<Resolved>> =
-        opts.targets.iter().map(Resolved::new).collect();
+fn resolve(opts: &ReadinessOptions) -> (Vec<Result<Resolved>>, usize) {
+    let mut all: Vec<Result<Resolved>> = opts.targets.iter().map(Resolved::new).collect();
     if opts.vms {
         all.extend(
             qemu::find_vms()

@@ -6,13 +6,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::Ebpf;
-use hostprobe_common::{counter, SchedStats, DIST_CLASSES, HIST_BUCKETS};
+use hostprobe_common::sched::{counter, SchedStats, DIST_CLASSES};
+use hostprobe_common::HIST_BUCKETS;
 
-use super::{counter, map_err, take};
+use super::{counter, map_err, take, WorkloadRounds};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::model::hist::Log2Hist;
-use crate::model::topk::{Labels, Totals};
+use crate::model::topk::Totals;
 use crate::snapshot::{Distances, LatencySummary, Placements, SchedSection, WorkloadSched};
 
 /// Per-workload totals, summed over CPUs.
@@ -119,13 +120,7 @@ impl SchedTotals {
 pub struct SchedCollector {
     workloads: PerCpuArray<MapData, SchedStats>,
     counters: PerCpuArray<MapData, u64>,
-    last: HashMap<u64, SchedTotals>,
-    /// Last known path of each cgroup id, to name a cgroup's final delta.
-    names: HashMap<u64, String>,
-    /// Removed cgroups whose final values were counted; their entries stay
-    /// in the kernel table until reused, and must not be counted again.
-    retired: HashSet<u64>,
-    labels: Labels<SchedTotals>,
+    rounds: WorkloadRounds<SchedTotals>,
     /// NUMA node of each CPU (per-CPU values come in CPU order).
     cpu_node: Vec<usize>,
     /// Run-queue latency of all workloads per CPU at the last reference
@@ -147,7 +142,7 @@ pub struct SchedCounters {
 impl SchedCollector {
     /// Removed cgroups whose entries are still in the kernel table.
     pub fn retired(&self) -> &HashSet<u64> {
-        &self.retired
+        self.rounds.retired()
     }
 
     pub fn new(ebpf: &mut Ebpf, top_k: usize, cpu_node: Vec<usize>) -> Result<Self> {
@@ -158,10 +153,7 @@ impl SchedCollector {
         Ok(Self {
             workloads,
             counters,
-            last: HashMap::new(),
-            names: HashMap::new(),
-            retired: HashSet::new(),
-            labels: Labels::new(top_k),
+            rounds: WorkloadRounds::new(top_k),
             cpu_node,
             cpu_runq_ref: (Vec::new(), std::time::Instant::now()),
             cpu_runq_p99: Vec::new(),
@@ -169,9 +161,9 @@ impl SchedCollector {
     }
 
     /// Reads the maps once and folds the deltas into the workload labels.
-    /// Entries of cgroups that no longer exist are removed from the kernel
-    /// map after their last values are counted, so the map stays bounded by
-    /// live workloads.
+    /// Cgroups that no longer exist are counted one last time and retired:
+    /// their entries stay in the kernel table until the kernel reuses them
+    /// (the agent hands their ids back through `DEAD_CGROUPS`).
     pub fn collect(
         &mut self,
         cgroups: &mut CgroupResolver,
@@ -200,7 +192,7 @@ impl SchedCollector {
                     *a += b;
                 }
                 present.insert(entry.cgroup_id);
-                if !self.retired.contains(&entry.cgroup_id) {
+                if !self.rounds.retired().contains(&entry.cgroup_id) {
                     let node = self.cpu_node.get(cpu).copied().unwrap_or(0);
                     now.entry(entry.cgroup_id)
                         .or_default()
@@ -226,46 +218,7 @@ impl SchedCollector {
                 .collect();
             self.cpu_runq_ref = (cpu_runq, std::time::Instant::now());
         }
-        // Once the kernel has reused a retired entry, forget the id.
-        self.retired.retain(|id| present.contains(id));
-        let mut deltas = Vec::with_capacity(now.len());
-        let mut gone = Vec::new();
-        let mut live = HashSet::new();
-        for (id, totals) in &now {
-            let d = match self.last.get(id) {
-                Some(prev) => totals.since(prev),
-                None => totals.clone(),
-            };
-            let path = match cgroups.path(*id) {
-                Some(path) => {
-                    self.names.insert(*id, path.clone());
-                    live.insert(path.clone());
-                    path
-                }
-                None => {
-                    // Dead: its last delta still counts under its last name.
-                    let path = self
-                        .names
-                        .remove(id)
-                        .unwrap_or_else(|| format!("(cgroup {id})"));
-                    gone.push((*id, path.clone()));
-                    path
-                }
-            };
-            deltas.push((path, d));
-        }
-        // A path recreated under a new id (a restarted unit) keeps its label.
-        let gone_paths: Vec<String> = gone
-            .iter()
-            .map(|(_, p)| p.clone())
-            .filter(|p| !live.contains(p))
-            .collect();
-        self.labels.round(&deltas, &gone_paths);
-        for (id, _) in &gone {
-            now.remove(id);
-            self.retired.insert(*id);
-        }
-        self.last = now;
+        self.rounds.fold(cgroups, now, &present);
 
         let c = |i: u32| counter(&self.counters, "SCHED_COUNTERS", i);
         let mut migrations = [0u64; DIST_CLASSES];
@@ -297,6 +250,7 @@ impl SchedCollector {
             host_migrations: counters.host_migrations,
             host_migrated_switch_ins: counters.host_migrated_switch_ins,
             workloads: self
+                .rounds
                 .labels
                 .view()
                 .into_iter()
@@ -311,6 +265,7 @@ impl SchedCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::topk::Labels;
 
     fn views(l: &Labels<SchedTotals>) -> Vec<WorkloadSched> {
         l.view()

@@ -4,6 +4,7 @@
 //! everything on SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,14 +16,12 @@ use axum::Router;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Filter};
+use crate::cli::ServeArgs;
 use crate::error::{Error, Result};
+use crate::host::privileges;
 use crate::output::prometheus;
 use crate::snapshot::Snapshot;
-
-/// Default listen address: loopback, on a port outside the 9100-9999 range
-/// that Prometheus' exporter port list has fully allocated.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:19477";
 
 /// The agent and its latest snapshot (served if a fresh collection fails).
 struct Collected {
@@ -46,10 +45,22 @@ fn lock(state: &Shared) -> MutexGuard<'_, Collected> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+pub async fn run(a: ServeArgs) -> Result<ExitCode> {
+    let mut opts = super::agent_options(Filter::default(), &a.tuning, 0);
+    opts.readiness = Some(super::readiness_options(&a.readiness, None, None)?);
+    let listener = bind(a.listen).await?;
+    let agent = Agent::start(&opts)?;
+    // Attached: what loading needed is not needed any more.
+    let dropped = privileges::drop_unneeded()?;
+    info!(?dropped, "capabilities dropped after attaching");
+    serve(agent, listener, a.interval).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Binds the listener; done before loading the probes so that a taken or
 /// privileged port fails at once, while the process still has its
 /// capabilities.
-pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
+async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| Error::Listen {
@@ -58,7 +69,7 @@ pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
         })
 }
 
-pub async fn run(
+async fn serve(
     mut agent: Agent,
     listener: tokio::net::TcpListener,
     interval: Duration,
@@ -83,13 +94,16 @@ pub async fn run(
     });
     info!(%listen, ?interval, "serving /metrics");
 
+    // Listeners made once, so that no signal falls between two of them.
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler".as_ref(), e))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler".as_ref(), e))?;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
             _ = tick.tick() => {
                 lock(&state).refresh();

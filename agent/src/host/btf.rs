@@ -7,9 +7,13 @@
 //! crate that exposes them (btf-rs) is LGPL, so this reads the format
 //! (documented in the kernel's Documentation/bpf/btf.rst) directly.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+
+/// Where the running kernel exposes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const BTF_MAGIC: u16 = 0xeb9f;
 
@@ -37,6 +41,10 @@ pub struct Btf {
     strings_len: usize,
     /// Byte offset of each type record; index = type id.
     types: Vec<usize>,
+    /// (kind, hash of the name) -> first type id, for the kinds looked up
+    /// by name: one pass at parse time instead of a scan of every type per
+    /// lookup, without a string allocated per type.
+    by_name: HashMap<(u32, u64), u32>,
 }
 
 /// What a type id resolves to once typedefs and qualifiers are peeled off.
@@ -56,6 +64,11 @@ impl Btf {
             path: path.to_path_buf(),
             reason,
         })
+    }
+
+    /// The raw BTF, for other parsers (aya's, for attaching BTF tracepoints).
+    pub fn data(&self) -> &[u8] {
+        &self.data
     }
 
     pub fn parse(data: Vec<u8>) -> std::result::Result<Self, String> {
@@ -92,12 +105,25 @@ impl Btf {
             };
             pos += 12 + extra;
         }
-        Ok(Self {
+        let mut btf = Self {
             data,
             strings,
             strings_len: str_len,
             types,
-        })
+            by_name: HashMap::new(),
+        };
+        let mut by_name = HashMap::new();
+        for id in 1..btf.types.len() as u32 {
+            let kind = btf.kind(id);
+            if matches!(kind, KIND_STRUCT | KIND_ENUM | KIND_TYPEDEF) {
+                let name = btf.name(btf.u32_at(btf.types[id as usize]));
+                if !name.is_empty() {
+                    by_name.entry((kind, fnv1a(name))).or_insert(id);
+                }
+            }
+        }
+        btf.by_name = by_name;
+        Ok(btf)
     }
 
     fn u32_at(&self, o: usize) -> u32 {
@@ -118,10 +144,15 @@ impl Btf {
             .map_or(0, |&p| (self.u32_at(p + 4) >> 24) & 0x1f)
     }
 
+    /// The first type of `kind` (struct, enum or typedef) named `name`.
     fn find(&self, kind: u32, name: &str) -> Option<u32> {
-        (1..self.types.len() as u32).find(|&id| {
-            self.kind(id) == kind && self.name(self.u32_at(self.types[id as usize])) == name
-        })
+        let named = |id: &u32| self.name(self.u32_at(self.types[*id as usize])) == name;
+        match self.by_name.get(&(kind, fnv1a(name))) {
+            Some(id) if named(id) => Some(*id),
+            // Another name with the same hash: look the slow way.
+            Some(_) => (1..self.types.len() as u32).find(|id| self.kind(*id) == kind && named(id)),
+            None => None,
+        }
     }
 
     /// Follows typedefs and qualifiers to the underlying type id.
@@ -276,6 +307,13 @@ impl Btf {
     }
 }
 
+/// FNV-1a: a fast hash of short names, enough to index them.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 fn read_u32(data: &[u8], o: usize) -> Option<u32> {
     data.get(o..o + 4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -427,7 +465,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reads_the_running_kernel_when_present() {
-        let path = Path::new("/sys/kernel/btf/vmlinux");
+        let path = Path::new(VMLINUX_BTF);
         if !path.exists() {
             return;
         }

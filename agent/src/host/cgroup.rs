@@ -6,6 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::host::proc;
 
 /// Maps cgroup ids to paths relative to the cgroup v2 root (`/` is the root).
 pub struct CgroupResolver {
@@ -24,9 +25,7 @@ impl CgroupResolver {
     /// Uses the cgroup v2 mount of this machine (`/sys/fs/cgroup` on unified
     /// systems, `/sys/fs/cgroup/unified` on hybrid ones).
     pub fn system() -> Result<Self> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| Error::io(Path::new("/proc/self/mountinfo"), e))?;
-        let root = cgroup2_mount(&text).ok_or(Error::NoCgroup2)?;
+        let root = proc::cgroup2_mount(&proc::self_mountinfo()?).ok_or(Error::NoCgroup2)?;
         Ok(Self::at(root))
     }
 
@@ -162,35 +161,9 @@ impl CgroupResolver {
     }
 }
 
-/// Mount point of the cgroup2 filesystem in `/proc/self/mountinfo` text.
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mount_point = pre.split_whitespace().nth(4)?;
-        (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount_in_unified_and_hybrid_layouts() {
-        let hybrid = "30 25 0:26 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755\n\
-                      31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n\
-                      32 30 0:28 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n";
-        assert_eq!(
-            cgroup2_mount(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(
-            cgroup2_mount(unified),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
-        assert_eq!(cgroup2_mount("22 1 0:5 / /proc rw - proc proc rw\n"), None);
-    }
 
     #[test]
     fn resolves_ids_of_a_directory_tree() {

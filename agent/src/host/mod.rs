@@ -4,6 +4,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod kallsyms;
 pub mod privileges;
+pub mod proc;
 pub mod qemu;
 pub mod topology;
 pub mod tracefs;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::measure::sampling::Mapping;
+use crate::host::proc::{self, Mapping, MapsLine};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Vm {
@@ -120,32 +120,22 @@ fn parse_size(s: &str) -> Option<u64> {
 /// The guest-RAM mappings of a QEMU process: its largest writable,
 /// non-executable mappings, as many as add up to the RAM size. TCG's code
 /// buffer is as large but executable (rwx), which tells them apart.
-pub fn ram_mappings(maps: &str, ram_bytes: u64) -> Vec<Mapping> {
+pub fn ram_mappings(maps: &[MapsLine], ram_bytes: u64) -> Vec<Mapping> {
     let mut candidates: Vec<Mapping> = maps
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            if !perms.starts_with("rw") || perms.as_bytes().get(2) == Some(&b'x') {
-                return None;
-            }
-            let (a, b) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(a, 16).ok()?,
-                end: u64::from_str_radix(b, 16).ok()?,
-            })
-        })
-        .filter(|m| m.end - m.start >= 16 * MIB)
+        .iter()
+        .filter(|l| l.readable_writable() && !l.executable())
+        .map(|l| l.mapping)
+        .filter(|m| m.bytes() >= 16 * MIB)
         .collect();
-    candidates.sort_by_key(|m| std::cmp::Reverse(m.end - m.start));
+    candidates.sort_by_key(|m| std::cmp::Reverse(m.bytes()));
     let mut total = 0;
     let mut out = Vec::new();
     for m in candidates {
         // QEMU may round a RAM block up to its alignment (2 MiB).
-        if total >= ram_bytes || total + (m.end - m.start) > ram_bytes + 4 * MIB {
+        if total >= ram_bytes || total + m.bytes() > ram_bytes + 4 * MIB {
             continue;
         }
-        total += m.end - m.start;
+        total += m.bytes();
         out.push(m);
     }
     out
@@ -153,12 +143,10 @@ pub fn ram_mappings(maps: &str, ram_bytes: u64) -> Vec<Mapping> {
 
 /// The RAM mappings of a running VM; an error if none can be told apart.
 pub fn vm_ram(vm: &Vm) -> Result<Vec<Mapping>> {
-    let path = PathBuf::from(format!("/proc/{}/maps", vm.pid));
-    let maps = std::fs::read_to_string(&path).map_err(|_| Error::NoSuchProcess { pid: vm.pid })?;
-    let ram = ram_mappings(&maps, vm.ram_bytes);
+    let ram = ram_mappings(&proc::maps(vm.pid)?, vm.ram_bytes);
     if ram.is_empty() {
         return Err(Error::Parse {
-            path,
+            path: PathBuf::from(format!("/proc/{}/maps", vm.pid)),
             reason: format!(
                 "no writable mapping of up to {} MiB that could be the guest RAM of VM {}",
                 vm.ram_bytes / MIB,
@@ -167,6 +155,29 @@ pub fn vm_ram(vm: &Vm) -> Result<Vec<Mapping>> {
         });
     }
     Ok(ram)
+}
+
+/// Why a QEMU process looks like it is migrating, if it does: it was
+/// started to receive one (`-incoming`), or it holds an established TCP
+/// connection that it opened (its local port is not one it listens on), as
+/// an outgoing `migrate tcp:` does.
+pub fn migration_suspected(pid: u32, incoming: bool) -> Option<String> {
+    if incoming {
+        return Some("it was started with -incoming (the receiving side)".into());
+    }
+    let inodes = proc::socket_inodes(pid);
+    let ours: Vec<proc::TcpRow> = proc::tcp_sockets(pid)
+        .into_iter()
+        .filter(|r| inodes.contains(&r.inode))
+        .collect();
+    let listening: Vec<u16> = ours
+        .iter()
+        .filter(|r| r.state == proc::TCP_LISTEN)
+        .map(|r| r.local_port)
+        .collect();
+    ours.iter()
+        .find(|r| r.state == proc::TCP_ESTABLISHED && !listening.contains(&r.local_port))
+        .map(|r| format!("it has an outgoing TCP connection to {}", r.remote))
 }
 
 #[cfg(test)]
@@ -227,7 +238,7 @@ mod tests {
 7f06c0000000-7f06c4000000 rw-p 00000000 00:00 0
 ";
         assert_eq!(
-            ram_mappings(maps, 1024 * MIB),
+            ram_mappings(&proc::parse_maps(maps), 1024 * MIB),
             vec![Mapping {
                 start: 0x7f0633e00000,
                 end: 0x7f0673e00000
@@ -239,6 +250,12 @@ mod tests {
 7f0040000000-7f0080000000 rw-p 00000000 00:00 0
 7f0080000000-7f00bffff000 rwxp 00000000 00:00 0
 ";
-        assert_eq!(ram_mappings(numa, 2048 * MIB).len(), 2);
+        assert_eq!(ram_mappings(&proc::parse_maps(numa), 2048 * MIB).len(), 2);
+    }
+
+    #[test]
+    fn an_incoming_vm_is_suspected_and_this_process_is_not() {
+        assert!(migration_suspected(1, true).is_some());
+        assert_eq!(migration_suspected(std::process::id(), false), None);
     }
 }

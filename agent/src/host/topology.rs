@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use hostprobe_common::CpuTopo;
+use hostprobe_common::sched::CpuTopo;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -153,7 +153,7 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use hostprobe_common::{
+    use hostprobe_common::sched::{
         DIST_OTHER_NODE, DIST_SAME_CORE, DIST_SAME_CPU, DIST_SAME_LLC, DIST_SAME_NODE,
     };
     use std::fs;

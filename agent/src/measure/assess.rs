@@ -5,14 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::error::{Error, Result};
 use crate::host::cgroup::CgroupResolver;
-use crate::host::qemu;
+use crate::host::{proc, qemu};
 use crate::measure::exact;
-use crate::measure::sampling::{self, Region, Sampler, SamplingMethod};
-use crate::model::precopy::{self, DirtyCurve, DirtyPoint, Link, Prediction};
+use crate::measure::sampling::{Region, Sampler};
+use crate::model::precopy::{self, DirtyCurve, Link};
+use crate::snapshot::{MemoryMethod, ReadinessReport, TargetInfo};
 
 /// What to assess, as named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,36 +21,6 @@ pub enum Target {
     Cgroup(String),
     /// A QEMU VM by its `-name`.
     Vm(String),
-}
-
-/// How the memory a migration must send was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemoryMethod {
-    /// Resident set (Rss) of the processes: what a process migration sends.
-    Resident,
-    /// Guest RAM size times the sampled share of non-zero pages: pre-copy
-    /// sends a zero page as a flag, so only non-zero pages cost bandwidth.
-    GuestRamNonZero,
-}
-
-/// Which target a report is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TargetInfo {
-    /// `pid`, `cgroup` or `vm`.
-    pub kind: &'static str,
-    pub name: String,
-    pub pids: Vec<u32>,
-}
-
-impl TargetInfo {
-    /// The `workload` label: a cgroup's path, `vm:NAME`, `pid:PID`.
-    pub fn workload(&self) -> String {
-        match self.kind {
-            "cgroup" => self.name.clone(),
-            kind => format!("{kind}:{}", self.name),
-        }
-    }
 }
 
 /// A target resolved to the memory to measure.
@@ -140,22 +109,6 @@ pub struct ExactGuard {
     pub not_migrating: bool,
 }
 
-/// One readiness answer with its evidence: the view behind
-/// `hostprobe readiness` (text and `--json`) and the serve metrics.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReadinessReport {
-    pub target: TargetInfo,
-    /// What the first pass sends.
-    pub memory_bytes: f64,
-    pub memory_method: MemoryMethod,
-    pub method: SamplingMethod,
-    /// Measured d(w).
-    pub dirty: Vec<DirtyPoint>,
-    pub link: Link,
-    pub prediction: Prediction,
-    pub min_bandwidth_bytes_per_second: Option<f64>,
-}
-
 /// Measures the target for `max(windows)` and models its migration.
 pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<ReadinessReport> {
     let (m, method) = match &sampling.exact {
@@ -166,7 +119,7 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
         Some(guard) => {
             if target.info.kind == "vm" && !guard.not_migrating {
                 let pid = target.info.pids[0];
-                if let Some(reason) = exact::migration_suspected(pid, target.incoming) {
+                if let Some(reason) = qemu::migration_suspected(pid, target.incoming) {
                     return Err(Error::Migrating {
                         name: target.info.name.clone(),
                         reason,
@@ -189,7 +142,7 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
         None => {
             let mut rss = 0;
             for &pid in &target.info.pids {
-                rss += sampling::resident_bytes(pid)?;
+                rss += proc::resident_bytes(pid)?;
             }
             (rss as f64, MemoryMethod::Resident)
         }

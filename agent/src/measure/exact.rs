@@ -14,14 +14,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
-use crate::measure::sampling::{Mapping, Measurement, Region, SamplingMethod, PAGE};
+use crate::host::proc::{self, Mapping, PAGE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP};
+use crate::measure::sampling::{Measurement, Region};
 use crate::model::precopy::DirtyPoint;
+use crate::snapshot::SamplingMethod;
 
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAP: u64 = 1 << 62;
-const PM_SOFT_DIRTY: u64 = 1 << 55;
-
-/// Largest single read of target memory or pagemap.
+/// Largest single read of target memory.
 const CHUNK_PAGES: u64 = 64;
 
 /// Whether this kernel tracks soft-dirty bits: clear them for this process,
@@ -56,13 +54,7 @@ pub fn method() -> &'static str {
 /// process: the time of the last run is kept in `state_dir`.
 pub fn rate_limit(state_dir: &Path, pid: u32, min_interval: Duration) -> Result<()> {
     // pid + start time: a reused pid is another process.
-    let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1;
-            after.split_whitespace().nth(19).map(str::to_string)
-        })
-        .ok_or(Error::NoSuchProcess { pid })?;
+    let start = proc::start_time(pid)?;
     let path = state_dir.join(format!("exact-{pid}-{start}"));
     let now = SystemTime::now();
     if let Ok(meta) = std::fs::metadata(&path) {
@@ -81,74 +73,6 @@ pub fn rate_limit(state_dir: &Path, pid: u32, min_interval: Duration) -> Result<
     }
     std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
     std::fs::write(&path, b"").map_err(|e| Error::io(&path, e))
-}
-
-/// Why a QEMU process looks like it is migrating, if it does: it was
-/// started to receive one (`-incoming`), or it holds an established TCP
-/// connection that it opened (its local port is not one it listens on), as
-/// an outgoing `migrate tcp:` does.
-pub fn migration_suspected(pid: u32, incoming: bool) -> Option<String> {
-    if incoming {
-        return Some("it was started with -incoming (the receiving side)".into());
-    }
-    let inodes = socket_inodes(pid);
-    let mut listening = Vec::new();
-    let mut established = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for (local_port, remote, state, inode) in parse_tcp(&text) {
-            if !inodes.contains(&inode) {
-                continue;
-            }
-            match state {
-                0x0A => listening.push(local_port),
-                0x01 => established.push((local_port, remote)),
-                _ => {}
-            }
-        }
-    }
-    established
-        .into_iter()
-        .find(|(port, _)| !listening.contains(port))
-        .map(|(_, remote)| format!("it has an outgoing TCP connection to {remote}"))
-}
-
-fn socket_inodes(pid: u32) -> Vec<u64> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let target = std::fs::read_link(e.path()).ok()?;
-            let t = target.to_str()?;
-            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect()
-}
-
-/// (local port, remote address:port, state, inode) of /proc/net/tcp rows.
-fn parse_tcp(text: &str) -> Vec<(u16, String, u8, u64)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
-            let (raddr, rport) = f.get(2)?.split_once(':')?;
-            let remote = format!("{}:{}", hex_ip(raddr), u16::from_str_radix(rport, 16).ok()?);
-            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
-            let inode = f.get(9)?.parse().ok()?;
-            Some((local_port, remote, state, inode))
-        })
-        .collect()
-}
-
-/// An IPv4 address as /proc/net/tcp prints it (little-endian hex); IPv6
-/// stays hex.
-fn hex_ip(h: &str) -> String {
-    match u32::from_str_radix(h, 16) {
-        Ok(v) if h.len() == 8 => std::net::Ipv4Addr::from(v.swap_bytes()).to_string(),
-        _ => h.to_string(),
-    }
 }
 
 /// Every page of the regions, measured exactly.
@@ -201,35 +125,13 @@ impl Exact {
         }
     }
 
-    /// Pagemap entries of one mapping.
-    fn pagemap(pm: &File, m: &Mapping) -> Vec<u64> {
-        let pages = (m.end - m.start) / PAGE;
-        let mut out = Vec::with_capacity(pages as usize);
-        let mut buf = vec![0u8; (CHUNK_PAGES * 8) as usize];
-        let mut p = 0;
-        while p < pages {
-            let n = (pages - p).min(CHUNK_PAGES);
-            let b = &mut buf[..(n * 8) as usize];
-            if pm.read_exact_at(b, (m.start / PAGE + p) * 8).is_err() {
-                out.extend(std::iter::repeat_n(0, n as usize));
-            } else {
-                out.extend(
-                    b.chunks_exact(8)
-                        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-                );
-            }
-            p += n;
-        }
-        out
-    }
-
     /// Per page: `None` if not resident, else the hash of its content.
     fn hashes(&self) -> Vec<Option<u64>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; (CHUNK_PAGES * PAGE) as usize];
         for (_, mem, pm, maps) in &self.regions {
             for m in maps {
-                let entries = Self::pagemap(pm, m);
+                let entries = proc::pagemap_entries(pm, m);
                 let mut i = 0;
                 while i < entries.len() {
                     if entries[i] & PM_PRESENT == 0 {
@@ -265,7 +167,7 @@ impl Exact {
     fn soft_dirty_count(&self) -> u64 {
         self.regions
             .iter()
-            .flat_map(|(_, _, pm, maps)| maps.iter().map(move |m| Self::pagemap(pm, m)))
+            .flat_map(|(_, _, pm, maps)| maps.iter().map(move |m| proc::pagemap_entries(pm, m)))
             .flatten()
             .filter(|e| e & PM_SOFT_DIRTY != 0 && e & (PM_PRESENT | PM_SWAP) != 0)
             .count() as u64
@@ -341,24 +243,6 @@ impl Exact {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_tcp_tables() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:115C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:D2F0 0100007F:115C 01 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000000000000 20 4 30 10 -1
-";
-        let rows = parse_tcp(text);
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0], (4444, "0.0.0.0:0".into(), 0x0A, 1111));
-        assert_eq!(rows[1], (0xD2F0, "127.0.0.1:4444".into(), 0x01, 2222));
-    }
-
-    #[test]
-    fn an_incoming_vm_is_suspected_and_this_process_is_not() {
-        assert!(migration_suspected(1, true).is_some());
-        assert_eq!(migration_suspected(std::process::id(), false), None);
-    }
 
     #[test]
     fn runs_at_most_once_per_interval() {

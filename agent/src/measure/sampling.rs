@@ -13,49 +13,12 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::error::{Error, Result};
+use crate::host::proc::{self, Mapping, PAGE};
 use crate::model::precopy::DirtyPoint;
+use crate::snapshot::SamplingMethod;
 
-pub const PAGE: u64 = 4096;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-
-/// A writable mapping of the target, `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
-}
-
-/// Readable, writable, non-special mappings in `/proc/PID/maps` text.
-pub fn writable_mappings(maps: &str) -> Vec<Mapping> {
-    maps.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            let name = f.nth(3).unwrap_or("");
-            let p = perms.as_bytes();
-            if p.first() != Some(&b'r') || p.get(1) != Some(&b'w') || name.starts_with("[v") {
-                return None;
-            }
-            let (a, b) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(a, 16).ok()?,
-                end: u64::from_str_radix(b, 16).ok()?,
-            })
-        })
-        .filter(|m| m.end > m.start)
-        .collect()
-}
-
-/// What the estimate is based on, reported with every figure.
-#[derive(Debug, Clone, Serialize)]
-pub struct SamplingMethod {
-    pub method: &'static str,
-    pub samples: usize,
-    pub sampled_bytes: u64,
-}
 
 /// Memory of one process to measure: its pid and the mappings that count.
 #[derive(Debug, Clone)]
@@ -67,16 +30,14 @@ pub struct Region {
 impl Region {
     /// All readable, writable mappings of a process.
     pub fn process(pid: u32) -> Result<Self> {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map_err(|_| Error::NoSuchProcess { pid })?;
         Ok(Self {
             pid,
-            mappings: writable_mappings(&maps),
+            mappings: proc::writable_mappings(&proc::maps(pid)?),
         })
     }
 
-    fn bytes(&self) -> u64 {
-        self.mappings.iter().map(|m| m.end - m.start).sum()
+    pub fn bytes(&self) -> u64 {
+        self.mappings.iter().map(Mapping::bytes).sum()
     }
 }
 
@@ -199,20 +160,6 @@ impl Sampler {
     }
 }
 
-/// Resident memory of the process (what a migration must send at least).
-pub fn resident_bytes(pid: u32) -> Result<u64> {
-    let path = PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
-    let text = std::fs::read_to_string(&path).map_err(|_| Error::NoSuchProcess { pid })?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Rss:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| Error::Parse {
-            path,
-            reason: "no Rss line".into(),
-        })
-}
-
 /// `n` pages, as (mapping index, address), spread over the mappings in
 /// proportion to their size.
 fn pick_pages(mappings: &[Mapping], n: usize, seed: u64) -> Vec<(usize, u64)> {
@@ -243,66 +190,9 @@ fn pick_pages(mappings: &[Mapping], n: usize, seed: u64) -> Vec<(usize, u64)> {
         .collect()
 }
 
-/// Parses a bandwidth: `1Gbit/s`, `100Mbit/s`, `125MB/s`, `64MiB/s`, or a
-/// plain number of bytes per second.
-pub fn parse_bandwidth(text: &str) -> std::result::Result<f64, String> {
-    let t = text.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?}: expected e.g. 1Gbit/s, 125MB/s or 64MiB/s"))?;
-    let factor = match unit {
-        "" | "B" => 1.0,
-        "kB" | "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => GIB,
-        "kbit" | "Kbit" => 1e3 / 8.0,
-        "Mbit" => 1e6 / 8.0,
-        "Gbit" => 1e9 / 8.0,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (B, kB, MB, GB, KiB, MiB, GiB, kbit, Mbit, Gbit)"
-            ))
-        }
-    };
-    if value <= 0.0 {
-        return Err(format!("{text:?}: bandwidth must be positive"));
-    }
-    Ok(value * factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keeps_readable_writable_mappings_only() {
-        let maps = "\
-55d0c0000000-55d0c0001000 r--p 00000000 08:01 123 /usr/bin/qemu
-55d0c0001000-55d0c0002000 r-xp 00001000 08:01 123 /usr/bin/qemu
-55d0c0002000-55d0c0004000 rw-p 00002000 08:01 123 /usr/bin/qemu
-7f0000000000-7f0040000000 rw-s 00000000 00:01 9 /memfd:pc.ram (deleted)
-7f0040000000-7f0040001000 ---p 00000000 00:00 0
-7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
-7ffd00022000-7ffd00024000 r--p 00000000 00:00 0 [vvar]
-";
-        let m = writable_mappings(maps);
-        assert_eq!(m.len(), 3);
-        assert_eq!(
-            m[1],
-            Mapping {
-                start: 0x7f0000000000,
-                end: 0x7f0040000000
-            }
-        );
-    }
 
     #[test]
     fn samples_spread_in_proportion_to_size() {
@@ -323,18 +213,5 @@ mod tests {
             .iter()
             .all(|&(i, p)| p % PAGE == 0 && (maps[i].start..maps[i].end).contains(&p)));
         assert!(pick_pages(&[], 10, 1).is_empty());
-    }
-
-    #[test]
-    fn parses_bandwidths() {
-        assert_eq!(parse_bandwidth("1Gbit/s"), Ok(125e6));
-        assert_eq!(parse_bandwidth("64MiB/s"), Ok(64.0 * 1024.0 * 1024.0));
-        assert_eq!(parse_bandwidth("125MB/s"), Ok(125e6));
-        assert_eq!(parse_bandwidth("1000"), Ok(1000.0));
-        assert!(parse_bandwidth("fast").is_err());
-        assert!(parse_bandwidth("10Xb/s")
-            .unwrap_err()
-            .contains("unknown unit"));
-        assert!(parse_bandwidth("0MB/s").is_err());
     }
 }

@@ -259,30 +259,8 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
     })
 }
 
-/// Per-CPU (busy, total) jiffies from /proc/stat `cpuN` lines.
-pub fn cpu_times(stat: &str) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for line in stat.lines() {
-        let mut f = line.split_whitespace();
-        let Some(cpu) = f.next().and_then(|c| c.strip_prefix("cpu")) else {
-            continue;
-        };
-        let Ok(i) = cpu.parse::<usize>() else {
-            continue;
-        };
-        let v: Vec<u64> = f.filter_map(|x| x.parse().ok()).collect();
-        // user nice system idle iowait irq softirq steal ...
-        let total: u64 = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-        if out.len() <= i {
-            out.resize(i + 1, (0, 0));
-        }
-        out[i] = (total - idle.min(total), total);
-    }
-    out
-}
-
-/// Busy share of each CPU between two `cpu_times` readings.
+/// Busy share of each CPU between two readings of per-CPU (busy, total)
+/// jiffies.
 pub fn busy_between(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
     after
         .iter()
@@ -294,41 +272,6 @@ pub fn busy_between(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
                 0.0
             } else {
                 b1.saturating_sub(b0) as f64 / dt as f64
-            }
-        })
-        .collect()
-}
-
-/// The model's inputs from a snapshot: each workload of the scheduler
-/// section, with its lock wait and NUMA figures where those name it too.
-pub fn inputs(s: &crate::snapshot::Snapshot) -> Vec<Input> {
-    s.sched
-        .workloads
-        .iter()
-        .map(|w| {
-            let lock = s.lock.workloads.iter().find(|l| l.name == w.workload);
-            let numa = s.numa.workloads.iter().find(|n| n.workload == w.workload);
-            Input {
-                workload: w.workload.clone(),
-                switch_ins: [
-                    w.switch_ins.same_cpu,
-                    w.switch_ins.same_llc,
-                    w.switch_ins.same_node,
-                    w.switch_ins.other_node,
-                ],
-                cross_node_migrations: w.migrations.other_node,
-                migrations: w.migrations.same_core
-                    + w.migrations.same_llc
-                    + w.migrations.same_node
-                    + w.migrations.other_node,
-                oncpu_seconds: w.oncpu_seconds,
-                lock_wait_seconds: lock.map_or(0.0, |l| l.wait_seconds),
-                remote_access: numa.and_then(|n| n.estimated_remote_access_ratio),
-                remote_allocations: numa.and_then(|n| n.remote_allocation_ratio),
-                resident_by_node: numa
-                    .map(|n| n.resident_bytes_by_node.clone())
-                    .unwrap_or_default(),
-                window_seconds: s.window_seconds,
             }
         })
         .collect()
@@ -493,12 +436,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_proc_stat() {
-        let a = "cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 5 0 5 40 0 0 0 0 0 0\ncpu1 5 0 5 40 0 0 0 0 0 0\nintr 1\n";
-        let b =
-            "cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 95 0 5 50 0 0 0 0 0 0\ncpu1 5 0 5 140 0 0 0 0 0 0\n";
-        let busy = busy_between(&cpu_times(a), &cpu_times(b));
-        assert_eq!(busy, vec![0.9, 0.0]);
+    fn busy_shares_between_two_readings() {
+        let before = [(10, 50), (10, 50)];
+        let after = [(100, 150), (10, 150), (5, 5)];
+        assert_eq!(busy_between(&before, &after), vec![0.9, 0.0, 1.0]);
+        assert_eq!(busy_between(&after, &after), vec![0.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -3,5 +3,6 @@
 pub mod affinity;
 pub mod hist;
 pub mod precopy;
+pub mod remote_access;
 pub mod topk;
 pub mod workload;

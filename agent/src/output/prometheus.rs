@@ -473,8 +473,8 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
             );
         }
         let method = match t.memory_method {
-            crate::measure::assess::MemoryMethod::Resident => "resident",
-            crate::measure::assess::MemoryMethod::GuestRamNonZero => "guest_ram_nonzero",
+            crate::snapshot::MemoryMethod::Resident => "resident",
+            crate::snapshot::MemoryMethod::GuestRamNonZero => "guest_ram_nonzero",
         };
         memory.gauge(&[("workload", wl), ("method", method)], t.memory_bytes);
         let p = &t.prediction;
@@ -493,7 +493,7 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::tests::sample_snapshot;
+    use crate::snapshot::sample::sample as sample_snapshot;
 
     #[test]
     fn renders_the_contract_metrics() {

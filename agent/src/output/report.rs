@@ -183,13 +183,13 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
 }
 
 /// The `hostprobe readiness` answer.
-pub fn render_readiness(r: &crate::measure::assess::ReadinessReport) -> String {
+pub fn render_readiness(r: &crate::snapshot::ReadinessReport) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
     let mut o = String::new();
     let p = &r.prediction;
     let memory = match r.memory_method {
-        crate::measure::assess::MemoryMethod::Resident => "resident",
-        crate::measure::assess::MemoryMethod::GuestRamNonZero => "of non-zero guest RAM",
+        crate::snapshot::MemoryMethod::Resident => "resident",
+        crate::snapshot::MemoryMethod::GuestRamNonZero => "of non-zero guest RAM",
     };
     let pids = r.target.pids.iter().map(u32::to_string).collect::<Vec<_>>();
     let _ = writeln!(
@@ -556,7 +556,7 @@ fn rate(n: u64, secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::tests::sample_snapshot;
+    use crate::snapshot::sample::sample as sample_snapshot;
 
     #[test]
     fn formats_seconds_with_units() {

@@ -294,7 +294,7 @@ fn diagnose_attributes_migrations_to_the_cgroup() {
     assert!(two_cpus(), "this test needs two CPUs");
     let _k = KernelTest::start();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root = hostprobe::host::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let root = hostprobe::host::proc::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
     let name = format!("hostprobe-test-{}", std::process::id());
     let dir: PathBuf = root.join(&name);
     std::fs::create_dir(&dir).expect("create test cgroup");
@@ -332,7 +332,7 @@ fn diagnose_attributes_migrations_to_the_cgroup() {
 fn a_full_workload_table_is_counted_and_logged_once() {
     let _k = KernelTest::start();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root = hostprobe::host::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let root = hostprobe::host::proc::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
     let dirs: Vec<PathBuf> = (0..8)
         .map(|i| root.join(format!("hostprobe-full-{}-{i}", std::process::id())))
         .collect();
@@ -1422,7 +1422,7 @@ fn dirty_throttling_agrees_with_perf() {
 fn diagnose_assesses_the_readiness_of_the_top_dirtying_cgroup() {
     let _k = KernelTest::start();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root = hostprobe::host::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let root = hostprobe::host::proc::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
     let name = format!("hostprobe-dirtier-{}", std::process::id());
     let dir: PathBuf = root.join(&name);
     std::fs::create_dir(&dir).expect("create test cgroup");
@@ -1462,7 +1462,7 @@ struct TestCgroup(PathBuf);
 impl TestCgroup {
     fn new(tag: &str) -> Self {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = hostprobe::host::cgroup::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+        let root = hostprobe::host::proc::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
         let dir = root.join(format!("hostprobe-{tag}-{}", std::process::id()));
         std::fs::create_dir(&dir).expect("create test cgroup");
         Self(dir)

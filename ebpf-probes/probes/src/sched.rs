@@ -27,8 +27,12 @@ use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
 use crate::tables;
 use crate::util::{bump, first_time};
 use hostprobe_common::{
-    counter, log2_bucket, CpuTopo, SchedStats, TaskSlot, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS,
-    DIST_CLASSES, DIST_SAME_CPU, MAX_CPUS, NO_CPU, NO_PENDING, NO_PENDING_PLACE,
+    log2_bucket,
+    sched::{
+        counter, CpuTopo, SchedStats, TaskSlot, DIST_CLASSES, DIST_SAME_CPU, NO_CPU, NO_PENDING,
+        NO_PENDING_PLACE,
+    },
+    DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, MAX_CPUS,
 };
 
 // Load-time constants, set by the agent (aya freezes .rodata, so the

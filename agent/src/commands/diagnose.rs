@@ -1,0 +1,72 @@
+//! `hostprobe diagnose`: attach, collect for a while (a progress bar on a
+//! terminal; Ctrl-C ends early), assess readiness, print one snapshot.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::agent::{Agent, Filter};
+use crate::cli::DiagnoseArgs;
+use crate::collectors::readiness::assess_top_dirtying;
+use crate::error::{Error, Result};
+use crate::measure::assess::Target;
+use crate::output::report;
+
+pub async fn run(a: DiagnoseArgs) -> Result<ExitCode> {
+    let extra = match (a.pid, &a.cgroup) {
+        (Some(p), _) => Some(Target::Pid(p)),
+        (None, Some(c)) => Some(Target::Cgroup(c.clone())),
+        _ => None,
+    };
+    let readiness = super::readiness_options(&a.readiness, extra, Some(a.duration))?;
+    let pass_timeout = a.duration
+        + readiness.windows.iter().max().copied().unwrap_or_default()
+            * readiness.max_targets as u32;
+    let filter = Filter {
+        pid: a.pid,
+        cgroup: a.cgroup,
+    };
+    let mut opts = super::agent_options(filter, &a.tuning, a.lock_type.unwrap_or(0));
+    opts.readiness = Some(readiness.clone());
+    let mut agent = Agent::start(&opts)?;
+    collect_for(a.duration).await?;
+    if let Some(r) = agent.readiness() {
+        r.first_pass(pass_timeout).await;
+    }
+    let mut snapshot = agent.snapshot()?;
+    assess_top_dirtying(&snapshot.dirty, &mut snapshot.readiness, &readiness, 3);
+    drop(agent);
+    super::print_view(&snapshot, a.json, |v| report::render(v, a.stacks));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for `duration` (or SIGINT, which ends collection early), drawing
+/// a progress bar on stderr when it is a terminal.
+async fn collect_for(duration: Duration) -> Result<()> {
+    // One listener for the whole wait, so that no SIGINT falls between two.
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler".as_ref(), e))?;
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = interrupt.recv() => break,
+            _ = tick.tick(), if tty => {
+                let done = start.elapsed().as_secs_f64() / duration.as_secs_f64().max(1e-9);
+                let filled = ((done.min(1.0)) * 30.0) as usize;
+                eprint!("\rcollecting [{}{}] {:>5.1}/{:.1} s", "#".repeat(filled), " ".repeat(30 - filled), start.elapsed().as_secs_f64(), duration.as_secs_f64());
+                let _ = std::io::stderr().flush();
+            }
+        }
+    }
+    if tty {
+        eprint!("\r{}\r", " ".repeat(60));
+    }
+    Ok(())
+}

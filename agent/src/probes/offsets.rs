@@ -1,0 +1,275 @@
+//! Kernel-specific offsets the programs read, resolved at start from BTF
+//! (struct members, tracepoint prototypes, enums) and tracefs (classic
+//! tracepoint records), and handed over as load-time constants: Rust eBPF
+//! has no CO-RE relocations.
+
+use std::path::Path;
+
+use hostprobe_common::numa;
+
+use crate::error::{Error, Result};
+use crate::host::btf::{Btf, TypeShape};
+use crate::host::tracefs::Format;
+
+/// `enum migrate_reason` names by value, lowercased without `MR_`.
+pub fn migrate_reasons(btf: &Btf) -> Result<Vec<String>> {
+    let mut v = btf.enum_values("migrate_reason")?;
+    v.retain(|(_, val)| (0..i64::from(numa::MAX_REASONS)).contains(val));
+    let mut names = vec![String::new(); v.iter().map(|(_, x)| *x as usize + 1).max().unwrap_or(0)];
+    for (name, val) in v {
+        names[val as usize] = name.trim_start_matches("MR_").to_ascii_lowercase();
+    }
+    Ok(names)
+}
+
+/// Offsets in `task_struct` read by the BTF tracepoints.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub tgid: u32,
+    /// The task's CPU: `thread_info.cpu` (5.16+ with THREAD_INFO_IN_TASK),
+    /// else `task_struct.cpu`.
+    pub cpu: u32,
+}
+
+/// Resolves `task_struct` offsets from kernel BTF and checks that the BTF
+/// tracepoints pass the arguments the programs read.
+pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
+    let int4 = |member: &str| -> Result<u32> {
+        match btf.member("task_struct", member)? {
+            (off, 4) => Ok(off),
+            (_, size) => Err(Error::BtfMissing {
+                what: format!("4-byte task_struct.{member} (it has {size} bytes)"),
+            }),
+        }
+    };
+    let cpu = match (
+        btf.member("task_struct", "thread_info"),
+        btf.member("thread_info", "cpu"),
+    ) {
+        (Ok((ti, _)), Ok((off, 4))) => ti + off,
+        _ => int4("cpu")?,
+    };
+    let offsets = TaskOffsets {
+        pid: int4("pid")?,
+        tgid: int4("tgid")?,
+        cpu,
+    };
+    let task = TypeShape::Pointer {
+        to: Some("task_struct".into()),
+    };
+    let switch = btf.tracepoint_args("sched_switch")?;
+    // (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state): 5.18+
+    let ok = switch.len() >= 4
+        && switch[1] == task
+        && switch[2] == task
+        && matches!(switch[3], TypeShape::Int { .. });
+    if !ok {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "sched:sched_switch".into(),
+            reason: format!(
+                "expected (preempt, prev, next, prev_state) (kernel 5.18 or later), found {switch:?}"
+            ),
+        });
+    }
+    for tp in ["sched_wakeup", "sched_wakeup_new"] {
+        let args = btf.tracepoint_args(tp)?;
+        if args.first() != Some(&task) {
+            return Err(Error::BadTracepointArgs {
+                tracepoint: format!("sched:{tp}"),
+                reason: format!("expected (task_struct *p), found {args:?}"),
+            });
+        }
+    }
+    let migrate = btf.tracepoint_args("sched_migrate_task")?;
+    if migrate.len() != 2 || migrate[0] != task || !matches!(migrate[1], TypeShape::Int { .. }) {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "sched:sched_migrate_task".into(),
+            reason: format!("expected (task_struct *p, int dest_cpu), found {migrate:?}"),
+        });
+    }
+    Ok(offsets)
+}
+
+/// Kernel struct offsets `writeback_dirty_folio` reads: the folio's size
+/// and the device of its file's filesystem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FolioOffsets {
+    pub flags: u32,
+    pub pg_head: u32,
+    pub nr_pages: u32,
+    pub mapping_host: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+}
+
+pub fn folio_offsets(btf: &Btf) -> Result<FolioOffsets> {
+    let sized = |st: &str, member: &str, want: u32| -> Result<u32> {
+        match btf.member(st, member)? {
+            (off, size) if size == want => Ok(off),
+            (_, size) => Err(Error::BtfMissing {
+                what: format!("{want}-byte {st}.{member} (it has {size} bytes)"),
+            }),
+        }
+    };
+    // 6.18 calls it `_nr_pages`, 6.1 `_folio_nr_pages`.
+    let nr_pages =
+        sized("folio", "_nr_pages", 4).or_else(|_| sized("folio", "_folio_nr_pages", 4))?;
+    let pg_head = btf.enum_value("pageflags", "PG_head")?;
+    let args = btf.tracepoint_args("writeback_dirty_folio")?;
+    let ptr = |to: &str| TypeShape::Pointer {
+        to: Some(to.into()),
+    };
+    if args != [ptr("folio"), ptr("address_space")] {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "writeback:writeback_dirty_folio".into(),
+            reason: format!("expected (folio *, address_space *), found {args:?}"),
+        });
+    }
+    Ok(FolioOffsets {
+        flags: sized("folio", "flags", 8)?,
+        pg_head: u32::try_from(pg_head).map_err(|_| Error::BtfMissing {
+            what: format!("a small PG_head bit (found {pg_head})"),
+        })?,
+        nr_pages,
+        mapping_host: sized("address_space", "host", 8)?,
+        inode_sb: sized("inode", "i_sb", 8)?,
+        sb_dev: sized("super_block", "s_dev", 4)?,
+    })
+}
+
+/// Where `mm_page_alloc` finds a page's node: `page->flags` at `flags`,
+/// node = (flags >> shift) & mask.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageNodeBits {
+    pub flags: u32,
+    pub shift: u32,
+    pub mask: u64,
+}
+
+/// The node bits of `page->flags` on x86-64 with SPARSEMEM_VMEMMAP (no
+/// section bits): the top NODES_SHIFT bits, where MAX_NUMNODES =
+/// 2^NODES_SHIFT is read from BTF as `struct zonelist`'s
+/// `_zonerefs[MAX_NUMNODES * MAX_NR_ZONES + 1]`.
+pub fn page_node_bits(btf: &Btf) -> Result<PageNodeBits> {
+    let args = btf.tracepoint_args("mm_page_alloc")?;
+    let page = TypeShape::Pointer {
+        to: Some("page".into()),
+    };
+    if args.first() != Some(&page) || args.get(1) != Some(&TypeShape::Int { size: 4 }) {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "kmem:mm_page_alloc".into(),
+            reason: format!("expected (page *, unsigned int order, ...), found {args:?}"),
+        });
+    }
+    let refs = u64::from(btf.array_len("zonelist", "_zonerefs")?);
+    let zones = btf.enum_value("zone_type", "__MAX_NR_ZONES")?;
+    let zones = u64::try_from(zones).ok().filter(|&z| z > 0);
+    let nodes = zones
+        .map(|z| (refs.saturating_sub(1)) / z)
+        .filter(|n| n.is_power_of_two());
+    let Some(nodes) = nodes else {
+        return Err(Error::BtfMissing {
+            what: format!("MAX_NUMNODES as a power of two (zonelist holds {refs} zonerefs)"),
+        });
+    };
+    let bits = nodes.trailing_zeros();
+    let (flags, size) = btf.member("page", "flags")?;
+    if size != 8 {
+        return Err(Error::BtfMissing {
+            what: format!("8-byte page.flags (it has {size} bytes)"),
+        });
+    }
+    Ok(PageNodeBits {
+        flags,
+        shift: 64 - bits,
+        mask: nodes - 1,
+    })
+}
+
+/// Offsets (succeeded, reason) in the `mm_migrate_pages` record.
+pub fn migrate_pages_offsets(tracefs: &Path) -> Result<(u32, u32)> {
+    let f = Format::read(tracefs, "migrate", "mm_migrate_pages")?;
+    Ok((f.int_field("succeeded", 8)?, f.int_field("reason", 4)?))
+}
+
+/// Offsets in the `contention_begin` and `contention_end` records.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockOffsets {
+    pub begin_lock: u32,
+    pub begin_flags: u32,
+    pub end_lock: u32,
+}
+
+pub fn lock_offsets(tracefs: &Path) -> Result<LockOffsets> {
+    let begin = Format::read(tracefs, "lock", "contention_begin")?;
+    let end = Format::read(tracefs, "lock", "contention_end")?;
+    Ok(LockOffsets {
+        begin_lock: begin.int_field("lock_addr", 8)?,
+        begin_flags: begin.int_field("flags", 4)?,
+        end_lock: end.int_field("lock_addr", 8)?,
+    })
+}
+
+/// `balance_dirty_pages.pause` (jiffies).
+pub fn balance_pause_offset(tracefs: &Path) -> Result<u32> {
+    Format::read(tracefs, "writeback", "balance_dirty_pages")?.int_field("pause", 8)
+}
+
+/// Checks that `page_fault_user` passes (address, regs, error_code), the
+/// third of which the program reads.
+pub fn fault_args(btf: &Btf) -> Result<()> {
+    let args = btf.tracepoint_args("page_fault_user")?;
+    let ok = args.len() == 3
+        && args[0] == TypeShape::Int { size: 8 }
+        && args[1]
+            == TypeShape::Pointer {
+                to: Some("pt_regs".into()),
+            }
+        && args[2] == TypeShape::Int { size: 8 };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadTracepointArgs {
+            tracepoint: "exceptions:page_fault_user".into(),
+            reason: format!("expected (address, pt_regs *, error_code), found {args:?}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::btf::VMLINUX_BTF;
+    use crate::host::tracefs;
+
+    #[test]
+    fn this_kernel_has_the_sched_layout_the_programs_expect() {
+        let btf = Btf::from_file(Path::new(VMLINUX_BTF)).unwrap();
+        let t = task_offsets(&btf).unwrap();
+        assert_eq!(t.tgid, t.pid + 4);
+        let tracefs =
+            tracefs::mount_point().expect("tracefs mounted (cargo xtask setup mounts it)");
+        // 6.18: thread_info (with cpu) is the first member of task_struct.
+        assert!(t.cpu < 64, "thread_info.cpu at {}", t.cpu);
+        let l = lock_offsets(&tracefs).unwrap();
+        assert!(l.begin_flags > l.begin_lock);
+        let f = folio_offsets(&btf).unwrap();
+        assert_eq!(f.flags, 0, "folio.flags is the first word of struct page");
+        assert!(
+            f.nr_pages > 64 && f.nr_pages < 128,
+            "_nr_pages in the second struct page"
+        );
+        assert!(balance_pause_offset(&tracefs).unwrap() >= 8);
+        fault_args(&btf).unwrap();
+        let bits = page_node_bits(&btf).unwrap();
+        // The top NODES_SHIFT bits of the first word (6.18 and 6.1 here:
+        // NODES_SHIFT 10, so (0, 54, 1023)); the 2-node guest checks the
+        // node ids themselves.
+        assert_eq!(bits.flags, 0);
+        assert!((bits.mask + 1).is_power_of_two());
+        assert_eq!(bits.shift + (bits.mask + 1).trailing_zeros(), 64);
+        let (succeeded, reason) = migrate_pages_offsets(&tracefs).unwrap();
+        assert!(reason > succeeded);
+    }
+}

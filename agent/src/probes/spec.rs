@@ -1,0 +1,91 @@
+//! The programs of the embedded object: where each attaches and what it
+//! needs resolved from the running kernel before it loads.
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    /// BTF-typed tracepoint (category, name): needs kernel BTF.
+    BtfTracepoint(&'static str, &'static str),
+    /// Classic tracepoint: needs tracefs for its format and id.
+    Tracepoint(&'static str, &'static str),
+}
+
+/// What a program needs resolved from the running kernel before it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// task_struct offsets and tracepoint prototypes from BTF.
+    TaskBtf,
+    /// The lock:contention_begin/end formats.
+    LockFormat,
+    /// struct folio / address_space / inode / super_block offsets from BTF.
+    FolioBtf,
+    /// The writeback:balance_dirty_pages format.
+    BalanceFormat,
+    /// The exceptions:page_fault_user BTF prototype (x86).
+    FaultBtf,
+    /// The kmem:mm_page_alloc BTF prototype and the page-flags node bits.
+    PageAlloc,
+    /// Nothing read from the record: the tracepoint only has to exist.
+    Nothing,
+    /// The migrate:mm_migrate_pages format.
+    MigratePagesFormat,
+}
+
+/// A kernel program of the object and where it attaches.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramSpec {
+    pub program: &'static str,
+    pub hook: Hook,
+    pub needs: Needs,
+}
+
+const fn spec(program: &'static str, hook: Hook, needs: Needs) -> ProgramSpec {
+    ProgramSpec {
+        program,
+        hook,
+        needs,
+    }
+}
+
+/// Every program of the object: the scheduler signal (`sched.rs`), lock
+/// contention (`lock.rs`), page dirtying (`dirty.rs`), NUMA (`numa.rs`).
+#[rustfmt::skip]
+pub const PROGRAMS: [ProgramSpec; 14] = [
+    spec("sched_switch", Hook::BtfTracepoint("sched", "sched_switch"), Needs::TaskBtf),
+    spec("sched_wakeup", Hook::BtfTracepoint("sched", "sched_wakeup"), Needs::TaskBtf),
+    spec("sched_wakeup_new", Hook::BtfTracepoint("sched", "sched_wakeup_new"), Needs::TaskBtf),
+    spec("sched_migrate_task", Hook::BtfTracepoint("sched", "sched_migrate_task"), Needs::TaskBtf),
+    spec("contention_begin", Hook::Tracepoint("lock", "contention_begin"), Needs::LockFormat),
+    spec("contention_end", Hook::Tracepoint("lock", "contention_end"), Needs::LockFormat),
+    spec("writeback_dirty_folio", Hook::BtfTracepoint("writeback", "writeback_dirty_folio"), Needs::FolioBtf),
+    spec("balance_dirty_pages", Hook::Tracepoint("writeback", "balance_dirty_pages"), Needs::BalanceFormat),
+    spec("page_fault_user", Hook::BtfTracepoint("exceptions", "page_fault_user"), Needs::FaultBtf),
+    spec("mm_page_alloc", Hook::BtfTracepoint("kmem", "mm_page_alloc"), Needs::PageAlloc),
+    spec("sched_move_numa", Hook::Tracepoint("sched", "sched_move_numa"), Needs::Nothing),
+    spec("sched_swap_numa", Hook::Tracepoint("sched", "sched_swap_numa"), Needs::Nothing),
+    spec("sched_stick_numa", Hook::Tracepoint("sched", "sched_stick_numa"), Needs::Nothing),
+    spec("mm_migrate_pages", Hook::Tracepoint("migrate", "mm_migrate_pages"), Needs::MigratePagesFormat),
+];
+
+impl Hook {
+    /// ELF section aya derives the program type and attach point from.
+    pub fn section(&self) -> String {
+        match self {
+            Hook::BtfTracepoint(_, n) => format!("tp_btf/{n}"),
+            Hook::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
+        }
+    }
+
+    pub fn tracepoint(&self) -> String {
+        match self {
+            Hook::BtfTracepoint(c, n) | Hook::Tracepoint(c, n) => format!("{c}:{n}"),
+        }
+    }
+
+    pub fn attach_type(&self) -> &'static str {
+        match self {
+            Hook::BtfTracepoint(..) => "tp_btf",
+            Hook::Tracepoint(..) => "tracepoint",
+        }
+    }
+}
