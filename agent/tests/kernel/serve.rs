@@ -1,0 +1,341 @@
+//! `serve` and the outputs: metrics that promtool accepts, the documented
+//! JSON fields, rules and dashboards that use only exposed metrics, and a
+//! real Prometheus scraping it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::common::*;
+
+#[test]
+fn diagnose_json_has_the_documented_fields() {
+    let _k = KernelTest::start();
+    let diag = start_diagnose(&["--duration", "2s"]);
+    let load = Command::new("perf")
+        .args(["bench", "sched", "messaging", "-g", "1", "-l", "100"])
+        .output()
+        .expect("perf bench");
+    assert!(load.status.success());
+    let s = finish(diag);
+    let has = |v: &Value, keys: &[&str], what: &str| {
+        for key in keys {
+            assert!(v.get(key).is_some(), "missing {what} field {key}: {v}");
+        }
+    };
+    has(
+        &s,
+        &[
+            "hostprobe_version",
+            "kernel",
+            "window_seconds",
+            "topology",
+            "filter",
+        ],
+        "top-level",
+    );
+    has(
+        &s,
+        &["probes", "sched", "map_drops", "collection_seconds"],
+        "top-level",
+    );
+    for key in ["online_cpus", "cores", "llcs", "nodes"] {
+        assert!(s["topology"][key].as_u64().unwrap() >= 1, "topology.{key}");
+    }
+    for key in ["same_core", "same_llc", "same_node", "other_node"] {
+        assert!(s["sched"]["host_migrations"][key].is_u64());
+    }
+    assert!(s["sched"]["host_migrated_switch_ins"].is_u64());
+    let w = &s["sched"]["workloads"];
+    assert!(
+        !w.as_array().unwrap().is_empty(),
+        "no workloads despite a messaging load"
+    );
+    let busiest = &w[0];
+    has(
+        busiest,
+        &["workload", "migrations", "switch_ins", "placement_ratios"],
+        "workload",
+    );
+    has(busiest, &["runqueue_latency", "oncpu_seconds"], "workload");
+    for key in ["same_cpu", "same_llc", "same_node", "other_node"] {
+        assert!(busiest["switch_ins"][key].is_u64());
+    }
+    let rq = &busiest["runqueue_latency"];
+    assert!(
+        rq["count"].as_u64().unwrap() > 0,
+        "no run-queue latencies measured"
+    );
+    let (p50, p99) = (
+        rq["p50_seconds"].as_f64().unwrap(),
+        rq["p99_seconds"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    assert!(s["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        // The others fire only on rarer events (a task created, a file
+        // page dirtied, a writer throttled, NUMA balancing) or stay
+        // detached on a one-node host (mm_page_alloc).
+        .filter(|p| {
+            [
+                "sched_switch",
+                "sched_wakeup",
+                "contention_begin",
+                "contention_end",
+                "page_fault_user",
+            ]
+            .contains(&p["probe"].as_str().unwrap())
+        })
+        .all(|p| p["events"].as_u64().unwrap() > 0));
+}
+
+#[test]
+fn serve_exposes_metrics_that_promtool_accepts_and_exits_cleanly() {
+    let _k = KernelTest::start();
+    let me = std::process::id().to_string();
+    let server = Server::start_with(
+        19488,
+        &[],
+        &[
+            "--readiness-pid",
+            &me,
+            "--readiness-windows",
+            "100ms,300ms",
+            "--readiness-interval",
+            "1s",
+        ],
+    );
+    // The first readiness pass (0.3 s) lands in a later scrape.
+    let converges = format!("hostprobe_migration_converges{{workload=\"pid:{me}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (head, body) = loop {
+        let (head, body) = server.get("/metrics").unwrap();
+        if body.contains(&converges) || Instant::now() > deadline {
+            break (head, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    for name in [
+        "hostprobe_build_info",
+        "hostprobe_probe_attached",
+        "hostprobe_probe_events_total",
+        "hostprobe_map_drops_total",
+        "hostprobe_sched_migrations_total",
+        "hostprobe_sched_switch_ins_total",
+        "hostprobe_runqueue_latency_seconds_bucket",
+        "hostprobe_write_faults_total",
+        "hostprobe_file_dirtied_bytes_total",
+        &converges,
+        "hostprobe_migration_memory_bytes{workload=\"pid:",
+        "hostprobe_dirty_bytes_per_second{workload=\"pid:",
+        "hostprobe_migration_predicted_duration_seconds{workload=\"pid:",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs the prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.get("/healthz").unwrap().1, "ok\n");
+    // Attached, every thread keeps only CAP_BPF, CAP_SYS_PTRACE and
+    // CAP_DAC_READ_SEARCH, and the scrapes above still worked.
+    let kept: u64 = (1 << 39) | (1 << 19) | (1 << 2);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.0.id())).unwrap();
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap();
+        assert_eq!(eff, kept, "thread {:?} kept {eff:x}", task.file_name());
+    }
+    let status = server.stop();
+    assert!(status.success(), "serve exited with {status}");
+}
+
+/// `hostprobe_*` metric names used in a rules or dashboard file (histogram
+/// series suffixes folded to their family where the family has them).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("hostprobe_") {
+        // Recorded series (`workload:hostprobe_...:rate5m`) are not ours.
+        let recorded = i > 0 && rest.as_bytes()[i - 1] == b':';
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !recorded && !tail[end..].starts_with(':') {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn rules_pass_promtool_and_use_only_metrics_serve_exposes() {
+    let _k = KernelTest::start();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    for args in [
+        vec!["check", "rules", "rules.yml"],
+        vec!["test", "rules", "rules_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (cargo xtask setup installs the prometheus package)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut used = metric_names(&std::fs::read_to_string(dir.join("rules.yml")).unwrap());
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "json") {
+            used.extend(metric_names(
+                &std::fs::read_to_string(entry.path()).unwrap(),
+            ));
+        }
+    }
+    assert!(used.len() >= 5, "{used:?}");
+    // A scrape with every kind of series present: a readiness target, lock
+    // contention, a migrating spinner.
+    let me = std::process::id().to_string();
+    let server = Server::start_with(
+        19491,
+        &[],
+        &[
+            "--readiness-pid",
+            &me,
+            "--readiness-windows",
+            "200ms",
+            "--readiness-interval",
+            "1s",
+            "--numa-page-alloc",
+            "always",
+        ],
+    );
+    let (messaging, stop, threads) = lock_load();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    drop(messaging);
+    // A workload bouncing between CPUs (now idle enough to take a
+    // recommendation), for the recommendation series.
+    let cg = TestCgroup::new("rules");
+    let spinner = Spinner::start();
+    cg.add(spinner.pid());
+    for i in 0..750 {
+        spinner.set_cpu(i % 2);
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let (_, body) = server.get("/metrics").unwrap();
+    spinner.stop();
+    let exposed: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|n| !exposed.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used by dashboards/rules but not exposed: {missing:?}"
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_real_prometheus_scrapes_serve() {
+    let _k = KernelTest::start();
+    let server = Server::start_with(19492, &[], &["--no-vm-readiness"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:19492']\n",
+    )
+    .unwrap();
+    let _prometheus = KillOnDrop::spawn(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .args(["--web.listen-address=127.0.0.1:19493", "--log.level=warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let query = |q: &str| -> Option<Value> {
+        let mut s = TcpStream::connect("127.0.0.1:19493").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /api/v1/query?query={q} HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        if let Some(v) = query("hostprobe_build_info") {
+            if v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never stored a hostprobe sample"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(result["status"], "success");
+    let sample = &result["data"]["result"][0];
+    assert_eq!(sample["metric"]["job"], "hostprobe");
+    assert_eq!(sample["value"][1], "1");
+    assert!(server.stop().success());
+}
