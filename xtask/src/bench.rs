@@ -35,6 +35,17 @@ pub struct BenchArgs {
     /// Skip the bpftrace comparison.
     #[arg(long)]
     no_bpftrace: bool,
+    /// Start-ups of `serve` measured (spawn to the first /healthz answer:
+    /// BTF, kallsyms, load, attach, the first collection).
+    #[arg(long, default_value_t = 10)]
+    startup_rounds: usize,
+    /// Measure only the start-up.
+    #[arg(long)]
+    startup_only: bool,
+    /// Another hostprobe binary whose start-up is measured in the same
+    /// rounds (e.g. a build of an earlier commit).
+    #[arg(long, value_name = "BIN")]
+    compare: Option<std::path::PathBuf>,
 }
 
 const LISTEN: &str = "127.0.0.1:19499";
@@ -82,6 +93,9 @@ struct AgentUse {
 
 pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     let mut rng = Rng::seeded();
+    if args.startup_only {
+        return startup(hostprobe, args, &mut rng);
+    }
     let pipe = Load {
         name: "pipe",
         cmd: [
@@ -240,6 +254,52 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         median(&agent_use.cpu_seconds.iter().map(|c| c * 1e3).collect::<Vec<_>>()),
         agent_use.peak_rss_kib.iter().cloned().fold(0.0, f64::max) / 1024.0
     );
+    startup(hostprobe, args, &mut rng)
+}
+
+/// Start-up of `serve`: wall time from spawn to the first /healthz answer
+/// and the CPU time spent by then, for this binary and `--compare`'s in
+/// random order within each round.
+fn startup(hostprobe: &Path, args: &BenchArgs, rng: &mut Rng) -> Result<()> {
+    let mut bins = vec![hostprobe.to_path_buf()];
+    bins.extend(args.compare.clone());
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); bins.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); bins.len()];
+    for round in 0..args.startup_rounds {
+        let mut order: Vec<usize> = (0..bins.len()).collect();
+        rng.shuffle(&mut order);
+        for i in order {
+            let t0 = Instant::now();
+            let agent = Agent::start(&bins[i], "5s", "auto")?;
+            wall[i].push(t0.elapsed().as_secs_f64());
+            cpu[i].push(agent.cpu_seconds()?);
+            agent.stop()?;
+        }
+        eprint!(
+            "\rbench start-up: round {:>3}/{}   ",
+            round + 1,
+            args.startup_rounds
+        );
+    }
+    eprintln!();
+    println!(
+        "\nstart-up of serve, spawn to first /healthz answer ({} rounds; median [95% CI])",
+        args.startup_rounds
+    );
+    for (i, bin) in bins.iter().enumerate() {
+        let (lo, mid, hi) = median_ci(&wall[i]);
+        let (clo, cmid, chi) = median_ci(&cpu[i]);
+        println!(
+            "  {:<40} {:>6.0} ms [{:.0}, {:.0}] wall, {:>6.0} ms [{:.0}, {:.0}] CPU",
+            bin.display(),
+            mid * 1e3,
+            lo * 1e3,
+            hi * 1e3,
+            cmid * 1e3,
+            clo * 1e3,
+            chi * 1e3
+        );
+    }
     Ok(())
 }
 
@@ -450,7 +510,7 @@ impl Agent {
             if Instant::now() > deadline {
                 bail!("hostprobe serve did not answer /healthz within 20 s");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         Ok(agent)
     }

@@ -130,7 +130,14 @@ fn build() -> Result<PathBuf> {
     let mut c = cargo(&tools);
     c.args(["build", "--release", "--package", "hostprobe"]);
     run_ok(c)?;
-    Ok(workspace_root().join("target/release/hostprobe"))
+    Ok(target_dir().join("release/hostprobe"))
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn test() -> Result<()> {
