@@ -13,7 +13,7 @@ use crate::collectors::lock::LockCollector;
 use crate::collectors::numa::NumaCollector;
 use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
-use crate::collectors::DeadRing;
+use crate::collectors::{DeadRing, Drain};
 use crate::error::{Error, Result};
 use crate::host::cgroup::CgroupResolver;
 use crate::host::kallsyms::Kallsyms;
@@ -54,6 +54,7 @@ pub struct Agent {
     dirty: DirtyCollector,
     numa: NumaCollector,
     dead: DeadRing,
+    drain: Drain,
     readiness: Option<ReadinessCollector>,
     /// /proc/stat per-CPU times at the last busy reading, when it was
     /// taken, and the busy shares it gave.
@@ -69,7 +70,7 @@ impl Agent {
     /// kernel-side log records (aya-log) are forwarded by a task.
     pub fn start(opts: &AgentOptions) -> Result<Self> {
         // Reading /proc/kallsyms (~45 ms of kernel time here) and measuring
-        // HZ (a 60 ms sleep) need nothing of the programs: done meanwhile.
+        // HZ (a 60 ms sleep) run meanwhile.
         let kallsyms = std::thread::spawn(Kallsyms::load);
         let hz = std::thread::spawn(proc::kernel_hz);
         let cgroups = CgroupResolver::system()?;
@@ -87,7 +88,17 @@ impl Agent {
             .as_deref()
             .map(|c| cgroups.id_of(c))
             .transpose()?;
+        // The programs name lock callers from the locking code's ranges.
+        let kallsyms = match kallsyms.join() {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => {
+                warn!("lock callers and static locks stay unnamed: {e}");
+                Kallsyms::default()
+            }
+            Err(_) => Kallsyms::default(),
+        };
         let load = LoadOptions {
+            locking_text: kallsyms.locking_text(),
             pid: opts.filter.pid,
             cgroup_id,
             task_slots: opts.task_slots,
@@ -106,14 +117,7 @@ impl Agent {
             .collect();
         let sched = SchedCollector::new(&mut probes.ebpf, opts.top_k, cpu_node)?;
         let dead = DeadRing::new(&mut probes.ebpf)?;
-        let kallsyms = match kallsyms.join() {
-            Ok(Ok(k)) => k,
-            Ok(Err(e)) => {
-                warn!("lock callers and static locks stay unnamed: {e}");
-                Kallsyms::default()
-            }
-            Err(_) => Kallsyms::default(),
-        };
+        let drain = Drain::new(&mut probes.ebpf)?;
         let hz = hz.join().ok().flatten();
         if hz.is_none() {
             warn!("kernel HZ unknown (/proc/timer_list unreadable): dirty-throttle time is not reported");
@@ -139,6 +143,7 @@ impl Agent {
             dirty,
             numa,
             dead,
+            drain,
             readiness: opts.readiness.clone().map(ReadinessCollector::start),
             cpu_times: (proc::cpu_times(), Instant::now()),
             cpu_busy: Vec::new(),
@@ -157,7 +162,8 @@ impl Agent {
     pub fn snapshot(&mut self) -> Result<Snapshot> {
         let t0 = Instant::now();
         let (sched, counters) = self.sched.collect(&mut self.cgroups)?;
-        let (lock, lock_counters) = self.lock.collect(&mut self.cgroups)?;
+        let drained = self.drain.flip()?;
+        let (lock, lock_counters) = self.lock.collect(&mut self.cgroups, drained)?;
         let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups)?;
         let busiest: Vec<String> = sched.workloads.iter().map(|w| w.workload.clone()).collect();
         let (numa_workloads, pages_migrated, numa_counters) =

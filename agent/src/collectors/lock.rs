@@ -1,12 +1,17 @@
-//! Lock contention collector: reads the maps of
-//! `ebpf-probes/probes/src/lock.rs`, symbolises waiters' stacks and static
-//! lock addresses through /proc/kallsyms, and keeps bounded labels.
+//! Lock contention collector: drains the tables of
+//! `ebpf-probes/probes/src/lock.rs` (per caller, per lock address, per
+//! workload: each round's entries are read and deleted, so the kernel
+//! tables hold one round at most), folds them into bounded user-side state
+//! (labels for the metrics, top tables for the report), and names callers
+//! and static locks through /proc/kallsyms.
 
 use std::collections::{BTreeMap, HashMap};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
-use aya::Ebpf;
-use hostprobe_common::lock::{counter, AddrKey, CallerKey, Hist, Stat, STACK_NOT_SAMPLED, TYPES};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::{Ebpf, Pod};
+use hostprobe_common::lock::{
+    counter, AddrKey, CallerKey, CallerStat, Hist, Stat, CALLER_NOT_SAMPLED, CALLER_UNKNOWN, TYPES,
+};
 use hostprobe_common::HIST_BUCKETS;
 
 use super::{counter, fold_workload_deltas, map_err, take, ProbeCounters};
@@ -14,23 +19,30 @@ use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::host::kallsyms::Kallsyms;
 use crate::model::hist::Log2Hist;
-use crate::model::topk::{Labels, Totals};
+use crate::model::topk::{Labels, TopTable, Totals};
 use crate::probes::lock_types;
 use crate::snapshot::{
     LatencySummary, LockCaller, LockObject, LockSection, LockTotal, LockTypeStats,
 };
 
-/// Entries of each table kept in the snapshot (the report shows fewer).
+/// Entries of each report table kept in the snapshot (the report shows
+/// fewer).
 const SNAPSHOT_ROWS: usize = 20;
+/// (type, caller) rows the report keeps: call sites, far more than ever
+/// contend; beyond, the least waited are summed.
+const CALLER_ROWS: usize = 4096;
+/// Lock addresses the report keeps (dynamic locks are without number).
+const LOCK_ROWS: usize = 1024;
 
-/// Contentions and wait of one label (a caller or a workload).
+/// Waits of one key: how many, how long in all, the longest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LockTotals {
+pub struct Waits {
     pub count: u64,
     pub total_ns: u64,
+    pub max_ns: u64,
 }
 
-impl Totals for LockTotals {
+impl Totals for Waits {
     /// Nanoseconds waited rank callers and workloads, as in perf's report.
     fn activity(&self) -> u64 {
         self.total_ns
@@ -39,42 +51,101 @@ impl Totals for LockTotals {
     fn add(&mut self, o: &Self) {
         self.count += o.count;
         self.total_ns += o.total_ns;
+        self.max_ns = self.max_ns.max(o.max_ns);
     }
 
     fn since(&self, earlier: &Self) -> Self {
         Self {
             count: self.count.saturating_sub(earlier.count),
             total_ns: self.total_ns.saturating_sub(earlier.total_ns),
+            max_ns: self.max_ns,
         }
     }
 }
 
-fn sum(per_cpu: &[Stat]) -> Stat {
-    per_cpu.iter().fold(Stat::default(), |mut a, s| {
-        a.count += s.count;
-        a.total_ns += s.total_ns;
-        a.max_ns = a.max_ns.max(s.max_ns);
+impl From<&Stat> for Waits {
+    fn from(s: &Stat) -> Self {
+        Self {
+            count: s.count,
+            total_ns: s.total_ns,
+            max_ns: s.max_ns,
+        }
+    }
+}
+
+/// A (type, caller) row: its waits and one stack that led to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct CallerRow {
+    waits: Waits,
+    stack: Vec<u64>,
+}
+
+impl Totals for CallerRow {
+    fn activity(&self) -> u64 {
+        self.waits.activity()
+    }
+
+    fn add(&mut self, o: &Self) {
+        self.waits.add(&o.waits);
+        if self.stack.is_empty() {
+            self.stack = o.stack.clone();
+        }
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            waits: self.waits.since(&earlier.waits),
+            stack: self.stack.clone(),
+        }
+    }
+}
+
+/// One drained table: its two buffers.
+struct Buffers<K: Pod, V: Pod>([PerCpuHashMap<MapData, K, V>; 2], &'static str);
+
+impl<K: Pod + Eq + std::hash::Hash, V: Pod> Buffers<K, V> {
+    fn new(ebpf: &mut Ebpf, names: [&'static str; 2]) -> Result<Self> {
+        let mut one = |name| PerCpuHashMap::try_from(take(ebpf, name)?).map_err(map_err(name));
+        Ok(Self([one(names[0])?, one(names[1])?], names[0]))
+    }
+
+    /// Reads and deletes every entry of buffer `b` (quiescent: no program
+    /// writes it), each entry's per-CPU values as a list.
+    fn drain(&mut self, b: usize) -> Result<Vec<(K, Vec<V>)>> {
+        let map = &mut self.0[b];
+        let keys: Vec<K> = map
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(self.1))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let values = map.get(&k, 0).map_err(map_err(self.1))?;
+            out.push((k, values.iter().copied().collect()));
+            map.remove(&k).map_err(map_err(self.1))?;
+        }
+        Ok(out)
+    }
+}
+
+fn sum(per_cpu: &[Stat]) -> Waits {
+    per_cpu.iter().fold(Waits::default(), |mut a, s| {
+        a.add(&Waits::from(s));
         a
     })
 }
 
 pub struct LockCollector {
-    by_caller: PerCpuHashMap<MapData, CallerKey, Stat>,
-    by_addr: PerCpuHashMap<MapData, AddrKey, Stat>,
-    workloads: PerCpuHashMap<MapData, u64, Stat>,
+    by_caller: Buffers<CallerKey, CallerStat>,
+    by_addr: Buffers<AddrKey, Stat>,
+    workloads: Buffers<u64, Stat>,
     hist: PerCpuArray<MapData, Hist>,
     counters: PerCpuArray<MapData, u64>,
-    stacks: StackTraceMap<MapData>,
-    /// Frames of each stack id read so far: the kernel never rewrites an
-    /// entry (no BPF_F_REUSE_STACKID) and nothing deletes one, so each is
-    /// read once instead of once per row per scrape.
-    stack_frames: HashMap<i32, Vec<u64>>,
     kallsyms: Kallsyms,
-    /// Cumulative values of the last round, for deltas.
-    last_callers: HashMap<(u32, String), LockTotals>,
-    last_workloads: HashMap<u64, LockTotals>,
-    callers: Labels<LockTotals>,
-    workload_labels: Labels<LockTotals>,
+    callers: TopTable<(u32, u64), CallerRow>,
+    locks: TopTable<(u64, u32), Waits>,
+    /// Callers aggregated by (type, calling function): the metric labels.
+    caller_labels: Labels<Waits>,
+    workload_labels: Labels<Waits>,
 }
 
 impl LockCollector {
@@ -82,148 +153,69 @@ impl LockCollector {
     /// the caller while the programs load.
     pub fn new(ebpf: &mut Ebpf, top_k: usize, kallsyms: Kallsyms) -> Result<Self> {
         Ok(Self {
-            by_caller: PerCpuHashMap::try_from(take(ebpf, "LOCK_BY_CALLER")?)
-                .map_err(map_err("LOCK_BY_CALLER"))?,
-            by_addr: PerCpuHashMap::try_from(take(ebpf, "LOCK_BY_ADDR")?)
-                .map_err(map_err("LOCK_BY_ADDR"))?,
-            workloads: PerCpuHashMap::try_from(take(ebpf, "LOCK_WORKLOADS")?)
-                .map_err(map_err("LOCK_WORKLOADS"))?,
+            by_caller: Buffers::new(ebpf, ["LOCK_BY_CALLER_0", "LOCK_BY_CALLER_1"])?,
+            by_addr: Buffers::new(ebpf, ["LOCK_BY_ADDR_0", "LOCK_BY_ADDR_1"])?,
+            workloads: Buffers::new(ebpf, ["LOCK_WORKLOADS_0", "LOCK_WORKLOADS_1"])?,
             hist: PerCpuArray::try_from(take(ebpf, "LOCK_HIST")?).map_err(map_err("LOCK_HIST"))?,
             counters: PerCpuArray::try_from(take(ebpf, "LOCK_COUNTERS")?)
                 .map_err(map_err("LOCK_COUNTERS"))?,
-            stacks: StackTraceMap::try_from(take(ebpf, "LOCK_STACKS")?)
-                .map_err(map_err("LOCK_STACKS"))?,
             kallsyms,
-            stack_frames: HashMap::new(),
-            last_callers: HashMap::new(),
-            last_workloads: HashMap::new(),
-            callers: Labels::new(top_k),
+            callers: TopTable::new(CALLER_ROWS),
+            locks: TopTable::new(LOCK_ROWS),
+            caller_labels: Labels::new(top_k),
             workload_labels: Labels::new(top_k),
         })
     }
 
-    fn stack(&mut self, stack_id: i32) -> Vec<u64> {
-        // Negative: not sampled, or the kernel could not store the stack.
-        if stack_id < 0 {
-            return Vec::new();
-        }
-        if let Some(frames) = self.stack_frames.get(&stack_id) {
-            return frames.clone();
-        }
-        match self.stacks.get(&(stack_id as u32), 0) {
-            Ok(s) => {
-                let frames: Vec<u64> = s.frames().iter().map(|f| f.ip).collect();
-                self.stack_frames.insert(stack_id, frames.clone());
-                frames
-            }
-            Err(_) => Vec::new(),
+    /// The name of a caller address.
+    fn function(&self, caller: u64) -> String {
+        match caller {
+            CALLER_NOT_SAMPLED => "(stack not sampled)".into(),
+            CALLER_UNKNOWN => "(unknown)".into(),
+            ip => self
+                .kallsyms
+                .function(ip)
+                .map_or_else(|| format!("{ip:#x}"), |(n, _)| n.to_string()),
         }
     }
 
+    fn describe(&self, caller: u64) -> String {
+        match caller {
+            CALLER_NOT_SAMPLED | CALLER_UNKNOWN => self.function(caller),
+            ip => self.kallsyms.describe(ip),
+        }
+    }
+
+    /// Folds buffer `drain` of each table (`None`: none is quiescent this
+    /// round; they are drained on a later one) and reads the cumulative
+    /// histograms and counters.
     pub fn collect(
         &mut self,
         cgroups: &mut CgroupResolver,
+        drain: Option<usize>,
     ) -> Result<(LockSection, ProbeCounters)> {
-        // Per (type, stack): the rows of the perf-like report.
-        let mut rows = Vec::new();
-        for item in self.by_caller.iter() {
-            let (key, per_cpu) = item.map_err(map_err("LOCK_BY_CALLER"))?;
-            rows.push((key, sum(&per_cpu)));
-        }
-        rows.sort_by_key(|r| std::cmp::Reverse(r.1.total_ns));
-        let mut callers_now: HashMap<(u32, String), LockTotals> = HashMap::new();
-        let mut caller_rows = Vec::new();
-        for (key, stat) in &rows {
-            let stack = self.stack(key.stack_id);
-            let caller_ip = self.kallsyms.caller(&stack);
-            let unnamed = if key.stack_id == STACK_NOT_SAMPLED {
-                "(stack not sampled)"
-            } else {
-                "(unknown)"
-            };
-            let function = caller_ip
-                .and_then(|ip| self.kallsyms.function(ip).map(|(n, _)| n.to_string()))
-                .unwrap_or_else(|| unnamed.into());
-            let t = callers_now.entry((key.flags, function)).or_default();
-            t.count += stat.count;
-            t.total_ns += stat.total_ns;
-            if caller_rows.len() < SNAPSHOT_ROWS {
-                caller_rows.push(LockCaller {
-                    lock_type: lock_types::name(key.flags).to_string(),
-                    caller: caller_ip
-                        .map_or_else(|| unnamed.into(), |ip| self.kallsyms.describe(ip)),
-                    contentions: stat.count,
-                    wait_seconds: stat.total_ns as f64 / 1e9,
-                    max_wait_seconds: stat.max_ns as f64 / 1e9,
-                    avg_wait_seconds: stat.total_ns as f64 / stat.count.max(1) as f64 / 1e9,
-                    stack: stack.iter().map(|&ip| self.kallsyms.describe(ip)).collect(),
-                });
+        if let Some(b) = drain {
+            let callers = self.by_caller.drain(b)?;
+            self.fold_callers(callers);
+            let locks: Vec<((u64, u32), Waits)> = self
+                .by_addr
+                .drain(b)?
+                .into_iter()
+                .map(|(k, v)| ((k.lock, k.flags), sum(&v)))
+                .collect();
+            self.locks.add(locks);
+            let mut workloads: HashMap<u64, Waits> = HashMap::new();
+            for (id, v) in self.workloads.drain(b)? {
+                workloads.entry(id).or_default().add(&sum(&v));
             }
+            fold_workload_deltas(&mut self.workload_labels, cgroups, workloads);
         }
-        // Callers aggregated by (type, function) for bounded metric labels.
-        let deltas: Vec<(String, LockTotals)> = callers_now
-            .iter()
-            .map(|(k, now)| {
-                let d = now.since(&self.last_callers.get(k).copied().unwrap_or_default());
-                (format!("{}\u{1f}{}", lock_types::name(k.0), k.1), d)
-            })
-            .collect();
-        self.callers.round(&deltas, &[]);
-        self.last_callers = callers_now;
-
-        let mut locks = Vec::new();
-        for item in self.by_addr.iter() {
-            let (key, per_cpu) = item.map_err(map_err("LOCK_BY_ADDR"))?;
-            locks.push((key, sum(&per_cpu)));
-        }
-        locks.sort_by_key(|l| std::cmp::Reverse(l.1.total_ns));
-        let locks = locks
-            .iter()
-            .take(SNAPSHOT_ROWS)
-            .map(|(k, s)| LockObject {
-                lock: self
-                    .kallsyms
-                    .static_object(k.lock)
-                    .unwrap_or("(dynamic)")
-                    .to_string(),
-                address: format!("{:#x}", k.lock),
-                lock_type: lock_types::name(k.flags).to_string(),
-                contentions: s.count,
-                wait_seconds: s.total_ns as f64 / 1e9,
-                max_wait_seconds: s.max_ns as f64 / 1e9,
-            })
-            .collect();
-
-        let mut workloads_now = HashMap::new();
-        for item in self.workloads.iter() {
-            let (id, per_cpu) = item.map_err(map_err("LOCK_WORKLOADS"))?;
-            let s = sum(&per_cpu);
-            workloads_now.insert(
-                id,
-                LockTotals {
-                    count: s.count,
-                    total_ns: s.total_ns,
-                },
-            );
-        }
-        let deltas = workloads_now.iter().map(|(id, now)| {
-            (
-                *id,
-                now.since(&self.last_workloads.get(id).copied().unwrap_or_default()),
-            )
-        });
-        let gone = fold_workload_deltas(&mut self.workload_labels, cgroups, deltas);
-        for id in &gone {
-            workloads_now.remove(id);
-            // Already gone from the map is fine.
-            let _ = self.workloads.remove(id);
-        }
-        self.last_workloads = workloads_now;
 
         let mut by_type = Vec::new();
         for flags in 0..TYPES {
             let per_cpu = self.hist.get(&flags, 0).map_err(map_err("LOCK_HIST"))?;
             let mut h = Log2Hist::default();
+            let mut max_ns = 0;
             for cpu in per_cpu.iter() {
                 for (a, b) in h
                     .buckets
@@ -232,13 +224,12 @@ impl LockCollector {
                 {
                     *a += b;
                 }
+                h.sum_ns += cpu.sum_ns;
+                max_ns = max_ns.max(cpu.max_ns);
             }
             if h.count() == 0 {
                 continue;
             }
-            let of_type = rows.iter().filter(|(k, _)| k.flags == flags);
-            h.sum_ns = of_type.clone().map(|(_, s)| s.total_ns).sum();
-            let max_ns = of_type.map(|(_, s)| s.max_ns).max().unwrap_or(0);
             by_type.push(LockTypeStats {
                 lock_type: lock_types::name(flags).to_string(),
                 contentions: h.count(),
@@ -280,7 +271,7 @@ impl LockCollector {
                 ("LOCK_STACKS".to_string(), c(counter::STACK_ERRORS)?),
             ]),
         };
-        let totals = |labels: &Labels<LockTotals>| -> Vec<LockTotal> {
+        let totals = |labels: &Labels<Waits>| -> Vec<LockTotal> {
             labels
                 .view()
                 .into_iter()
@@ -297,13 +288,78 @@ impl LockCollector {
         };
         let section = LockSection {
             by_type,
-            callers: caller_rows,
-            caller_totals: totals(&self.callers),
-            locks,
+            callers: self
+                .callers
+                .top(SNAPSHOT_ROWS)
+                .into_iter()
+                .map(|(&(flags, caller), row)| LockCaller {
+                    lock_type: lock_types::name(flags).to_string(),
+                    caller: self.describe(caller),
+                    contentions: row.waits.count,
+                    wait_seconds: row.waits.total_ns as f64 / 1e9,
+                    max_wait_seconds: row.waits.max_ns as f64 / 1e9,
+                    avg_wait_seconds: row.waits.total_ns as f64
+                        / row.waits.count.max(1) as f64
+                        / 1e9,
+                    stack: row
+                        .stack
+                        .iter()
+                        .map(|&ip| self.kallsyms.describe(ip))
+                        .collect(),
+                })
+                .collect(),
+            caller_totals: totals(&self.caller_labels),
+            locks: self
+                .locks
+                .top(SNAPSHOT_ROWS)
+                .into_iter()
+                .map(|(&(lock, flags), w)| LockObject {
+                    lock: self
+                        .kallsyms
+                        .static_object(lock)
+                        .unwrap_or("(dynamic)")
+                        .to_string(),
+                    address: format!("{lock:#x}"),
+                    lock_type: lock_types::name(flags).to_string(),
+                    contentions: w.count,
+                    wait_seconds: w.total_ns as f64 / 1e9,
+                    max_wait_seconds: w.max_ns as f64 / 1e9,
+                })
+                .collect(),
             workloads: totals(&self.workload_labels),
             spin_waits_without_stack: c(counter::STACKS_NOT_SAMPLED)?,
         };
         Ok((section, counters))
+    }
+
+    /// Drained (type, caller) entries into the report rows and, by calling
+    /// function, into the metric labels.
+    fn fold_callers(&mut self, drained: Vec<(CallerKey, Vec<CallerStat>)>) {
+        let mut rows = Vec::with_capacity(drained.len());
+        let mut by_function: BTreeMap<String, Waits> = BTreeMap::new();
+        for (key, per_cpu) in drained {
+            let waits = per_cpu.iter().fold(Waits::default(), |mut a, v| {
+                a.add(&Waits::from(&v.stat));
+                a
+            });
+            // The stack was written on the CPU that created the entry.
+            let stack: Vec<u64> = per_cpu
+                .iter()
+                .map(|v| v.stack)
+                .find(|s| s[0] != 0)
+                .map(|s| s.into_iter().take_while(|&ip| ip != 0).collect())
+                .unwrap_or_default();
+            let label = format!(
+                "{}\u{1f}{}",
+                lock_types::name(key.flags),
+                self.function(key.caller)
+            );
+            by_function.entry(label).or_default().add(&waits);
+            rows.push(((key.flags, key.caller), CallerRow { waits, stack }));
+        }
+        self.callers.add(rows);
+        let deltas: Vec<(String, Waits)> = by_function.into_iter().collect();
+        self.caller_labels.round(&deltas, &[]);
     }
 }
 
@@ -347,7 +403,7 @@ mod tests {
         ]);
         assert_eq!(
             s,
-            Stat {
+            Waits {
                 count: 3,
                 total_ns: 40,
                 max_ns: 30
@@ -384,23 +440,16 @@ mod tests {
 
     #[test]
     fn callers_rank_by_wait_time() {
-        let mut l = Labels::<LockTotals>::new(1);
+        let mut l = Labels::<Waits>::new(1);
+        let w = |count, total_ns| Waits {
+            count,
+            total_ns,
+            max_ns: 0,
+        };
         l.round(
             &[
-                (
-                    "spinlock\u{1f}a".into(),
-                    LockTotals {
-                        count: 100,
-                        total_ns: 10,
-                    },
-                ),
-                (
-                    "mutex\u{1f}b".into(),
-                    LockTotals {
-                        count: 1,
-                        total_ns: 1000,
-                    },
-                ),
+                ("spinlock\u{1f}a".into(), w(100, 10)),
+                ("mutex\u{1f}b".into(), w(1, 1000)),
             ],
             &[],
         );

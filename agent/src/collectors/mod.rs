@@ -57,6 +57,70 @@ impl DeadRing {
     }
 }
 
+/// The drained tables' buffer switch (`DRAIN_GEN`, see
+/// `ebpf-probes/probes/src/tables.rs`): each round it flips the buffer the
+/// programs write, then waits until no program that may have read the old
+/// one is still running, so that the old buffer can be read and emptied
+/// without losing a write.
+pub struct Drain {
+    gen: Array<MapData, u32>,
+    inflight: PerCpuArray<MapData, u64>,
+    /// The buffer programs write now.
+    active: u32,
+    /// Rounds whose drain was deferred (a program still in flight).
+    pub deferred: u64,
+}
+
+/// How long a flip waits for the programs in flight on every CPU.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Drain {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            gen: Array::try_from(take(ebpf, "DRAIN_GEN")?).map_err(map_err("DRAIN_GEN"))?,
+            inflight: PerCpuArray::try_from(take(ebpf, "DRAIN_INFLIGHT")?)
+                .map_err(map_err("DRAIN_INFLIGHT"))?,
+            active: 0,
+            deferred: 0,
+        })
+    }
+
+    /// Switches the programs to the other buffer and returns the one to
+    /// drain, once every CPU has been seen with no program in flight; `None`
+    /// if one was still running after `DRAIN_WAIT` (PREEMPT_RT can preempt a
+    /// program): that buffer is drained on a later round, nothing is lost.
+    pub fn flip(&mut self) -> Result<Option<usize>> {
+        let old = self.active;
+        self.active ^= 1;
+        self.gen
+            .set(0, self.active, 0)
+            .map_err(map_err("DRAIN_GEN"))?;
+        // A program that read the old value has counted itself in flight
+        // before reading it (a locked add): visible well within this.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let deadline = std::time::Instant::now() + DRAIN_WAIT;
+        let mut seen_idle: Vec<bool> = Vec::new();
+        loop {
+            let per_cpu = self
+                .inflight
+                .get(&0, 0)
+                .map_err(map_err("DRAIN_INFLIGHT"))?;
+            seen_idle.resize(per_cpu.len(), false);
+            for (seen, n) in seen_idle.iter_mut().zip(per_cpu.iter()) {
+                *seen |= *n == 0;
+            }
+            if seen_idle.iter().all(|s| *s) {
+                return Ok(Some(old as usize));
+            }
+            if std::time::Instant::now() > deadline {
+                self.deferred += 1;
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
 /// Self-metrics of one signal's kernel programs, by program (events, errors)
 /// and by map (drops).
 #[derive(Debug, Clone, Default)]

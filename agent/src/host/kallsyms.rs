@@ -55,6 +55,15 @@ impl Kallsyms {
         }
     }
 
+    /// The address ranges of the locking code, `__lock_text` (spinlocks)
+    /// and `__sched_text` (mutex and rwsem slow paths); zeros where unknown.
+    pub fn locking_text(&self) -> [(u64, u64); 2] {
+        [
+            self.lock_text.unwrap_or_default(),
+            self.sched_text.unwrap_or_default(),
+        ]
+    }
+
     pub fn is_empty(&self) -> bool {
         self.syms.is_empty()
     }

@@ -153,6 +153,72 @@ impl<T: Totals> Labels<T> {
     }
 }
 
+/// At most `capacity` keys with totals since they entered, the busiest
+/// kept; the rest summed in `evicted`. For report tables whose keys come
+/// from objects without bound (lock addresses): a key evicted and seen again
+/// starts afresh, so a total is a lower bound once anything was evicted.
+#[derive(Debug)]
+pub struct TopTable<K, T> {
+    capacity: usize,
+    rows: BTreeMap<K, T>,
+    pub evicted: T,
+    /// Keys evicted so far.
+    pub evictions: u64,
+}
+
+impl<K: Ord + Clone, T: Totals + Clone> TopTable<K, T> {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            rows: BTreeMap::new(),
+            evicted: T::default(),
+            evictions: 0,
+        }
+    }
+
+    /// Adds a round's deltas; if there are then more keys than room, the
+    /// least active go to `evicted`.
+    pub fn add(&mut self, deltas: impl IntoIterator<Item = (K, T)>) {
+        for (k, d) in deltas {
+            self.rows.entry(k).or_default().add(&d);
+        }
+        if self.rows.len() <= self.capacity {
+            return;
+        }
+        let mut all: Vec<(K, T)> = std::mem::take(&mut self.rows).into_iter().collect();
+        all.sort_by_key(|(_, t)| std::cmp::Reverse(t.activity()));
+        for (_, t) in all.drain(self.capacity..) {
+            self.evicted.add(&t);
+            self.evictions += 1;
+        }
+        self.rows = all.into_iter().collect();
+    }
+
+    /// The `n` most active rows, most first.
+    pub fn top(&self, n: usize) -> Vec<(&K, &T)> {
+        let mut v: Vec<(&K, &T)> = self.rows.iter().collect();
+        v.sort_by(|a, b| {
+            b.1.activity()
+                .cmp(&a.1.activity())
+                .then_with(|| a.0.cmp(b.0))
+        });
+        v.truncate(n);
+        v
+    }
+
+    pub fn get(&self, key: &K) -> Option<&T> {
+        self.rows.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +273,34 @@ mod tests {
         let mut t = TopK::new(0);
         t.update(&[(1, 10)]);
         assert!(!t.is_labeled(&1));
+    }
+
+    #[derive(Debug, Default, Clone, Copy, PartialEq)]
+    struct N(u64);
+
+    impl Totals for N {
+        fn activity(&self) -> u64 {
+            self.0
+        }
+        fn add(&mut self, o: &Self) {
+            self.0 += o.0;
+        }
+        fn since(&self, e: &Self) -> Self {
+            N(self.0 - e.0)
+        }
+    }
+
+    #[test]
+    fn a_top_table_keeps_the_busiest_and_sums_the_rest() {
+        let mut t = TopTable::new(2);
+        t.add([(1, N(5)), (2, N(1)), (3, N(3))]);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.top(5), vec![(&1, &N(5)), (&3, &N(3))]);
+        assert_eq!((t.evicted, t.evictions), (N(1), 1));
+        // Existing keys keep adding; a newcomer must beat the weakest.
+        t.add([(3, N(1)), (4, N(2))]);
+        assert_eq!(t.top(5), vec![(&1, &N(5)), (&3, &N(4))]);
+        assert_eq!((t.evicted, t.evictions), (N(3), 2));
+        assert_eq!(t.top(1).len(), 1);
     }
 }

@@ -13,15 +13,20 @@ use crate::error::{Error, Result};
 
 /// Maps the collectors and the loader use, with the value size the agent
 /// expects: the kernel and user sides must agree on every record type.
-pub const MAP_CONTRACT: [(&str, usize); 17] = [
+pub const MAP_CONTRACT: [(&str, usize); 22] = [
     ("TASK_SLOTS", size_of::<TaskSlot>()),
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
     ("SCHED_COUNTERS", size_of::<u64>()),
     ("DEAD_CGROUPS", size_of::<u64>()),
-    ("LOCK_BY_CALLER", size_of::<lock::Stat>()),
-    ("LOCK_BY_ADDR", size_of::<lock::Stat>()),
-    ("LOCK_WORKLOADS", size_of::<lock::Stat>()),
+    ("DRAIN_GEN", size_of::<u32>()),
+    ("DRAIN_INFLIGHT", size_of::<u64>()),
+    ("LOCK_BY_CALLER_0", size_of::<lock::CallerStat>()),
+    ("LOCK_BY_CALLER_1", size_of::<lock::CallerStat>()),
+    ("LOCK_BY_ADDR_0", size_of::<lock::Stat>()),
+    ("LOCK_BY_ADDR_1", size_of::<lock::Stat>()),
+    ("LOCK_WORKLOADS_0", size_of::<lock::Stat>()),
+    ("LOCK_WORKLOADS_1", size_of::<lock::Stat>()),
     ("LOCK_HIST", size_of::<lock::Hist>()),
     ("LOCK_COUNTERS", size_of::<u64>()),
     ("LOCK_TASK_SLOTS", size_of::<lock::TaskSlot>()),
@@ -48,13 +53,13 @@ pub fn check_object(data: &[u8]) -> Result<()> {
             .and_then(|s| s.section_index())
             .and_then(|i| file.section_by_index(i).ok())
     };
-    for spec in PROGRAMS {
-        let want = spec.hook.section();
-        let found = section_of(spec.program).and_then(|s| s.name().ok().map(str::to_string));
+    for way in PROGRAMS.iter().flat_map(|s| s.ways) {
+        let want = way.hook.section();
+        let found = section_of(way.program).and_then(|s| s.name().ok().map(str::to_string));
         if found.as_deref() != Some(want.as_str()) {
             return Err(bad(format!(
                 "program {} is in section {found:?}, expected {want}",
-                spec.program
+                way.program
             )));
         }
     }

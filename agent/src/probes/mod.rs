@@ -8,6 +8,7 @@ pub mod lock_types;
 pub mod offsets;
 pub mod spec;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use aya::{
@@ -28,10 +29,10 @@ use crate::host::topology::{Topology, SYSFS_SYSTEM};
 use crate::host::{proc, tracefs};
 use contract::check_object;
 use offsets::{
-    balance_pause_offset, fault_args, folio_offsets, lock_offsets, migrate_pages_offsets,
-    migrate_reasons, page_node_bits, task_offsets,
+    balance_pause_offset, fault_args, folio_offsets, lock_args, lock_offsets,
+    migrate_pages_offsets, migrate_reasons, page_node_bits, task_offsets,
 };
-use spec::{Hook, Needs, ProgramSpec, PROGRAMS};
+use spec::{Hook, Needs, ProgramSpec, Way, PROGRAMS};
 
 /// The compiled kernel programs, built by `build.rs` through aya-build.
 pub(crate) static PROBES_OBJECT: &[u8] =
@@ -63,12 +64,12 @@ pub struct ProbeStatus {
 }
 
 impl ProbeStatus {
-    /// A program that did not (or could not) attach, and why.
+    /// A probe that did not (or could not) attach, and why.
     pub fn unavailable(spec: &ProgramSpec, reason: &str) -> Self {
         Self {
-            probe: spec.program.to_string(),
-            tracepoint: spec.hook.tracepoint(),
-            attach_type: spec.hook.attach_type().to_string(),
+            probe: spec.probe.to_string(),
+            tracepoint: spec.first().hook.tracepoint(),
+            attach_type: spec.first().hook.attach_type().to_string(),
             attached: false,
             enabled: true,
             reason: Some(reason.to_string()),
@@ -98,6 +99,10 @@ pub struct LoadOptions {
     /// When to attach `mm_page_alloc`, the one program every page
     /// allocation pays for.
     pub page_alloc: PageAlloc,
+    /// The kernel's locking code (`__lock_text`, `__sched_text` ranges from
+    /// kallsyms), which lock callers are found outside of; zeros when
+    /// kallsyms hides addresses (callers are then unknown).
+    pub locking_text: [(u64, u64); 2],
 }
 
 /// When `mm_page_alloc` (remote page allocations per workload) attaches.
@@ -122,6 +127,7 @@ impl Default for LoadOptions {
             lock_types: 0,
             spin_stacks_per_sec: lock::DEFAULT_SPIN_STACKS_PER_SEC,
             page_alloc: PageAlloc::Auto,
+            locking_text: [(0, 0); 2],
         }
     }
 }
@@ -130,17 +136,21 @@ impl Default for LoadOptions {
 pub struct Probes {
     pub ebpf: Ebpf,
     pub status: Vec<ProbeStatus>,
+    /// The kernel program each attached probe runs (a probe may have
+    /// several ways to attach).
+    programs: BTreeMap<&'static str, &'static str>,
     pub topology: Topology,
     /// Names of `enum migrate_reason` values (`numa_misplaced`, ...).
     pub migrate_reasons: Vec<String>,
 }
 
 impl Probes {
-    /// Runs of `program` the kernel skipped (`recursion_misses` in the
+    /// Runs of `probe` the kernel skipped (`recursion_misses` in its
     /// program's fdinfo; aya 0.14 does not expose it). `None` when not
-    /// loaded or the kernel does not report it.
-    pub fn missed(&self, program: &str) -> Option<u64> {
+    /// attached or the kernel does not report it.
+    pub fn missed(&self, probe: &str) -> Option<u64> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
+        let program = self.programs.get(probe)?;
         let fd = self.ebpf.program(program)?.fd().ok()?.as_fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
         proc::fdinfo_field(&info, "recursion_misses")
@@ -171,6 +181,7 @@ impl Probes {
             .map_err(|_| Error::NoTracefs)
             .and_then(|t| balance_pause_offset(t));
         let fault = with_btf(&btf, fault_args);
+        let lock_btf = with_btf(&btf, lock_args);
         let page_alloc = with_btf(&btf, page_node_bits).and_then(|b| match opts.page_alloc {
             PageAlloc::Never => Err(Error::PageAllocOff),
             PageAlloc::Auto if topology.nodes <= 1 => Err(Error::OneNode),
@@ -227,6 +238,10 @@ impl Probes {
             .override_global("LOCK_BEGIN_FLAGS_OFFSET", &l.begin_flags, true)
             .override_global("LOCK_END_ADDR_OFFSET", &l.end_lock, true)
             .override_global("LOCK_TYPE_MASK", &opts.lock_types, true)
+            .override_global("LOCK_TEXT_START", &opts.locking_text[0].0, true)
+            .override_global("LOCK_TEXT_END", &opts.locking_text[0].1, true)
+            .override_global("SCHED_TEXT_START", &opts.locking_text[1].0, true)
+            .override_global("SCHED_TEXT_END", &opts.locking_text[1].1, true)
             .override_global("SPIN_STACKS_PER_WINDOW", &spin_stacks_per_window, true)
             .override_global("FOLIO_FLAGS_OFFSET", &fo.flags, true)
             .override_global("FOLIO_PG_HEAD", &fo.pg_head, true)
@@ -278,37 +293,70 @@ impl Probes {
             .and_then(|b| AyaBtf::parse(b.data(), Endianness::default()).ok());
         let chosen_off = matches!(page_alloc, Err(Error::OneNode | Error::PageAllocOff));
         let mut status = Vec::new();
+        let mut programs = BTreeMap::new();
         for spec in PROGRAMS {
-            let prerequisite = match spec.needs {
-                Needs::TaskBtf => task.as_ref().err().map(ToString::to_string),
-                Needs::LockFormat => locks.as_ref().err().map(ToString::to_string),
-                Needs::FolioBtf => folio.as_ref().err().map(ToString::to_string),
-                Needs::BalanceFormat => balance.as_ref().err().map(ToString::to_string),
-                Needs::FaultBtf => fault.as_ref().err().map(ToString::to_string),
-                Needs::PageAlloc => page_alloc.as_ref().err().map(ToString::to_string),
-                Needs::Nothing => None,
-                Needs::MigratePagesFormat => migrate_pages.as_ref().err().map(ToString::to_string),
-            };
-            let outcome = match prerequisite {
-                Some(reason) => Err(reason),
-                None => load_program(&mut ebpf, spec, kernel_btf.as_ref()),
-            };
-            // Detached by design (one node, or asked to): not a warning.
-            let enabled = !(spec.needs == Needs::PageAlloc && chosen_off);
-            match &outcome {
-                Ok(()) => {
-                    info!(probe = spec.program, hook = %spec.hook.tracepoint(), "probe ready")
+            let mut failures = Vec::new();
+            let mut attached = None;
+            for way in spec.ways {
+                let prerequisite = match way.needs {
+                    Needs::TaskBtf => task.as_ref().err().map(ToString::to_string),
+                    Needs::LockBtf => lock_btf.as_ref().err().map(ToString::to_string),
+                    Needs::LockFormat => locks.as_ref().err().map(ToString::to_string),
+                    Needs::FolioBtf => folio.as_ref().err().map(ToString::to_string),
+                    Needs::BalanceFormat => balance.as_ref().err().map(ToString::to_string),
+                    Needs::FaultBtf => fault.as_ref().err().map(ToString::to_string),
+                    Needs::PageAlloc => page_alloc.as_ref().err().map(ToString::to_string),
+                    Needs::Nothing => None,
+                    Needs::MigratePagesFormat => {
+                        migrate_pages.as_ref().err().map(ToString::to_string)
+                    }
+                };
+                let outcome = match prerequisite {
+                    Some(reason) => Err(reason),
+                    None => load_program(&mut ebpf, way, kernel_btf.as_ref()),
+                };
+                match outcome {
+                    Ok(()) => {
+                        attached = Some(way);
+                        break;
+                    }
+                    Err(reason) => failures.push((way, reason)),
                 }
-                Err(reason) if !enabled => info!(probe = spec.program, %reason, "probe disabled"),
-                Err(reason) => warn!(probe = spec.program, %reason, "probe disabled"),
+            }
+            // Detached by design (one node, or asked to): not a warning.
+            let enabled = !(spec.ways.iter().any(|w| w.needs == Needs::PageAlloc) && chosen_off);
+            let reason = (attached.is_none()).then(|| match failures.as_slice() {
+                [(_, only)] => only.clone(),
+                all => all
+                    .iter()
+                    .map(|(w, r)| format!("{}: {r}", w.hook.attach_type()))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+            let shown = attached.unwrap_or(spec.first());
+            match &reason {
+                None => {
+                    if !failures.is_empty() {
+                        let why = failures
+                            .iter()
+                            .map(|(w, r)| format!("{}: {r}", w.hook.attach_type()))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        info!(probe = spec.probe, %why, "preferred way unavailable");
+                    }
+                    info!(probe = spec.probe, hook = %shown.hook.tracepoint(), attach = shown.hook.attach_type(), "probe ready");
+                    programs.insert(spec.probe, shown.program);
+                }
+                Some(reason) if !enabled => info!(probe = spec.probe, %reason, "probe disabled"),
+                Some(reason) => warn!(probe = spec.probe, %reason, "probe disabled"),
             }
             status.push(ProbeStatus {
-                probe: spec.program.to_string(),
-                tracepoint: spec.hook.tracepoint(),
-                attach_type: spec.hook.attach_type().to_string(),
-                attached: outcome.is_ok(),
+                probe: spec.probe.to_string(),
+                tracepoint: shown.hook.tracepoint(),
+                attach_type: shown.hook.attach_type().to_string(),
+                attached: attached.is_some(),
                 enabled,
-                reason: outcome.err(),
+                reason,
                 events: 0,
                 errors: 0,
                 missed: 0,
@@ -325,6 +373,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             status,
+            programs,
             topology,
             migrate_reasons: with_btf(&btf, migrate_reasons).unwrap_or_default(),
         })
@@ -360,13 +409,13 @@ fn with_btf<T>(btf: &Result<Btf>, f: impl FnOnce(&Btf) -> Result<T>) -> Result<T
 
 fn load_program(
     ebpf: &mut Ebpf,
-    spec: ProgramSpec,
+    way: &Way,
     kernel_btf: Option<&AyaBtf>,
 ) -> std::result::Result<(), String> {
     let prog = ebpf
-        .program_mut(spec.program)
-        .ok_or_else(|| format!("program {} missing from the object", spec.program))?;
-    match spec.hook {
+        .program_mut(way.program)
+        .ok_or_else(|| format!("program {} missing from the object", way.program))?;
+    match way.hook {
         Hook::BtfTracepoint(_, tp) => {
             let btf = kernel_btf.ok_or("kernel BTF unavailable")?;
             let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;

@@ -211,6 +211,24 @@ pub fn lock_offsets(tracefs: &Path) -> Result<LockOffsets> {
     })
 }
 
+/// Checks that the BTF tracepoints `contention_begin` and `contention_end`
+/// pass `(void *lock, unsigned int flags)` and `(void *lock, int ret)`.
+pub fn lock_args(btf: &Btf) -> Result<()> {
+    for (tp, second) in [("contention_begin", "flags"), ("contention_end", "ret")] {
+        let args = btf.tracepoint_args(tp)?;
+        let ok = args.len() == 2
+            && matches!(args[0], TypeShape::Pointer { .. })
+            && args[1] == TypeShape::Int { size: 4 };
+        if !ok {
+            return Err(Error::BadTracepointArgs {
+                tracepoint: format!("lock:{tp}"),
+                reason: format!("expected (void *lock, {second}), found {args:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `balance_dirty_pages.pause` (jiffies).
 pub fn balance_pause_offset(tracefs: &Path) -> Result<u32> {
     Format::read(tracefs, "writeback", "balance_dirty_pages")?.int_field("pause", 8)
@@ -254,6 +272,7 @@ mod tests {
         assert!(t.cpu < 64, "thread_info.cpu at {}", t.cpu);
         let l = lock_offsets(&tracefs).unwrap();
         assert!(l.begin_flags > l.begin_lock);
+        lock_args(&btf).unwrap();
         let f = folio_offsets(&btf).unwrap();
         assert_eq!(f.flags, 0, "folio.flags is the first word of struct page");
         assert!(

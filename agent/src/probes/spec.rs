@@ -15,7 +15,10 @@ pub enum Hook {
 pub enum Needs {
     /// task_struct offsets and tracepoint prototypes from BTF.
     TaskBtf,
-    /// The lock:contention_begin/end formats.
+    /// The lock:contention_begin/end BTF prototypes and the locking code's
+    /// text ranges.
+    LockBtf,
+    /// The lock:contention_begin/end formats (the classic fallback).
     LockFormat,
     /// struct folio / address_space / inode / super_block offsets from BTF.
     FolioBtf,
@@ -31,40 +34,66 @@ pub enum Needs {
     MigratePagesFormat,
 }
 
-/// A kernel program of the object and where it attaches.
+/// One way to attach a probe: a kernel program of the object, its hook,
+/// and what it needs resolved first.
 #[derive(Debug, Clone, Copy)]
-pub struct ProgramSpec {
+pub struct Way {
     pub program: &'static str,
     pub hook: Hook,
     pub needs: Needs,
 }
 
-const fn spec(program: &'static str, hook: Hook, needs: Needs) -> ProgramSpec {
-    ProgramSpec {
+/// A probe (a self-metric `probe` label) and its ways to attach, best
+/// first: the first that loads and attaches is used.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramSpec {
+    pub probe: &'static str,
+    pub ways: &'static [Way],
+}
+
+impl ProgramSpec {
+    /// The preferred way, which describes the probe when none attached.
+    pub fn first(&self) -> &Way {
+        &self.ways[0]
+    }
+}
+
+const fn way(program: &'static str, hook: Hook, needs: Needs) -> Way {
+    Way {
         program,
         hook,
         needs,
     }
 }
 
-/// Every program of the object: the scheduler signal (`sched.rs`), lock
+const fn spec(probe: &'static str, ways: &'static [Way]) -> ProgramSpec {
+    ProgramSpec { probe, ways }
+}
+
+/// Every probe of the object: the scheduler signal (`sched.rs`), lock
 /// contention (`lock.rs`), page dirtying (`dirty.rs`), NUMA (`numa.rs`).
 #[rustfmt::skip]
 pub const PROGRAMS: [ProgramSpec; 14] = [
-    spec("sched_switch", Hook::BtfTracepoint("sched", "sched_switch"), Needs::TaskBtf),
-    spec("sched_wakeup", Hook::BtfTracepoint("sched", "sched_wakeup"), Needs::TaskBtf),
-    spec("sched_wakeup_new", Hook::BtfTracepoint("sched", "sched_wakeup_new"), Needs::TaskBtf),
-    spec("sched_migrate_task", Hook::BtfTracepoint("sched", "sched_migrate_task"), Needs::TaskBtf),
-    spec("contention_begin", Hook::Tracepoint("lock", "contention_begin"), Needs::LockFormat),
-    spec("contention_end", Hook::Tracepoint("lock", "contention_end"), Needs::LockFormat),
-    spec("writeback_dirty_folio", Hook::BtfTracepoint("writeback", "writeback_dirty_folio"), Needs::FolioBtf),
-    spec("balance_dirty_pages", Hook::Tracepoint("writeback", "balance_dirty_pages"), Needs::BalanceFormat),
-    spec("page_fault_user", Hook::BtfTracepoint("exceptions", "page_fault_user"), Needs::FaultBtf),
-    spec("mm_page_alloc", Hook::BtfTracepoint("kmem", "mm_page_alloc"), Needs::PageAlloc),
-    spec("sched_move_numa", Hook::Tracepoint("sched", "sched_move_numa"), Needs::Nothing),
-    spec("sched_swap_numa", Hook::Tracepoint("sched", "sched_swap_numa"), Needs::Nothing),
-    spec("sched_stick_numa", Hook::Tracepoint("sched", "sched_stick_numa"), Needs::Nothing),
-    spec("mm_migrate_pages", Hook::Tracepoint("migrate", "mm_migrate_pages"), Needs::MigratePagesFormat),
+    spec("sched_switch", &[way("sched_switch", Hook::BtfTracepoint("sched", "sched_switch"), Needs::TaskBtf)]),
+    spec("sched_wakeup", &[way("sched_wakeup", Hook::BtfTracepoint("sched", "sched_wakeup"), Needs::TaskBtf)]),
+    spec("sched_wakeup_new", &[way("sched_wakeup_new", Hook::BtfTracepoint("sched", "sched_wakeup_new"), Needs::TaskBtf)]),
+    spec("sched_migrate_task", &[way("sched_migrate_task", Hook::BtfTracepoint("sched", "sched_migrate_task"), Needs::TaskBtf)]),
+    spec("contention_begin", &[
+        way("contention_begin", Hook::BtfTracepoint("lock", "contention_begin"), Needs::LockBtf),
+        way("contention_begin_tp", Hook::Tracepoint("lock", "contention_begin"), Needs::LockFormat),
+    ]),
+    spec("contention_end", &[
+        way("contention_end", Hook::BtfTracepoint("lock", "contention_end"), Needs::LockBtf),
+        way("contention_end_tp", Hook::Tracepoint("lock", "contention_end"), Needs::LockFormat),
+    ]),
+    spec("writeback_dirty_folio", &[way("writeback_dirty_folio", Hook::BtfTracepoint("writeback", "writeback_dirty_folio"), Needs::FolioBtf)]),
+    spec("balance_dirty_pages", &[way("balance_dirty_pages", Hook::Tracepoint("writeback", "balance_dirty_pages"), Needs::BalanceFormat)]),
+    spec("page_fault_user", &[way("page_fault_user", Hook::BtfTracepoint("exceptions", "page_fault_user"), Needs::FaultBtf)]),
+    spec("mm_page_alloc", &[way("mm_page_alloc", Hook::BtfTracepoint("kmem", "mm_page_alloc"), Needs::PageAlloc)]),
+    spec("sched_move_numa", &[way("sched_move_numa", Hook::Tracepoint("sched", "sched_move_numa"), Needs::Nothing)]),
+    spec("sched_swap_numa", &[way("sched_swap_numa", Hook::Tracepoint("sched", "sched_swap_numa"), Needs::Nothing)]),
+    spec("sched_stick_numa", &[way("sched_stick_numa", Hook::Tracepoint("sched", "sched_stick_numa"), Needs::Nothing)]),
+    spec("mm_migrate_pages", &[way("mm_migrate_pages", Hook::Tracepoint("migrate", "mm_migrate_pages"), Needs::MigratePagesFormat)]),
 ];
 
 impl Hook {

@@ -60,10 +60,12 @@ fn lock_contention_agrees_with_perf_lock() {
     );
     let report = Command::new("perf")
         // perf skips 3 frames before looking for the first one outside the
-        // locking code (made for stacks that start inside tracing code);
-        // hostprobe's stacks start at the lock function, and on this kernel
-        // the default lands 1-2 frames further out (do_syscall_64 instead of
-        // vm_mmap_pgoff). With no skip, both apply the same rule.
+        // locking code; with hostprobe's BTF tracepoint programs attached
+        // too, the tracepoint calls its probes through
+        // __traceiter_contention_begin, the one frame before the locking
+        // code in perf's stacks. Skipping just that frame, perf applies
+        // hostprobe's rule (the default lands 1-2 frames further out for
+        // rwsems: do_syscall_64 instead of vm_mmap_pgoff).
         .args([
             "lock",
             "contention",
@@ -72,7 +74,7 @@ fn lock_contention_agrees_with_perf_lock() {
             "-E",
             "100000",
             "--stack-skip",
-            "0",
+            "1",
         ])
         .output()
         .expect("perf lock contention");

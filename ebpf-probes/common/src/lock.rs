@@ -21,9 +21,11 @@ pub struct Wait {
     pub lock: u64,
     /// Begin time, 0 when no contention is in progress.
     pub since_ns: u64,
+    /// The function that took the lock (first frame outside the locking
+    /// code), or `CALLER_UNKNOWN` / `CALLER_NOT_SAMPLED`.
+    pub caller: u64,
     pub flags: u32,
-    /// Kernel stack of the first begin; negative: no stack (error code).
-    pub stack_id: i32,
+    pub _pad: u32,
 }
 
 /// What a `contention_begin` did to a waiter's state.
@@ -40,7 +42,7 @@ pub enum Begin {
 }
 
 impl Wait {
-    pub fn begin(&mut self, lock: u64, flags: u32, stack_id: i32, now: u64) -> Begin {
+    pub fn begin(&mut self, lock: u64, flags: u32, caller: u64, now: u64) -> Begin {
         let outcome = if self.since_ns == 0 {
             Begin::Started
         } else if self.lock == lock {
@@ -51,8 +53,9 @@ impl Wait {
         *self = Wait {
             lock,
             since_ns: now,
+            caller,
             flags,
-            stack_id,
+            _pad: 0,
         };
         outcome
     }
@@ -95,9 +98,13 @@ pub struct CpuSlots {
     pub waits: [Wait; CPU_DEPTH],
 }
 
-/// Stack id of a spinning wait whose stack was not walked because this
-/// CPU's budget was spent (`bpf_get_stackid` costs ~3 us here).
-pub const STACK_NOT_SAMPLED: i32 = i32::MIN;
+/// Caller of a wait whose stack named none: no frame outside the locking
+/// code within `SEARCH_DEPTH`, the stack could not be walked, or kernel
+/// symbols were unreadable.
+pub const CALLER_UNKNOWN: u64 = 0;
+/// Caller of a spinning wait whose stack was not walked because this CPU's
+/// budget was spent (a walk costs ~3 us here).
+pub const CALLER_NOT_SAMPLED: u64 = 1;
 /// Length of a stack budget window.
 pub const STACK_WINDOW_NS: u64 = 10_000_000;
 /// Default stack walks per second per CPU for spinning waits.
@@ -123,12 +130,56 @@ impl CpuSlots {
     }
 }
 
-/// Aggregation key: lock type and the waiter's kernel stack.
+/// Aggregation key: lock type and the function that took the lock. A code
+/// address, so the keys are the kernel's call sites of locks, not its
+/// objects; the table is drained every round all the same.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CallerKey {
+    pub caller: u64,
     pub flags: u32,
-    pub stack_id: i32,
+    pub _pad: u32,
+}
+
+/// A caller's waits, and one of the stacks that led to it (written when
+/// the entry is created; zeros where no stack was walked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallerStat {
+    pub stat: Stat,
+    pub stack: [u64; STACK_DEPTH as usize],
+}
+
+/// Frames of a stack walk searched for the caller: the walk from a BTF
+/// tracepoint starts in the BPF program and the tracing code, before the
+/// locking code.
+pub const SEARCH_DEPTH: usize = 16;
+
+/// The caller of a wait in a kernel stack (innermost first): the first
+/// frame outside the locking code (`text`: its address ranges) after a
+/// frame inside it, and where the stack from that locking frame starts.
+/// Frames before the locking code are the tracing machinery.
+#[inline(always)]
+pub fn find_caller(frames: &[u64; SEARCH_DEPTH], n: usize, text: &[(u64, u64); 2]) -> (u64, usize) {
+    let mut first_lock = SEARCH_DEPTH;
+    for (i, &ip) in frames.iter().enumerate().take(n.min(SEARCH_DEPTH)) {
+        let locking = (text[0].0 <= ip && ip < text[0].1) || (text[1].0 <= ip && ip < text[1].1);
+        if locking {
+            if first_lock == SEARCH_DEPTH {
+                first_lock = i;
+            }
+        } else if first_lock != SEARCH_DEPTH {
+            return (ip, first_lock);
+        }
+    }
+    (
+        CALLER_UNKNOWN,
+        if first_lock == SEARCH_DEPTH {
+            0
+        } else {
+            first_lock
+        },
+    )
 }
 
 /// Aggregation key: lock address and type.
@@ -160,11 +211,14 @@ impl Stat {
     }
 }
 
-/// Log2 histogram of wait times, one per lock type.
+/// Wait times of one lock type: a log2 histogram, their sum and the
+/// longest (an array entry per type: bounded, never drained).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Hist {
     pub buckets: [u64; crate::HIST_BUCKETS],
+    pub sum_ns: u64,
+    pub max_ns: u64,
 }
 
 /// Indexes of the per-CPU `LOCK_COUNTERS` array.
@@ -177,7 +231,7 @@ pub mod counter {
     pub const REPLACED: u32 = 3;
     /// Nested spinning deeper than `CPU_DEPTH`.
     pub const CPU_DEPTH_EXCEEDED: u32 = 4;
-    /// `bpf_get_stackid` failed (stack map full or hash collision).
+    /// `bpf_get_stack` failed: the wait's caller is unknown.
     pub const STACK_ERRORS: u32 = 5;
     pub const DROP_CALLER_MAP_FULL: u32 = 6;
     pub const DROP_ADDR_MAP_FULL: u32 = 7;
@@ -188,19 +242,20 @@ pub mod counter {
     pub const COUNT: u32 = 11;
 }
 
-pub const DEFAULT_STACKS: u32 = 8192;
-/// Frames kept per waiter stack (perf lock's default `--max-stack`).
-/// The kernel walks only as many frames as a stack map value holds, so
-/// this bounds the cost of `bpf_get_stackid` (measured: 3.5 us/run with
-/// 127 frames on the test VM).
+/// Frames kept of a caller's example stack, from the first frame of the
+/// locking code (perf lock's default `--max-stack`).
 pub const STACK_DEPTH: u32 = 8;
+/// Entries of each drained table: the distinct keys of one round (a round
+/// is `serve --interval` at most; more are counted as drops).
 pub const DEFAULT_CALLERS: u32 = 4096;
-pub const DEFAULT_ADDRS: u32 = 4096;
+pub const DEFAULT_ADDRS: u32 = 16384;
 pub const DEFAULT_WORKLOADS: u32 = 1024;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), integers only, no implicit padding.
     unsafe impl aya::Pod for super::CallerKey {}
+    unsafe impl aya::Pod for super::CallerStat {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::Stat {}
     unsafe impl aya::Pod for super::Hist {}
@@ -218,7 +273,7 @@ mod tests {
         assert_eq!(w.begin(0xa, F_MUTEX, 9, 150), Begin::Continued);
         let done = w.end(0xa, 400).unwrap();
         assert_eq!(
-            (done.since_ns, done.flags, done.stack_id),
+            (done.since_ns, done.flags, done.caller),
             (300, F_MUTEX | F_SPIN, 7)
         );
         assert_eq!(w.end(0xa, 500), None, "the wait is closed");
@@ -259,9 +314,36 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Wait>(), 24);
-        assert_eq!(size_of::<TaskSlot>(), 32);
-        assert_eq!(size_of::<CpuSlots>(), 16 + 24 * CPU_DEPTH);
+        assert_eq!(size_of::<Wait>(), 32);
+        assert_eq!(size_of::<TaskSlot>(), 40);
+        assert_eq!(size_of::<CpuSlots>(), 16 + 32 * CPU_DEPTH);
         assert_eq!(size_of::<AddrKey>(), 16);
+        assert_eq!(size_of::<CallerKey>(), 16);
+        assert_eq!(size_of::<CallerStat>(), 24 + 8 * STACK_DEPTH as usize);
+        assert_eq!(size_of::<Hist>(), 8 * (crate::HIST_BUCKETS + 2));
+    }
+
+    #[test]
+    fn the_caller_is_the_first_frame_after_the_locking_code() {
+        let text = [(0x100, 0x200), (0x300, 0x400)];
+        let stack = |f: &[u64]| {
+            let mut a = [0u64; SEARCH_DEPTH];
+            a[..f.len()].copy_from_slice(f);
+            (a, f.len())
+        };
+        // From a BTF tracepoint: BPF program, tracing code, lock, caller.
+        let (s, n) = stack(&[0xf000, 0x900, 0x150, 0x350, 0x800, 0x810]);
+        assert_eq!(find_caller(&s, n, &text), (0x800, 2));
+        // From a classic tracepoint the walk starts in the locking code.
+        let (s, n) = stack(&[0x150, 0x820]);
+        assert_eq!(find_caller(&s, n, &text), (0x820, 0));
+        // Still locking at the end of the walk, or never locking.
+        let (s, n) = stack(&[0x900, 0x150, 0x160]);
+        assert_eq!(find_caller(&s, n, &text), (CALLER_UNKNOWN, 1));
+        let (s, n) = stack(&[0x900, 0x910]);
+        assert_eq!(find_caller(&s, n, &text).0, CALLER_UNKNOWN);
+        // Frames past `n` are not looked at.
+        let (s, _) = stack(&[0x150, 0x820]);
+        assert_eq!(find_caller(&s, 1, &text).0, CALLER_UNKNOWN);
     }
 }

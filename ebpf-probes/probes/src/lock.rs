@@ -4,34 +4,43 @@
 //!
 //! Wait = end - begin per waiter. Spinning waiters keep their start in a
 //! per-CPU slot (preemption is off while they spin, and no shared map lock is
-//! taken); sleeping waiters in a per-task slot. Everything is aggregated in
-//! the kernel: per (type, caller stack), per lock address, per workload and a
-//! log2 histogram per type. Classic tracepoints, field offsets from tracefs.
+//! taken); sleeping waiters in a per-task slot. At begin, a walk of the
+//! waiter's stack names its caller (the first frame after the locking code),
+//! so waits aggregate by call site, not by stack id. Everything is
+//! aggregated in the kernel: per (type, caller), per lock address and per
+//! workload in drained tables (see `tables.rs`), and a histogram, sum and
+//! maximum per type.
+//!
+//! BTF tracepoints: a classic tracepoint program is skipped whenever another
+//! tracing program or a map syscall runs on its CPU, and contention is rife
+//! exactly then; the classic programs (`*_tp`) are the fallback where the
+//! kernel has no BTF prototype for these tracepoints (offsets from tracefs).
 
 use aya_ebpf::{
-    bindings::{bpf_map_def, bpf_map_type},
-    helpers::generated::bpf_get_stackid,
+    helpers::generated::bpf_get_stack,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::map,
+    macros::{btf_tracepoint, map},
     maps::{Array, PerCpuArray, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
-use core::cell::UnsafeCell;
 
 use aya_log_ebpf::warn;
 use hostprobe_common::{
     lock::{
-        counter, AddrKey, Begin, CallerKey, CpuSlots, Hist, Stat, TaskSlot, Wait, CPU_DEPTH,
-        DEFAULT_ADDRS, DEFAULT_CALLERS, DEFAULT_SPIN_STACKS_PER_SEC, DEFAULT_STACKS,
-        DEFAULT_WORKLOADS, F_MUTEX, F_SPIN, STACK_DEPTH, STACK_NOT_SAMPLED, TYPES,
+        counter, find_caller, AddrKey, Begin, CallerKey, CallerStat, CpuSlots, Hist, Stat,
+        TaskSlot, Wait, CALLER_NOT_SAMPLED, CALLER_UNKNOWN, CPU_DEPTH, DEFAULT_ADDRS,
+        DEFAULT_CALLERS, DEFAULT_SPIN_STACKS_PER_SEC, DEFAULT_WORKLOADS, F_MUTEX, F_SPIN,
+        SEARCH_DEPTH, STACK_DEPTH, TYPES,
     },
     log2_bucket, DEFAULT_TASK_SLOTS,
 };
 
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
+use crate::tables::drained;
 use crate::util::{bump, first_time, selected};
 
+/// Offsets in the classic tracepoints' records (tracefs), for the fallback.
 #[no_mangle]
 static LOCK_BEGIN_ADDR_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
@@ -44,39 +53,40 @@ static SPIN_STACKS_PER_WINDOW: Global<u32> = Global::new(DEFAULT_SPIN_STACKS_PER
 /// Bit `flags` set for each lock type to trace; 0 traces every type.
 #[no_mangle]
 static LOCK_TYPE_MASK: Global<u64> = Global::new(0);
+/// The locking code (`__lock_text`, `__sched_text`), from kallsyms.
+#[no_mangle]
+static LOCK_TEXT_START: Global<u64> = Global::new(0);
+#[no_mangle]
+static LOCK_TEXT_END: Global<u64> = Global::new(0);
+#[no_mangle]
+static SCHED_TEXT_START: Global<u64> = Global::new(0);
+#[no_mangle]
+static SCHED_TEXT_END: Global<u64> = Global::new(0);
 
 #[map]
 static LOCK_TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
 #[map]
 static LOCK_CPU_SLOTS: PerCpuArray<CpuSlots> = PerCpuArray::with_max_entries(1, 0);
-/// A stack-trace map of `STACK_DEPTH` frames, defined by hand because
-/// aya-ebpf's `StackTrace` always holds 127 frames, and the kernel walks as
-/// many frames as the map value holds.
-#[repr(transparent)]
-pub struct ShortStacks(UnsafeCell<bpf_map_def>);
-
-// SAFETY: the kernel owns the map; the program only passes its address.
-unsafe impl Sync for ShortStacks {}
-
-#[link_section = "maps"]
-#[export_name = "LOCK_STACKS"]
-static LOCK_STACKS: ShortStacks = ShortStacks(UnsafeCell::new(bpf_map_def {
-    type_: bpf_map_type::BPF_MAP_TYPE_STACK_TRACE,
-    key_size: 4,
-    value_size: 8 * STACK_DEPTH,
-    max_entries: DEFAULT_STACKS,
-    map_flags: 0,
-    id: 0,
-    pinning: 0,
-}));
+/// Per-CPU room for a stack walk and a caller entry being created.
 #[map]
-static LOCK_BY_CALLER: PerCpuHashMap<CallerKey, Stat> =
+static LOCK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static LOCK_BY_CALLER_0: PerCpuHashMap<CallerKey, CallerStat> =
     PerCpuHashMap::with_max_entries(DEFAULT_CALLERS, 0);
 #[map]
-static LOCK_BY_ADDR: PerCpuHashMap<AddrKey, Stat> =
+static LOCK_BY_CALLER_1: PerCpuHashMap<CallerKey, CallerStat> =
+    PerCpuHashMap::with_max_entries(DEFAULT_CALLERS, 0);
+#[map]
+static LOCK_BY_ADDR_0: PerCpuHashMap<AddrKey, Stat> =
     PerCpuHashMap::with_max_entries(DEFAULT_ADDRS, 0);
 #[map]
-static LOCK_WORKLOADS: PerCpuHashMap<u64, Stat> =
+static LOCK_BY_ADDR_1: PerCpuHashMap<AddrKey, Stat> =
+    PerCpuHashMap::with_max_entries(DEFAULT_ADDRS, 0);
+#[map]
+static LOCK_WORKLOADS_0: PerCpuHashMap<u64, Stat> =
+    PerCpuHashMap::with_max_entries(DEFAULT_WORKLOADS, 0);
+#[map]
+static LOCK_WORKLOADS_1: PerCpuHashMap<u64, Stat> =
     PerCpuHashMap::with_max_entries(DEFAULT_WORKLOADS, 0);
 #[map]
 static LOCK_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(TYPES, 0);
@@ -85,20 +95,58 @@ static LOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::
 #[map]
 static LOCK_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
 
-/// Returns 1 so that perf users of the tracepoint (`perf lock record`) still
-/// see the event: a classic tracepoint program returning 0 hides it (aya's
-/// `#[tracepoint]` macro always returns 0, hence written by hand).
+#[repr(C)]
+pub struct Scratch {
+    frames: [u64; SEARCH_DEPTH],
+    entry: CallerStat,
+}
+
+#[btf_tracepoint(function = "contention_begin")]
+pub fn contention_begin(ctx: BtfTracePointContext) -> i32 {
+    // (void *lock, unsigned int flags)
+    let lock: u64 = ctx.arg(0);
+    let flags: u64 = ctx.arg(1);
+    let _ = try_begin(&ctx, lock, flags as u32);
+    0
+}
+
+#[btf_tracepoint(function = "contention_end")]
+pub fn contention_end(ctx: BtfTracePointContext) -> i32 {
+    // (void *lock, int ret)
+    let lock: u64 = ctx.arg(0);
+    try_end(&ctx, lock);
+    0
+}
+
+/// The fallback. Returns 1 so that perf users of the tracepoint (`perf lock
+/// record`) still see the event: a classic tracepoint program returning 0
+/// hides it (aya's `#[tracepoint]` macro always returns 0, hence written by
+/// hand).
 #[no_mangle]
 #[link_section = "tracepoint/lock/contention_begin"]
-pub extern "C" fn contention_begin(ctx: *mut core::ffi::c_void) -> u32 {
-    let _ = try_begin(&TracePointContext::new(ctx));
+pub extern "C" fn contention_begin_tp(ctx: *mut core::ffi::c_void) -> u32 {
+    let ctx = TracePointContext::new(ctx);
+    // SAFETY: offsets come from this kernel's tracefs format file.
+    let fields = unsafe {
+        (
+            ctx.read_at::<u64>(LOCK_BEGIN_ADDR_OFFSET.load() as usize),
+            ctx.read_at::<u32>(LOCK_BEGIN_FLAGS_OFFSET.load() as usize),
+        )
+    };
+    if let (Ok(lock), Ok(flags)) = fields {
+        let _ = try_begin(&ctx, lock, flags);
+    }
     1
 }
 
 #[no_mangle]
 #[link_section = "tracepoint/lock/contention_end"]
-pub extern "C" fn contention_end(ctx: *mut core::ffi::c_void) -> u32 {
-    let _ = try_end(&TracePointContext::new(ctx));
+pub extern "C" fn contention_end_tp(ctx: *mut core::ffi::c_void) -> u32 {
+    let ctx = TracePointContext::new(ctx);
+    // SAFETY: offset comes from this kernel's tracefs format file.
+    if let Ok(lock) = unsafe { ctx.read_at::<u64>(LOCK_END_ADDR_OFFSET.load() as usize) } {
+        try_end(&ctx, lock);
+    }
     1
 }
 
@@ -108,15 +156,8 @@ fn spins(flags: u32) -> bool {
     flags & F_SPIN != 0 && flags & F_MUTEX == 0
 }
 
-fn try_begin(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_begin<C: EbpfContext>(ctx: &C, lock: u64, flags: u32) -> Result<(), i32> {
     bump(&LOCK_COUNTERS, counter::EV_BEGIN);
-    // SAFETY: offsets come from this kernel's tracefs format file.
-    let (lock, flags) = unsafe {
-        (
-            ctx.read_at::<u64>(LOCK_BEGIN_ADDR_OFFSET.load() as usize)?,
-            ctx.read_at::<u32>(LOCK_BEGIN_FLAGS_OFFSET.load() as usize)?,
-        )
-    };
     let types = LOCK_TYPE_MASK.load();
     if (types != 0 && (types >> (flags & (TYPES - 1))) & 1 == 0) || !selected() {
         return Ok(());
@@ -126,22 +167,10 @@ fn try_begin(ctx: &TracePointContext) -> Result<(), i32> {
     let slots = LOCK_CPU_SLOTS.get_ptr_mut(0).ok_or(0)?;
     // SAFETY: this CPU's slot; preemption is off in the tracepoint.
     let slots = unsafe { &mut *slots };
-    // Walking a stack costs ~3 us: spinning waits (short, frequent) get a
-    // per-CPU budget; sleeping waits (long, rare) always get one.
-    let stack_id = if !spins(flags) || slots.take_stack(now, SPIN_STACKS_PER_WINDOW.load()) {
-        // SAFETY: a tracepoint context and the address of a stack-trace map.
-        let id = unsafe { bpf_get_stackid(ctx.as_ptr(), LOCK_STACKS.0.get().cast(), 0) };
-        if id < 0 {
-            bump(&LOCK_COUNTERS, counter::STACK_ERRORS);
-        }
-        id as i32
-    } else {
-        bump(&LOCK_COUNTERS, counter::STACKS_NOT_SAMPLED);
-        STACK_NOT_SAMPLED
-    };
-    let wait = if spins(flags) {
+    if spins(flags) {
+        // The same lock again on top of the stack continues that wait:
+        // nothing to walk.
         let depth = slots.depth as usize;
-        // The same lock again on top of the stack continues that wait.
         if (1..=CPU_DEPTH).contains(&depth) {
             let top = &slots.waits[masked(depth - 1)];
             if top.since_ns != 0 && top.lock == lock {
@@ -150,6 +179,20 @@ fn try_begin(ctx: &TracePointContext) -> Result<(), i32> {
         }
         if depth >= CPU_DEPTH {
             bump(&LOCK_COUNTERS, counter::CPU_DEPTH_EXCEEDED);
+            return Ok(());
+        }
+    }
+    // Walking a stack costs ~3 us: spinning waits (short, frequent) get a
+    // per-CPU budget; sleeping waits (long, rare) always get one.
+    let caller = if !spins(flags) || slots.take_stack(now, SPIN_STACKS_PER_WINDOW.load()) {
+        caller_of(ctx, flags)
+    } else {
+        bump(&LOCK_COUNTERS, counter::STACKS_NOT_SAMPLED);
+        CALLER_NOT_SAMPLED
+    };
+    let wait = if spins(flags) {
+        let depth = slots.depth as usize;
+        if depth >= CPU_DEPTH {
             return Ok(());
         }
         slots.depth += 1;
@@ -170,16 +213,72 @@ fn try_begin(ctx: &TracePointContext) -> Result<(), i32> {
         }
         &mut slot.wait
     };
-    if wait.begin(lock, flags, stack_id, now) == Begin::Replaced {
+    if wait.begin(lock, flags, caller, now) == Begin::Replaced {
         bump(&LOCK_COUNTERS, counter::REPLACED);
     }
     Ok(())
 }
 
-fn try_end(ctx: &TracePointContext) -> Result<(), i32> {
+/// Walks the waiter's stack for its caller; the first time a (type,
+/// caller) is seen this round, its entry is created with the stack from
+/// the locking code on, as an example for the report.
+fn caller_of<C: EbpfContext>(ctx: &C, flags: u32) -> u64 {
+    let Some(scratch) = LOCK_SCRATCH.get_ptr_mut(0) else {
+        return CALLER_UNKNOWN;
+    };
+    // SAFETY: this CPU's scratch; preemption is off in the tracepoint.
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: a tracing context and a buffer in a map value of its size.
+    let bytes = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            scratch.frames.as_mut_ptr().cast(),
+            (8 * SEARCH_DEPTH) as u32,
+            0,
+        )
+    };
+    if bytes < 0 {
+        bump(&LOCK_COUNTERS, counter::STACK_ERRORS);
+        return CALLER_UNKNOWN;
+    }
+    let text = [
+        (LOCK_TEXT_START.load(), LOCK_TEXT_END.load()),
+        (SCHED_TEXT_START.load(), SCHED_TEXT_END.load()),
+    ];
+    let (caller, from) = find_caller(&scratch.frames, bytes as usize / 8, &text);
+    let key = CallerKey {
+        caller,
+        flags,
+        _pad: 0,
+    };
+    drained(|second| {
+        let map = if second {
+            &LOCK_BY_CALLER_1
+        } else {
+            &LOCK_BY_CALLER_0
+        };
+        if map.get_ptr_mut(&key).is_some() {
+            return;
+        }
+        scratch.entry.stat = Stat::default();
+        for i in 0..STACK_DEPTH as usize {
+            let f = from + i;
+            scratch.entry.stack[i] = if f < SEARCH_DEPTH {
+                scratch.frames[f & (SEARCH_DEPTH - 1)]
+            } else {
+                0
+            };
+        }
+        // BPF_NOEXIST: an entry created meanwhile (by an interrupt) wins.
+        if map.insert(&key, &scratch.entry, 1).is_err() && map.get_ptr_mut(&key).is_none() {
+            full(ctx, counter::DROP_CALLER_MAP_FULL);
+        }
+    });
+    caller
+}
+
+fn try_end<C: EbpfContext>(ctx: &C, lock: u64) {
     bump(&LOCK_COUNTERS, counter::EV_END);
-    // SAFETY: offset comes from this kernel's tracefs format file.
-    let lock = unsafe { ctx.read_at::<u64>(LOCK_END_ADDR_OFFSET.load() as usize)? };
     // SAFETY: helper without pointer arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let done = end_on_cpu(lock, now).or_else(|| end_on_task(lock, now));
@@ -188,10 +287,9 @@ fn try_end(ctx: &TracePointContext) -> Result<(), i32> {
         if LOCK_TYPE_MASK.load() == 0 && FILTER_TGID.load() == 0 && FILTER_CGROUP.load() == 0 {
             bump(&LOCK_COUNTERS, counter::END_WITHOUT_BEGIN);
         }
-        return Ok(());
+        return;
     };
     account(ctx, &done, lock);
-    Ok(())
 }
 
 /// An index into the per-CPU wait stack in a form the verifier can bound
@@ -226,7 +324,7 @@ fn end_on_task(lock: u64, now: u64) -> Option<Wait> {
     slot.wait.end(lock, now)
 }
 
-fn account(ctx: &TracePointContext, done: &Wait, lock: u64) {
+fn account<C: EbpfContext>(ctx: &C, done: &Wait, lock: u64) {
     let wait_ns = done.since_ns;
     let flags = done.flags;
     if let Some(h) = LOCK_HIST.get_ptr_mut(flags & (TYPES - 1)) {
@@ -235,43 +333,92 @@ fn account(ctx: &TracePointContext, done: &Wait, lock: u64) {
         if let Some(b) = h.buckets.get_mut(log2_bucket(wait_ns)) {
             *b += 1;
         }
+        h.sum_ns += wait_ns;
+        if wait_ns > h.max_ns {
+            h.max_ns = wait_ns;
+        }
     }
     let caller = CallerKey {
+        caller: done.caller,
         flags,
-        stack_id: done.stack_id,
+        _pad: 0,
     };
-    add(
-        ctx,
-        &LOCK_BY_CALLER,
-        &caller,
-        wait_ns,
-        counter::DROP_CALLER_MAP_FULL,
-    );
     let addr = AddrKey {
         lock,
         flags,
         _pad: 0,
     };
-    add(
-        ctx,
-        &LOCK_BY_ADDR,
-        &addr,
-        wait_ns,
-        counter::DROP_ADDR_MAP_FULL,
-    );
     // The waiter is `current` at contention_end.
     // SAFETY: helper without arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    add(
-        ctx,
-        &LOCK_WORKLOADS,
-        &cgroup,
-        wait_ns,
-        counter::DROP_WORKLOAD_MAP_FULL,
-    );
+    drained(|second| {
+        if second {
+            add_caller(ctx, &LOCK_BY_CALLER_1, &caller, wait_ns);
+            add(
+                ctx,
+                &LOCK_BY_ADDR_1,
+                &addr,
+                wait_ns,
+                counter::DROP_ADDR_MAP_FULL,
+            );
+            add(
+                ctx,
+                &LOCK_WORKLOADS_1,
+                &cgroup,
+                wait_ns,
+                counter::DROP_WORKLOAD_MAP_FULL,
+            );
+        } else {
+            add_caller(ctx, &LOCK_BY_CALLER_0, &caller, wait_ns);
+            add(
+                ctx,
+                &LOCK_BY_ADDR_0,
+                &addr,
+                wait_ns,
+                counter::DROP_ADDR_MAP_FULL,
+            );
+            add(
+                ctx,
+                &LOCK_WORKLOADS_0,
+                &cgroup,
+                wait_ns,
+                counter::DROP_WORKLOAD_MAP_FULL,
+            );
+        }
+    });
 }
 
-fn add<K>(ctx: &TracePointContext, map: &PerCpuHashMap<K, Stat>, key: &K, wait_ns: u64, full: u32) {
+fn add_caller<C: EbpfContext>(
+    ctx: &C,
+    map: &PerCpuHashMap<CallerKey, CallerStat>,
+    key: &CallerKey,
+    wait_ns: u64,
+) {
+    if let Some(s) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of a per-CPU hash.
+        unsafe { (*s).stat.add(wait_ns) };
+        return;
+    }
+    // Created at begin unless the table was drained meanwhile, the wait
+    // was not walked, or it was full: without an example stack then.
+    let Some(scratch) = LOCK_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch; preemption is off in the tracepoint.
+    let entry = unsafe { &mut (*scratch).entry };
+    entry.stat = Stat::default();
+    entry.stat.add(wait_ns);
+    entry.stack = [0; STACK_DEPTH as usize];
+    if map.insert(key, entry, 1).is_err() {
+        match map.get_ptr_mut(key) {
+            // SAFETY: this CPU's value of a per-CPU hash.
+            Some(s) => unsafe { (*s).stat.add(wait_ns) },
+            None => full(ctx, counter::DROP_CALLER_MAP_FULL),
+        }
+    }
+}
+
+fn add<C: EbpfContext, K>(ctx: &C, map: &PerCpuHashMap<K, Stat>, key: &K, wait_ns: u64, drop: u32) {
     if let Some(s) = map.get_ptr_mut(key) {
         // SAFETY: this CPU's value of a per-CPU hash.
         unsafe { (*s).add(wait_ns) };
@@ -280,13 +427,23 @@ fn add<K>(ctx: &TracePointContext, map: &PerCpuHashMap<K, Stat>, key: &K, wait_n
     let mut s = Stat::default();
     s.add(wait_ns);
     // BPF_NOEXIST: an entry created meanwhile (by an interrupt) wins.
-    if map.insert(key, &s, 1).is_err() && map.get_ptr_mut(key).is_none() {
-        bump(&LOCK_COUNTERS, full);
-        if first_time(&LOCK_LOGGED, full) {
-            warn!(
-                ctx,
-                "a lock contention map is full (counter {}); new entries are dropped", full
-            );
+    if map.insert(key, &s, 1).is_err() {
+        match map.get_ptr_mut(key) {
+            // SAFETY: this CPU's value of a per-CPU hash.
+            Some(e) => unsafe { (*e).add(wait_ns) },
+            None => full(ctx, drop),
         }
+    }
+}
+
+/// Counts a full table, and says so once per CPU.
+fn full<C: EbpfContext>(ctx: &C, counter: u32) {
+    bump(&LOCK_COUNTERS, counter);
+    if first_time(&LOCK_LOGGED, counter) {
+        warn!(
+            ctx,
+            "a lock contention table is full within one round (counter {}); new entries are dropped until it is drained",
+            counter
+        );
     }
 }

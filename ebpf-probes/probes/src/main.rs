@@ -1,6 +1,8 @@
 //! hostprobe's kernel-side programs: one module per signal.
 #![no_std]
 #![no_main]
+// `asm!` for the atomic add of the drained tables' in-flight count.
+#![feature(asm_experimental_arch)]
 
 mod config;
 mod dirty;

@@ -1,7 +1,16 @@
+//! The tables every signal shares the design of.
+//!
 //! Per-CPU workload tables: open-addressed arrays keyed by cgroup id (an
 //! inlined array lookup is far cheaper on hot paths than a hash map). The
 //! agent hands entries of removed cgroups back through `DEAD_CGROUPS` after
 //! reading their last values; each CPU then reuses its own entry.
+//!
+//! Drained tables: hash maps keyed by what the kernel hands over (lock
+//! addresses, callers), in two buffers. Programs write the buffer
+//! `DRAIN_GEN` names; every round the agent flips it, waits until no
+//! program that may have read the old value is still running on any CPU
+//! (`DRAIN_INFLIGHT`), then reads and deletes the other buffer's entries.
+//! A table so holds at most the keys of one round, and nothing is lost.
 
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id,
@@ -17,6 +26,44 @@ static WORKLOADS_MASK: Global<u32> = Global::new(DEFAULT_MAX_WORKLOADS - 1);
 
 #[map]
 static DEAD_CGROUPS: Array<u64> = Array::with_max_entries(hostprobe_common::DEAD_CGROUPS, 0);
+
+/// The buffer of the drained tables the programs write: `DRAIN_GEN[0] & 1`.
+#[map]
+static DRAIN_GEN: Array<u32> = Array::with_max_entries(1, 0);
+/// Programs inside `drained` on each CPU.
+#[map]
+static DRAIN_INFLIGHT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs `f` with the buffer to write (`false`: the first, `true`: the
+/// second), counted in flight on this CPU meanwhile so that the agent knows
+/// when the other buffer is quiescent.
+#[inline(always)]
+pub fn drained<R>(f: impl FnOnce(bool) -> R) -> R {
+    let inflight = DRAIN_INFLIGHT.get_ptr_mut(0);
+    // An atomic add (a locked instruction on x86-64, a full barrier): the
+    // count is visible before the generation is read. The target has no
+    // Rust atomic read-modify-write, hence the instruction itself.
+    let add = |delta: u64| {
+        if let Some(c) = inflight {
+            // SAFETY: this CPU's slot of a per-CPU array, 8-byte aligned.
+            unsafe {
+                core::arch::asm!(
+                    "lock *(u64 *)({p} + 0) += {d}",
+                    p = in(reg) c,
+                    d = in(reg) delta,
+                )
+            };
+        }
+    };
+    add(1);
+    // SAFETY: map value pointer from a successful lookup.
+    let second = DRAIN_GEN
+        .get_ptr(0)
+        .is_some_and(|g| unsafe { core::ptr::read_volatile(g) } & 1 == 1);
+    let r = f(second);
+    add(u64::MAX);
+    r
+}
 
 /// A table entry: its cgroup id (0: free) and how to start it afresh.
 pub trait Entry {
