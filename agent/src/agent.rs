@@ -13,7 +13,7 @@ use crate::collectors::lock::LockCollector;
 use crate::collectors::numa::NumaCollector;
 use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
-use crate::collectors::{DeadRing, Drain};
+use crate::collectors::{DeadRing, Drain, Pass};
 use crate::error::{Error, Result};
 use crate::host::cgroup::CgroupResolver;
 use crate::host::kallsyms::Kallsyms;
@@ -61,6 +61,7 @@ pub struct Agent {
     cpu_times: (Vec<(u64, u64)>, Instant),
     cpu_busy: Vec<f64>,
     started: Instant,
+    last_round: Instant,
     kernel: String,
     filter: Option<String>,
 }
@@ -148,6 +149,7 @@ impl Agent {
             cpu_times: (proc::cpu_times(), Instant::now()),
             cpu_busy: Vec::new(),
             started: Instant::now(),
+            last_round: Instant::now(),
             kernel: proc::kernel_release(),
             filter,
         })
@@ -158,16 +160,17 @@ impl Agent {
         self.readiness.as_ref()
     }
 
-    /// Reads every collector and returns the snapshot since start.
-    pub fn snapshot(&mut self) -> Result<Snapshot> {
-        let t0 = Instant::now();
-        let (sched, counters) = self.sched.collect(&mut self.cgroups)?;
-        let drained = self.drain.flip()?;
-        let (lock, lock_counters) = self.lock.collect(&mut self.cgroups, drained)?;
-        let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups)?;
-        let busiest: Vec<String> = sched.workloads.iter().map(|w| w.workload.clone()).collect();
-        let (numa_workloads, pages_migrated, numa_counters) =
-            self.numa.collect(&mut self.cgroups, &busiest)?;
+    /// The interval's round: reads every collector, folds what it read into
+    /// the label state (which moves with the time since the last round) and
+    /// drains the drained tables. Returns the snapshot since start.
+    pub fn round(&mut self) -> Result<Snapshot> {
+        let now = Instant::now();
+        let pass = Pass::Round {
+            elapsed: now - self.last_round,
+            drain: self.drain.flip()?,
+        };
+        self.last_round = now;
+        let snapshot = self.collect(pass)?;
         // Every table has read its last values of these: the kernel may
         // reuse their entries.
         let retired: BTreeSet<u64> = self
@@ -179,6 +182,23 @@ impl Agent {
             .copied()
             .collect();
         self.dead.publish(&retired)?;
+        Ok(snapshot)
+    }
+
+    /// A scrape's view: every counter read fresh, under the labels in
+    /// force; moves no label and drains nothing.
+    pub fn peek(&mut self) -> Result<Snapshot> {
+        self.collect(Pass::Peek)
+    }
+
+    fn collect(&mut self, pass: Pass) -> Result<Snapshot> {
+        let t0 = Instant::now();
+        let (sched, counters) = self.sched.collect(&mut self.cgroups, pass)?;
+        let (lock, lock_counters) = self.lock.collect(&mut self.cgroups, pass)?;
+        let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups, pass)?;
+        let busiest: Vec<String> = sched.workloads.iter().map(|w| w.workload.clone()).collect();
+        let (numa_workloads, pages_migrated, numa_counters) =
+            self.numa.collect(&mut self.cgroups, &busiest, pass)?;
         let mut numa = NumaSection {
             nodes: self.probes.topology.nodes,
             workloads: numa_workloads,
@@ -222,7 +242,7 @@ impl Agent {
                 .map(ReadinessCollector::collect)
                 .unwrap_or_default(),
             map_drops,
-            cpu_busy: self.cpu_busy(),
+            cpu_busy: self.cpu_busy(pass),
             affinity: Vec::new(),
             collection_seconds: 0.0,
         };
@@ -231,10 +251,11 @@ impl Agent {
         Ok(snapshot)
     }
 
-    /// Busy share of each CPU over the last second or more: a fresh reading
-    /// once at least a second has passed since the previous one.
-    fn cpu_busy(&mut self) -> Vec<f64> {
-        if self.cpu_busy.is_empty() || self.cpu_times.1.elapsed() >= Duration::from_secs(1) {
+    /// Busy share of each CPU over the last second or more: a round takes a
+    /// fresh reading once at least a second has passed since the previous.
+    fn cpu_busy(&mut self, pass: Pass) -> Vec<f64> {
+        let due = self.cpu_busy.is_empty() || self.cpu_times.1.elapsed() >= Duration::from_secs(1);
+        if due && matches!(pass, Pass::Round { .. }) {
             let now = proc::cpu_times();
             self.cpu_busy = busy_between(&self.cpu_times.0, &now);
             self.cpu_times = (now, Instant::now());

@@ -8,7 +8,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::Ebpf;
 use hostprobe_common::dirty::{counter, FileKey, FileStats, Stats};
 
-use super::{counter, map_err, take, ProbeCounters, WorkloadRounds};
+use super::{counter, map_err, take, Pass, ProbeCounters, WorkloadRounds};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::host::proc;
@@ -95,6 +95,7 @@ impl DirtyCollector {
     pub fn collect(
         &mut self,
         cgroups: &mut CgroupResolver,
+        pass: Pass,
     ) -> Result<(DirtySection, ProbeCounters)> {
         let mut now: HashMap<u64, DirtyTotals> = HashMap::new();
         let mut present = HashSet::new();
@@ -133,7 +134,7 @@ impl DirtyCollector {
                 t.file_bytes += bytes;
             }
         }
-        self.rounds.fold(cgroups, now, &present);
+        let view = self.rounds.fold(cgroups, now, &present, pass);
         for (dev, base) in &self.device_base {
             let d = by_device.entry(*dev).or_default();
             d.0 += base.0;
@@ -141,10 +142,10 @@ impl DirtyCollector {
         }
         // Counted: file entries of removed cgroups are deleted, their bytes
         // kept in the device totals from the next round on.
-        for key in file_keys
-            .iter()
-            .filter(|k| self.rounds.retired().contains(&k.cgroup))
-        {
+        let retired_files = file_keys.iter().filter(|k| {
+            matches!(pass, Pass::Round { .. }) && self.rounds.retired().contains(&k.cgroup)
+        });
+        for key in retired_files {
             if let Ok(per_cpu) = self.files.get(key, 0) {
                 let base = self.device_base.entry(key.dev).or_default();
                 for s in per_cpu.iter() {
@@ -161,13 +162,10 @@ impl DirtyCollector {
         }
         let hz = self.hz;
         let section = DirtySection {
-            workloads: self
-                .rounds
-                .labels
-                .view()
+            workloads: view
                 .into_iter()
                 .map(|(w, t)| WorkloadDirty {
-                    workload: w.to_string(),
+                    workload: w,
                     file_dirtied_bytes: t.file_bytes,
                     file_dirtied_folios: t.file_folios,
                     write_faults_new: t.write_faults_new,

@@ -14,7 +14,7 @@ use hostprobe_common::lock::{
 };
 use hostprobe_common::HIST_BUCKETS;
 
-use super::{counter, fold_workload_deltas, map_err, take, ProbeCounters};
+use super::{counter, fold_workload_deltas, map_err, name_deltas, take, Pass, ProbeCounters};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::host::kallsyms::Kallsyms;
@@ -109,9 +109,10 @@ impl<K: Pod + Eq + std::hash::Hash, V: Pod> Buffers<K, V> {
         Ok(Self([one(names[0])?, one(names[1])?], names[0]))
     }
 
-    /// Reads and deletes every entry of buffer `b` (quiescent: no program
-    /// writes it), each entry's per-CPU values as a list.
-    fn drain(&mut self, b: usize) -> Result<Vec<(K, Vec<V>)>> {
+    /// Every entry of buffer `b`, each entry's per-CPU values as a list;
+    /// with `delete`, each is deleted once read (the buffer is quiescent:
+    /// no program writes it).
+    fn read(&mut self, b: usize, delete: bool) -> Result<Vec<(K, Vec<V>)>> {
         let map = &mut self.0[b];
         let keys: Vec<K> = map
             .keys()
@@ -119,11 +120,30 @@ impl<K: Pod + Eq + std::hash::Hash, V: Pod> Buffers<K, V> {
             .map_err(map_err(self.1))?;
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            let values = map.get(&k, 0).map_err(map_err(self.1))?;
+            // A key deleted meanwhile (by a drain) is simply gone.
+            let Ok(values) = map.get(&k, 0) else {
+                continue;
+            };
             out.push((k, values.iter().copied().collect()));
-            map.remove(&k).map_err(map_err(self.1))?;
+            if delete {
+                map.remove(&k).map_err(map_err(self.1))?;
+            }
         }
         Ok(out)
+    }
+
+    /// A round drains its quiescent buffer; a peek reads both, deleting
+    /// nothing (what it reads are the deltas since their last drain).
+    fn take(&mut self, pass: Pass) -> Result<Vec<(K, Vec<V>)>> {
+        match pass {
+            Pass::Round { drain: Some(b), .. } => self.read(b, true),
+            Pass::Round { drain: None, .. } => Ok(Vec::new()),
+            Pass::Peek => {
+                let mut all = self.read(0, false)?;
+                all.extend(self.read(1, false)?);
+                Ok(all)
+            }
+        }
     }
 }
 
@@ -141,6 +161,14 @@ pub struct LockCollector {
     hist: PerCpuArray<MapData, Hist>,
     counters: PerCpuArray<MapData, u64>,
     kallsyms: Kallsyms,
+    /// What the drained tables added up to.
+    state: Folded,
+}
+
+/// The drained tables' contents since start: report tables of callers and
+/// lock addresses, and labels for the metrics.
+#[derive(Clone)]
+struct Folded {
     callers: TopTable<(u32, u64), CallerRow>,
     locks: TopTable<(u64, u32), Waits>,
     /// Callers aggregated by (type, calling function): the metric labels.
@@ -160,10 +188,12 @@ impl LockCollector {
             counters: PerCpuArray::try_from(take(ebpf, "LOCK_COUNTERS")?)
                 .map_err(map_err("LOCK_COUNTERS"))?,
             kallsyms,
-            callers: TopTable::new(CALLER_ROWS),
-            locks: TopTable::new(LOCK_ROWS),
-            caller_labels: Labels::new(top_k),
-            workload_labels: Labels::new(top_k),
+            state: Folded {
+                callers: TopTable::new(CALLER_ROWS),
+                locks: TopTable::new(LOCK_ROWS),
+                caller_labels: Labels::new(top_k),
+                workload_labels: Labels::new(top_k),
+            },
         })
     }
 
@@ -186,30 +216,67 @@ impl LockCollector {
         }
     }
 
-    /// Folds buffer `drain` of each table (`None`: none is quiescent this
-    /// round; they are drained on a later one) and reads the cumulative
+    /// Folds the drained tables (a round: into the state; a peek: into a
+    /// copy of it, under the labels in force) and reads the cumulative
     /// histograms and counters.
     pub fn collect(
         &mut self,
         cgroups: &mut CgroupResolver,
-        drain: Option<usize>,
+        pass: Pass,
     ) -> Result<(LockSection, ProbeCounters)> {
-        if let Some(b) = drain {
-            let callers = self.by_caller.drain(b)?;
-            self.fold_callers(callers);
-            let locks: Vec<((u64, u32), Waits)> = self
-                .by_addr
-                .drain(b)?
-                .into_iter()
-                .map(|(k, v)| ((k.lock, k.flags), sum(&v)))
-                .collect();
-            self.locks.add(locks);
-            let mut workloads: HashMap<u64, Waits> = HashMap::new();
-            for (id, v) in self.workloads.drain(b)? {
-                workloads.entry(id).or_default().add(&sum(&v));
-            }
-            fold_workload_deltas(&mut self.workload_labels, cgroups, workloads);
+        let callers = self.by_caller.take(pass)?;
+        let locks = self.by_addr.take(pass)?;
+        let workloads = self.workloads.take(pass)?;
+        let mut by_function: BTreeMap<String, Waits> = BTreeMap::new();
+        let mut caller_rows = Vec::with_capacity(callers.len());
+        for (key, per_cpu) in callers {
+            let waits = per_cpu.iter().fold(Waits::default(), |mut a, v| {
+                a.add(&Waits::from(&v.stat));
+                a
+            });
+            // The stack was written on the CPU that created the entry.
+            let stack: Vec<u64> = per_cpu
+                .iter()
+                .map(|v| v.stack)
+                .find(|s| s[0] != 0)
+                .map(|s| s.into_iter().take_while(|&ip| ip != 0).collect())
+                .unwrap_or_default();
+            let label = format!(
+                "{}\u{1f}{}",
+                lock_types::name(key.flags),
+                self.function(key.caller)
+            );
+            by_function.entry(label).or_default().add(&waits);
+            caller_rows.push(((key.flags, key.caller), CallerRow { waits, stack }));
         }
+        let by_function: Vec<(String, Waits)> = by_function.into_iter().collect();
+        let lock_rows = locks.into_iter().map(|(k, v)| ((k.lock, k.flags), sum(&v)));
+        let mut by_cgroup: HashMap<u64, Waits> = HashMap::new();
+        for (id, v) in workloads {
+            by_cgroup.entry(id).or_default().add(&sum(&v));
+        }
+        let (folded, caller_totals, workload_totals) = match pass {
+            Pass::Round { elapsed, .. } => {
+                let f = &mut self.state;
+                f.callers.add(caller_rows);
+                f.locks.add(lock_rows);
+                f.caller_labels.round(&by_function, &[], elapsed);
+                fold_workload_deltas(&mut f.workload_labels, cgroups, by_cgroup, elapsed);
+                let callers = f.caller_labels.view();
+                let workloads = f.workload_labels.view();
+                (None, callers, workloads)
+            }
+            Pass::Peek => {
+                let mut ahead = self.state.clone();
+                ahead.callers.add(caller_rows);
+                ahead.locks.add(lock_rows);
+                let callers = self.state.caller_labels.preview(&by_function);
+                let named = name_deltas(cgroups, by_cgroup).0;
+                let workloads = self.state.workload_labels.preview(&named);
+                (Some(ahead), callers, workloads)
+            }
+        };
+        let folded = folded.as_ref().unwrap_or(&self.state);
 
         let mut by_type = Vec::new();
         for flags in 0..TYPES {
@@ -271,12 +338,10 @@ impl LockCollector {
                 ("LOCK_STACKS".to_string(), c(counter::STACK_ERRORS)?),
             ]),
         };
-        let totals = |labels: &Labels<Waits>| -> Vec<LockTotal> {
-            labels
-                .view()
-                .into_iter()
+        let totals = |view: Vec<(String, Waits)>| -> Vec<LockTotal> {
+            view.into_iter()
                 .map(|(label, t)| {
-                    let (lock_type, name) = label.split_once('\u{1f}').unwrap_or(("", label));
+                    let (lock_type, name) = label.split_once('\u{1f}').unwrap_or(("", &label));
                     LockTotal {
                         lock_type: lock_type.to_string(),
                         name: name.to_string(),
@@ -288,7 +353,7 @@ impl LockCollector {
         };
         let section = LockSection {
             by_type,
-            callers: self
+            callers: folded
                 .callers
                 .top(SNAPSHOT_ROWS)
                 .into_iter()
@@ -308,8 +373,8 @@ impl LockCollector {
                         .collect(),
                 })
                 .collect(),
-            caller_totals: totals(&self.caller_labels),
-            locks: self
+            caller_totals: totals(caller_totals),
+            locks: folded
                 .locks
                 .top(SNAPSHOT_ROWS)
                 .into_iter()
@@ -326,40 +391,10 @@ impl LockCollector {
                     max_wait_seconds: w.max_ns as f64 / 1e9,
                 })
                 .collect(),
-            workloads: totals(&self.workload_labels),
+            workloads: totals(workload_totals),
             spin_waits_without_stack: c(counter::STACKS_NOT_SAMPLED)?,
         };
         Ok((section, counters))
-    }
-
-    /// Drained (type, caller) entries into the report rows and, by calling
-    /// function, into the metric labels.
-    fn fold_callers(&mut self, drained: Vec<(CallerKey, Vec<CallerStat>)>) {
-        let mut rows = Vec::with_capacity(drained.len());
-        let mut by_function: BTreeMap<String, Waits> = BTreeMap::new();
-        for (key, per_cpu) in drained {
-            let waits = per_cpu.iter().fold(Waits::default(), |mut a, v| {
-                a.add(&Waits::from(&v.stat));
-                a
-            });
-            // The stack was written on the CPU that created the entry.
-            let stack: Vec<u64> = per_cpu
-                .iter()
-                .map(|v| v.stack)
-                .find(|s| s[0] != 0)
-                .map(|s| s.into_iter().take_while(|&ip| ip != 0).collect())
-                .unwrap_or_default();
-            let label = format!(
-                "{}\u{1f}{}",
-                lock_types::name(key.flags),
-                self.function(key.caller)
-            );
-            by_function.entry(label).or_default().add(&waits);
-            rows.push(((key.flags, key.caller), CallerRow { waits, stack }));
-        }
-        self.callers.add(rows);
-        let deltas: Vec<(String, Waits)> = by_function.into_iter().collect();
-        self.caller_labels.round(&deltas, &[]);
     }
 }
 
@@ -452,6 +487,7 @@ mod tests {
                 ("mutex\u{1f}b".into(), w(1, 1000)),
             ],
             &[],
+            crate::model::topk::HALF_LIFE,
         );
         let v = l.view();
         assert_eq!(v[0].0, "mutex\u{1f}b");

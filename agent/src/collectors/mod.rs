@@ -1,7 +1,10 @@
-//! One collector per signal: each reads its kernel maps on an interval and
-//! returns its part of the snapshot.
+//! One collector per signal: each reads its kernel maps and returns its
+//! part of the snapshot. A round (the interval's) folds what it read into
+//! the label state; a peek (a scrape's) shows fresh counters and changes
+//! nothing, so results do not depend on who scrapes or how often.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
@@ -15,6 +18,20 @@ pub mod lock;
 pub mod numa;
 pub mod readiness;
 pub mod sched;
+
+/// What a collection does with what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The interval's round, `elapsed` after the last: deltas fold into the
+    /// labels, which move; buffer `drain` of the drained tables is read and
+    /// emptied (`None`: none is quiescent this round).
+    Round {
+        elapsed: Duration,
+        drain: Option<usize>,
+    },
+    /// A scrape: fresh counters under the labels in force; nothing moves.
+    Peek,
+}
 
 /// The kernel's `DEAD_CGROUPS` ring: ids of removed cgroups whose entries
 /// the per-CPU workload tables (sched, dirty, NUMA) may reuse. The agent
@@ -173,18 +190,19 @@ impl<T: Totals + Clone> WorkloadRounds<T> {
         &self.retired
     }
 
-    /// One round: each cgroup's counters since the last round (`now` holds
-    /// the cumulative values of every cgroup not retired) fold into the
-    /// labels; removed cgroups are counted once and retired, and `present`
-    /// (the ids still in the table) tells when the kernel has reused a
-    /// retired id's entries, so that it can be forgotten.
+    /// Each cgroup's counters since the last round (`now` holds the
+    /// cumulative values of every cgroup not retired) under their labels.
+    /// In a round they fold into the labels; removed cgroups are counted
+    /// once and retired, and `present` (the ids still in the table) tells
+    /// when the kernel has reused a retired id's entries, so that it can be
+    /// forgotten. A peek only adds them to the view.
     pub fn fold(
         &mut self,
         cgroups: &mut CgroupResolver,
         mut now: HashMap<u64, T>,
         present: &HashSet<u64>,
-    ) {
-        self.retired.retain(|id| present.contains(id));
+        pass: Pass,
+    ) -> Vec<(String, T)> {
         let deltas: Vec<_> = now
             .iter()
             .map(|(id, t)| {
@@ -194,23 +212,27 @@ impl<T: Totals + Clone> WorkloadRounds<T> {
                 )
             })
             .collect();
-        for id in fold_workload_deltas(&mut self.labels, cgroups, deltas) {
+        let Pass::Round { elapsed, .. } = pass else {
+            return self.labels.preview(&name_deltas(cgroups, deltas).0);
+        };
+        self.retired.retain(|id| present.contains(id));
+        for id in fold_workload_deltas(&mut self.labels, cgroups, deltas, elapsed) {
             now.remove(&id);
             self.retired.insert(id);
         }
         self.last = now;
+        self.labels.view()
     }
 }
 
-/// Folds each cgroup's delta into `labels` under its path; a cgroup that no
-/// longer exists counts its last delta under its last path (or `(cgroup
-/// ID)` if it was never resolved) and loses its label. Returns the ids of
-/// those removed cgroups.
-fn fold_workload_deltas<T: Totals>(
-    labels: &mut Labels<T>,
+/// Each cgroup's delta under its path; a cgroup that no longer exists under
+/// its last path (or `(cgroup ID)` if it was never resolved). Also returns
+/// the ids of those removed cgroups, and their paths where no live cgroup
+/// has taken them over (a restarted unit keeps its label).
+fn name_deltas<T>(
     cgroups: &mut CgroupResolver,
     deltas: impl IntoIterator<Item = (u64, T)>,
-) -> Vec<u64> {
+) -> (Vec<(String, T)>, Vec<u64>, Vec<String>) {
     let mut named = Vec::new();
     let mut live = HashSet::new();
     let mut gone = Vec::new();
@@ -231,9 +253,20 @@ fn fold_workload_deltas<T: Totals>(
             }
         }
     }
-    // A path recreated under a new id (a restarted unit) keeps its label.
     gone_paths.retain(|p| !live.contains(p));
-    labels.round(&named, &gone_paths);
+    (named, gone, gone_paths)
+}
+
+/// Folds each cgroup's delta into `labels` under its path (see
+/// [`name_deltas`]); removed cgroups lose their labels. Returns their ids.
+fn fold_workload_deltas<T: Totals + Clone>(
+    labels: &mut Labels<T>,
+    cgroups: &mut CgroupResolver,
+    deltas: impl IntoIterator<Item = (u64, T)>,
+    elapsed: Duration,
+) -> Vec<u64> {
+    let (named, gone, gone_paths) = name_deltas(cgroups, deltas);
+    labels.round(&named, &gone_paths, elapsed);
     gone
 }
 
@@ -256,12 +289,10 @@ mod tests {
         }
     }
 
+    const R: Duration = crate::model::topk::HALF_LIFE;
+
     fn totals(labels: &Labels<Count>) -> Vec<(String, u64)> {
-        labels
-            .view()
-            .into_iter()
-            .map(|(l, c)| (l.to_string(), c.0))
-            .collect()
+        labels.view().into_iter().map(|(l, c)| (l, c.0)).collect()
     }
 
     #[test]
@@ -273,7 +304,7 @@ mod tests {
         let mut cgroups = CgroupResolver::at(dir.path().to_path_buf());
         let mut labels = Labels::new(4);
         let first = cgroups.id_of("/db").unwrap();
-        assert!(fold_workload_deltas(&mut labels, &mut cgroups, [(first, Count(5))]).is_empty());
+        assert!(fold_workload_deltas(&mut labels, &mut cgroups, [(first, Count(5))], R).is_empty());
 
         // The unit restarts: same path, new cgroup (new id). The old one's
         // last delta counts under the path, which keeps its label.
@@ -285,6 +316,7 @@ mod tests {
             &mut labels,
             &mut cgroups,
             [(second, Count(3)), (first, Count(2))],
+            R,
         );
         assert_eq!(gone, vec![first]);
         assert_eq!(totals(&labels), vec![("/db".to_string(), 10)]);
@@ -297,6 +329,7 @@ mod tests {
             &mut labels,
             &mut cgroups,
             [(other, Count(1)), (second, Count(1))],
+            R,
         );
         assert_eq!(gone, vec![second]);
         assert_eq!(totals(&labels), vec![("/other".to_string(), 1)]);

@@ -11,7 +11,7 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::Ebpf;
 use hostprobe_common::numa::{counter, Stats, MAX_REASONS};
 
-use super::{counter, map_err, take, ProbeCounters, WorkloadRounds};
+use super::{counter, map_err, take, Pass, ProbeCounters, WorkloadRounds};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::host::proc;
@@ -96,6 +96,7 @@ impl NumaCollector {
         &mut self,
         cgroups: &mut CgroupResolver,
         busiest: &[String],
+        pass: Pass,
     ) -> Result<(Vec<WorkloadNuma>, BTreeMap<String, u64>, ProbeCounters)> {
         let mut now: HashMap<u64, NumaTotals> = HashMap::new();
         let mut present = HashSet::new();
@@ -118,10 +119,8 @@ impl NumaCollector {
                 });
             }
         }
-        self.rounds.fold(cgroups, now, &present);
-
-        let view = self.rounds.labels.view();
-        let labelled: Vec<&str> = view.iter().map(|(w, _)| *w).collect();
+        let view = self.rounds.fold(cgroups, now, &present, pass);
+        let labelled: Vec<&str> = view.iter().map(|(w, _)| w.as_str()).collect();
         // With two or more nodes, busy workloads the NUMA labels do not rank
         // get a row of their own, without allocations: where they run and
         // where their memory is.
@@ -147,10 +146,12 @@ impl NumaCollector {
                 .collect();
             self.residency_at = Some(Instant::now());
         }
-        let unranked_rows = unranked.iter().map(|w| (w.as_str(), NumaTotals::default()));
+        let unranked_rows = unranked
+            .iter()
+            .map(|w| (w.to_string(), NumaTotals::default()));
         let workloads = view
-            .into_iter()
-            .map(|(w, t)| (w, *t))
+            .iter()
+            .cloned()
             .chain(unranked_rows)
             .map(|(w, t)| WorkloadNuma {
                 workload: w.to_string(),
@@ -161,7 +162,7 @@ impl NumaCollector {
                     swap_numa: t.swap_numa,
                     stick_numa: t.stick_numa,
                 },
-                resident_bytes_by_node: self.residency.get(w).cloned().unwrap_or_default(),
+                resident_bytes_by_node: self.residency.get(&w).cloned().unwrap_or_default(),
                 oncpu_seconds_by_node: Vec::new(),
                 remote_allocation_ratio: None,
                 estimated_remote_access_ratio: None,

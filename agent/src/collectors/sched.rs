@@ -9,7 +9,7 @@ use aya::Ebpf;
 use hostprobe_common::sched::{counter, SchedStats, DIST_CLASSES};
 use hostprobe_common::HIST_BUCKETS;
 
-use super::{counter, map_err, take, WorkloadRounds};
+use super::{counter, map_err, take, Pass, WorkloadRounds};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::model::hist::Log2Hist;
@@ -160,13 +160,14 @@ impl SchedCollector {
         })
     }
 
-    /// Reads the maps once and folds the deltas into the workload labels.
-    /// Cgroups that no longer exist are counted one last time and retired:
-    /// their entries stay in the kernel table until the kernel reuses them
-    /// (the agent hands their ids back through `DEAD_CGROUPS`).
+    /// Reads the maps once; a round folds the deltas into the workload
+    /// labels. Cgroups that no longer exist are counted one last time and
+    /// retired: their entries stay in the kernel table until the kernel
+    /// reuses them (the agent hands their ids back through `DEAD_CGROUPS`).
     pub fn collect(
         &mut self,
         cgroups: &mut CgroupResolver,
+        pass: Pass,
     ) -> Result<(SchedSection, SchedCounters)> {
         let mut now: HashMap<u64, SchedTotals> = HashMap::new();
         let mut present = HashSet::new();
@@ -200,25 +201,27 @@ impl SchedCollector {
                 }
             }
         }
-        // p99 per CPU over at least the last second (a fresh reference
-        // once a second has passed), for the affinity model's saturation.
-        if self.cpu_runq_p99.is_empty()
-            || self.cpu_runq_ref.1.elapsed() >= std::time::Duration::from_secs(1)
+        // p99 per CPU since the round that last moved the reference (at
+        // most once a second), for the affinity model's saturation.
+        let p99: Vec<Option<f64>> = cpu_runq
+            .iter()
+            .enumerate()
+            .map(|(cpu, h)| {
+                let d = match self.cpu_runq_ref.0.get(cpu) {
+                    Some(r) => h.delta(r),
+                    None => h.clone(),
+                };
+                d.quantile_ns(0.99).map(|ns| ns / 1e9)
+            })
+            .collect();
+        if matches!(pass, Pass::Round { .. })
+            && (self.cpu_runq_p99.is_empty()
+                || self.cpu_runq_ref.1.elapsed() >= std::time::Duration::from_secs(1))
         {
-            self.cpu_runq_p99 = cpu_runq
-                .iter()
-                .enumerate()
-                .map(|(cpu, h)| {
-                    let d = match self.cpu_runq_ref.0.get(cpu) {
-                        Some(r) => h.delta(r),
-                        None => h.clone(),
-                    };
-                    d.quantile_ns(0.99).map(|ns| ns / 1e9)
-                })
-                .collect();
+            self.cpu_runq_p99 = p99;
             self.cpu_runq_ref = (cpu_runq, std::time::Instant::now());
         }
-        self.rounds.fold(cgroups, now, &present);
+        let view = self.rounds.fold(cgroups, now, &present, pass);
 
         let c = |i: u32| counter(&self.counters, "SCHED_COUNTERS", i);
         let mut migrations = [0u64; DIST_CLASSES];
@@ -249,13 +252,7 @@ impl SchedCollector {
         let section = SchedSection {
             host_migrations: counters.host_migrations,
             host_migrated_switch_ins: counters.host_migrated_switch_ins,
-            workloads: self
-                .rounds
-                .labels
-                .view()
-                .into_iter()
-                .map(|(label, t)| t.view(label.to_string()))
-                .collect(),
+            workloads: view.into_iter().map(|(label, t)| t.view(label)).collect(),
             cpu_runqueue_p99_seconds: self.cpu_runq_p99.clone(),
         };
         Ok((section, counters))
@@ -267,11 +264,10 @@ mod tests {
     use super::*;
     use crate::model::topk::Labels;
 
+    const R: std::time::Duration = crate::model::topk::HALF_LIFE;
+
     fn views(l: &Labels<SchedTotals>) -> Vec<WorkloadSched> {
-        l.view()
-            .into_iter()
-            .map(|(n, t)| t.view(n.to_string()))
-            .collect()
+        l.view().into_iter().map(|(n, t)| t.view(n)).collect()
     }
 
     fn t(switch_ins: u64, migrations: u64) -> SchedTotals {
@@ -313,7 +309,7 @@ mod tests {
     #[test]
     fn labels_busiest_and_folds_the_rest_into_other() {
         let mut l = Labels::<SchedTotals>::new(1);
-        l.round(&[("/a".into(), t(10, 0)), ("/b".into(), t(100, 5))], &[]);
+        l.round(&[("/a".into(), t(10, 0)), ("/b".into(), t(100, 5))], &[], R);
         let v = views(&l);
         assert_eq!(
             v.iter().map(|w| w.workload.as_str()).collect::<Vec<_>>(),
@@ -326,8 +322,8 @@ mod tests {
     #[test]
     fn counters_stay_monotonic_across_rounds() {
         let mut l = Labels::<SchedTotals>::new(1);
-        l.round(&[("/a".into(), t(10, 1))], &[]);
-        l.round(&[("/a".into(), t(5, 1)), ("/b".into(), t(20, 0))], &[]);
+        l.round(&[("/a".into(), t(10, 1))], &[], R);
+        l.round(&[("/a".into(), t(5, 1)), ("/b".into(), t(20, 0))], &[], R);
         let v = views(&l);
         // /b is busier, but not twice /a's decayed score (11/2 + 6): /a
         // keeps its label and its series, /b's activity goes to other.
@@ -341,8 +337,8 @@ mod tests {
     #[test]
     fn gone_workloads_free_their_label() {
         let mut l = Labels::<SchedTotals>::new(1);
-        l.round(&[("/a".into(), t(10, 0))], &["/a".into()]);
-        l.round(&[("/b".into(), t(1, 0))], &[]);
+        l.round(&[("/a".into(), t(10, 0))], &["/a".into()], R);
+        l.round(&[("/b".into(), t(1, 0))], &[], R);
         let names: Vec<String> = views(&l).into_iter().map(|w| w.workload).collect();
         assert_eq!(names, ["/b"]);
     }

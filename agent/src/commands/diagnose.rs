@@ -35,7 +35,7 @@ pub async fn run(a: DiagnoseArgs) -> Result<ExitCode> {
     if let Some(r) = agent.readiness() {
         r.first_pass(pass_timeout).await;
     }
-    let mut snapshot = agent.snapshot()?;
+    let mut snapshot = agent.round()?;
     assess_top_dirtying(&snapshot.dirty, &mut snapshot.readiness, &readiness, 3);
     drop(agent);
     super::print_view(&snapshot, a.json, |v| report::render(v, a.stacks));

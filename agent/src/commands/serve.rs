@@ -1,7 +1,11 @@
-//! `hostprobe serve`: read the kernel maps on every scrape (as
-//! ebpf_exporter does, so a scrape is never stale) and on an interval (so
-//! top-K labels and self-metrics move when nobody scrapes); detach
-//! everything on SIGINT/SIGTERM.
+//! `hostprobe serve`: a round every `--interval` (reads the maps, moves the
+//! top-K labels with the time since the last round, drains the drained
+//! tables); every scrape reads the maps afresh (as ebpf_exporter does, so a
+//! scrape is never stale) under the labels in force and changes nothing, so
+//! what is served does not depend on how many scrapers come or how often.
+//! Map reads, cgroup walks and rendering run on blocking threads: the async
+//! runtime only accepts and answers, `/healthz` never waits for a
+//! collection. Everything is detached on SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -23,26 +27,38 @@ use crate::host::privileges;
 use crate::output::prometheus;
 use crate::snapshot::Snapshot;
 
-/// The agent and its latest snapshot (served if a fresh collection fails).
-struct Collected {
-    agent: Agent,
-    latest: Snapshot,
+mod http;
+
+/// The agent, and the latest round's snapshot (served if a fresh read fails).
+struct Shared {
+    agent: Mutex<Agent>,
+    latest: Mutex<Snapshot>,
 }
 
-impl Collected {
-    fn refresh(&mut self) -> &Snapshot {
-        match self.agent.snapshot() {
-            Ok(s) => self.latest = s,
-            Err(e) => warn!("collection failed, serving the previous snapshot: {e}"),
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn round(&self) {
+        let r = locked(&self.agent).round();
+        match r {
+            Ok(s) => *locked(&self.latest) = s,
+            Err(e) => warn!("collection round failed: {e}"),
         }
-        &self.latest
     }
-}
 
-type Shared = Arc<Mutex<Collected>>;
-
-fn lock(state: &Shared) -> MutexGuard<'_, Collected> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The scrape's Prometheus text.
+    fn scrape(&self) -> String {
+        let fresh = locked(&self.agent).peek();
+        match fresh {
+            Ok(s) => prometheus::render(&s),
+            Err(e) => {
+                warn!("collection failed, serving the last round's snapshot: {e}");
+                prometheus::render(&locked(&self.latest))
+            }
+        }
+    }
 }
 
 pub async fn run(a: ServeArgs) -> Result<ExitCode> {
@@ -77,21 +93,19 @@ async fn serve(
     let listen = listener
         .local_addr()
         .map_err(|e| Error::io("listener".as_ref(), e))?;
-    let latest = agent.snapshot()?;
-    let state: Shared = Arc::new(Mutex::new(Collected { agent, latest }));
+    let latest = agent.round()?;
+    let state = Arc::new(Shared {
+        agent: Mutex::new(agent),
+        latest: Mutex::new(latest),
+    });
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(index))
         .with_state(state.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, app, stop_rx.clone()));
+    let rounds = tokio::spawn(rounds(state.clone(), interval, stop_rx));
     info!(%listen, ?interval, "serving /metrics");
 
     // Listeners made once, so that no signal falls between two of them.
@@ -99,44 +113,66 @@ async fn serve(
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler".as_ref(), e))?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler".as_ref(), e))?;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => break,
-            _ = term.recv() => break,
-            _ = tick.tick() => {
-                lock(&state).refresh();
-            }
-        }
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = term.recv() => {}
     }
     info!("shutting down");
-    let _ = stop_tx.send(());
-    match server.await {
-        Ok(Err(e)) => warn!("HTTP server: {e}"),
-        Err(e) => warn!("HTTP server task: {e}"),
-        Ok(Ok(())) => {}
+    let _ = stop_tx.send(true);
+    for (what, task) in [("HTTP server", server), ("collection rounds", rounds)] {
+        if let Err(e) = task.await {
+            warn!("{what}: {e}");
+        }
     }
-    // With the server gone this is the last reference: dropping the agent
-    // detaches and unloads every program before the process exits.
+    // The server and the rounds are gone: this is the last reference, and
+    // dropping the agent detaches and unloads every program.
     match Arc::try_unwrap(state) {
-        Ok(collected) => drop(collected),
-        Err(_) => warn!("a connection still holds the agent; probes detach at exit"),
+        Ok(shared) => drop(shared),
+        Err(_) => warn!("a scrape still holds the agent; probes detach at exit"),
     }
     info!("all probes detached");
     Ok(())
 }
 
-async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
-    let body = prometheus::render(lock(&state).refresh());
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
+/// A round every `interval`, on a blocking thread.
+async fn rounds(
+    state: Arc<Shared>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The first round ran before serving.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                let s = state.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || s.round()).await {
+                    warn!("collection round: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<Shared>>) -> impl IntoResponse {
+    match tokio::task::spawn_blocking(move || state.scrape()).await {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("collection failed: {e}\n"),
+        ),
+    }
 }
 
 async fn index() -> impl IntoResponse {

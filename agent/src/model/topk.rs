@@ -1,23 +1,31 @@
 //! Bounded labels: the K busiest keys (workloads, callers) get their own
 //! label, everything else is summed into `other`.
 //!
-//! Busyness is a decayed score (halved every collection round, plus the
-//! round's activity), so a key that goes quiet fades and a newcomer that is
-//! busy now rises. Labels change only with hysteresis: a key takes the
-//! weakest label only when its score is more than twice that label's, so
-//! series do not flap. A key keeps adding to one series while it holds its
-//! label; one that loses it stops growing (Prometheus sees the series end),
-//! and its later activity goes to `other`.
+//! Busyness is a score that decays with time (halved every `HALF_LIFE`,
+//! however often rounds run) plus each round's activity, so a key that goes
+//! quiet fades and a newcomer that is busy now rises, and which keys are
+//! labelled depends on what the workloads do, not on how often anybody
+//! looks. Labels change only with hysteresis: a key takes the weakest label
+//! only when its score is more than twice that label's, so series do not
+//! flap. A key keeps adding to one series while it holds its label; one
+//! that loses it stops growing (Prometheus sees the series end), and its
+//! later activity goes to `other`. Scrapes between rounds see the deltas
+//! read so far under the labels in force; when a round then labels a key,
+//! what scrapes already showed of it under `other` stays there, so no
+//! exported counter ever goes down.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub const OTHER: &str = "other";
 /// A newcomer must beat the weakest label's score by this factor.
 pub const TAKEOVER_FACTOR: f64 = 2.0;
 /// Scores below this are forgotten for unlabelled keys (bounds memory).
 const FORGET_BELOW: f64 = 0.5;
+/// Scores halve over this much time.
+pub const HALF_LIFE: Duration = Duration::from_secs(5);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TopK<K> {
     k: usize,
     /// Decayed activity of every key seen recently.
@@ -44,11 +52,12 @@ impl<K: Ord + Clone> TopK<K> {
         self.scores.remove(key);
     }
 
-    /// Takes one round of activity (key, events since the last round) and
-    /// updates which keys are labelled.
-    pub fn update(&mut self, activity: &[(K, u64)]) {
+    /// Takes one round of activity (key, events since the last round,
+    /// `elapsed` ago) and updates which keys are labelled.
+    pub fn update(&mut self, activity: &[(K, u64)], elapsed: Duration) {
+        let decay = 0.5f64.powf(elapsed.as_secs_f64() / HALF_LIFE.as_secs_f64());
         for score in self.scores.values_mut() {
-            *score /= 2.0;
+            *score *= decay;
         }
         for (key, a) in activity {
             *self.scores.entry(key.clone()).or_default() += *a as f64;
@@ -96,35 +105,52 @@ pub trait Totals: Default {
 /// Per-key deltas folded into monotonic totals per exported label: the K
 /// busiest keys (sticky, see [`TopK`]) and `other`. Pure bookkeeping, so
 /// the label rules are unit-tested apart from the kernel.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Labels<T> {
     topk: TopK<String>,
     totals: BTreeMap<String, T>,
+    /// What previews since the last round showed under `other` of keys
+    /// without a label, by key.
+    shown_as_other: BTreeMap<String, T>,
 }
 
-impl<T: Totals> Labels<T> {
+impl<T: Totals + Clone> Labels<T> {
     pub fn new(k: usize) -> Self {
         Self {
             topk: TopK::new(k),
             totals: BTreeMap::new(),
+            shown_as_other: BTreeMap::new(),
         }
     }
 
-    /// One round: `deltas` per key since the last round, `gone` the keys
-    /// that no longer exist (their last delta counts).
-    pub fn round(&mut self, deltas: &[(String, T)], gone: &[String]) {
+    fn label<'a>(&self, key: &'a str) -> &'a str {
+        if self.topk.is_labeled(&key.to_string()) {
+            key
+        } else {
+            OTHER
+        }
+    }
+
+    /// One round, `elapsed` after the last: the labels move with `deltas`
+    /// (per key since then), which then count under them, but for what
+    /// previews already showed under `other`; `gone` keys (that no longer
+    /// exist; their last delta counted) free their labels.
+    pub fn round(&mut self, deltas: &[(String, T)], gone: &[String], elapsed: Duration) {
         let activity: Vec<(String, u64)> = deltas
             .iter()
             .map(|(k, d)| (k.clone(), d.activity()))
             .collect();
-        self.topk.update(&activity);
+        self.topk.update(&activity, elapsed);
+        let shown = std::mem::take(&mut self.shown_as_other);
         for (key, d) in deltas {
-            let label = if self.topk.is_labeled(key) {
-                key.as_str()
-            } else {
-                OTHER
-            };
-            self.totals.entry(label.to_string()).or_default().add(d);
+            let label = self.label(key).to_string();
+            match shown.get(key).filter(|_| label != OTHER) {
+                Some(s) => {
+                    self.totals.entry(OTHER.to_string()).or_default().add(s);
+                    self.totals.entry(label).or_default().add(&d.since(s));
+                }
+                None => self.totals.entry(label).or_default().add(d),
+            }
         }
         for key in gone {
             self.topk.forget(key);
@@ -135,20 +161,37 @@ impl<T: Totals> Labels<T> {
             .retain(|label, _| label == OTHER || topk.is_labeled(label));
     }
 
+    /// The totals with `deltas` (per key since the last round) added under
+    /// the labels in force, labels unchanged: what a scrape shows.
+    pub fn preview(&mut self, deltas: &[(String, T)]) -> Vec<(String, T)> {
+        let mut ahead = self.totals.clone();
+        for (key, d) in deltas {
+            let label = self.label(key);
+            if label == OTHER {
+                self.shown_as_other.insert(key.clone(), d.clone());
+            }
+            ahead.entry(label.to_string()).or_default().add(d);
+        }
+        Self::sorted(&ahead)
+    }
+
     /// Busiest first, `other` last.
-    pub fn view(&self) -> Vec<(&str, &T)> {
-        let mut named: Vec<(&str, &T)> = self
-            .totals
+    pub fn view(&self) -> Vec<(String, T)> {
+        Self::sorted(&self.totals)
+    }
+
+    fn sorted(totals: &BTreeMap<String, T>) -> Vec<(String, T)> {
+        let mut named: Vec<(String, T)> = totals
             .iter()
             .filter(|(l, _)| *l != OTHER)
-            .map(|(l, t)| (l.as_str(), t))
+            .map(|(l, t)| (l.clone(), t.clone()))
             .collect();
         named.sort_by(|a, b| {
             b.1.activity()
                 .cmp(&a.1.activity())
-                .then_with(|| a.0.cmp(b.0))
+                .then_with(|| a.0.cmp(&b.0))
         });
-        named.extend(self.totals.get(OTHER).map(|t| (OTHER, t)));
+        named.extend(totals.get(OTHER).map(|t| (OTHER.to_string(), t.clone())));
         named
     }
 }
@@ -157,7 +200,7 @@ impl<T: Totals> Labels<T> {
 /// kept; the rest summed in `evicted`. For report tables whose keys come
 /// from objects without bound (lock addresses): a key evicted and seen again
 /// starts afresh, so a total is a lower bound once anything was evicted.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TopTable<K, T> {
     capacity: usize,
     rows: BTreeMap<K, T>,
@@ -223,10 +266,13 @@ impl<K: Ord + Clone, T: Totals + Clone> TopTable<K, T> {
 mod tests {
     use super::*;
 
+    /// One half-life between rounds.
+    const R: Duration = HALF_LIFE;
+
     #[test]
     fn labels_the_busiest_up_to_k() {
         let mut t = TopK::new(2);
-        t.update(&[(1, 10), (2, 50), (3, 30), (4, 0)]);
+        t.update(&[(1, 10), (2, 50), (3, 30), (4, 0)], R);
         assert!(t.is_labeled(&2) && t.is_labeled(&3));
         assert!(!t.is_labeled(&1) && !t.is_labeled(&4));
     }
@@ -234,45 +280,64 @@ mod tests {
     #[test]
     fn labels_do_not_flap_between_comparable_keys() {
         let mut t = TopK::new(1);
-        t.update(&[(1, 10)]);
+        t.update(&[(1, 10)], R);
         // Busier, but not twice as busy as the holder's decayed score.
-        t.update(&[(1, 10), (2, 25)]);
+        t.update(&[(1, 10), (2, 25)], R);
         assert!(t.is_labeled(&1) && !t.is_labeled(&2));
     }
 
     #[test]
     fn a_much_busier_newcomer_takes_the_weakest_label_at_once() {
         let mut t = TopK::new(1);
-        t.update(&[(1, 10)]);
-        t.update(&[(1, 1), (2, 1000)]);
+        t.update(&[(1, 10)], R);
+        t.update(&[(1, 1), (2, 1000)], R);
         assert!(t.is_labeled(&2) && !t.is_labeled(&1));
     }
 
     #[test]
     fn idle_labels_fade_and_give_way() {
         let mut t = TopK::new(1);
-        t.update(&[(1, 100)]);
-        t.update(&[(2, 30)]);
+        t.update(&[(1, 100)], R);
+        t.update(&[(2, 30)], R);
         assert!(t.is_labeled(&1), "50 vs 30: not yet");
-        t.update(&[(2, 30)]);
-        t.update(&[(2, 30)]);
+        t.update(&[(2, 30)], R);
+        t.update(&[(2, 30)], R);
         assert!(t.is_labeled(&2) && !t.is_labeled(&1), "12.5 vs 52.5");
     }
 
     #[test]
     fn forgotten_keys_free_their_place() {
         let mut t = TopK::new(1);
-        t.update(&[(1, 10)]);
+        t.update(&[(1, 10)], R);
         t.forget(&1);
-        t.update(&[(2, 1)]);
+        t.update(&[(2, 1)], R);
         assert!(t.is_labeled(&2));
     }
 
     #[test]
     fn zero_k_labels_nothing() {
         let mut t = TopK::new(0);
-        t.update(&[(1, 10)]);
+        t.update(&[(1, 10)], R);
         assert!(!t.is_labeled(&1));
+    }
+
+    #[test]
+    fn scores_decay_with_time_not_with_rounds() {
+        // The same activity over 10 s, in one round or in ten: the same
+        // labels, whoever scraped how often.
+        let (mut one, mut ten) = (TopK::new(1), TopK::new(1));
+        one.update(&[(1, 100)], R);
+        ten.update(&[(1, 100)], R);
+        one.update(&[(2, 1000)], Duration::from_secs(10));
+        for _ in 0..10 {
+            ten.update(&[(2, 100)], Duration::from_secs(1));
+        }
+        assert_eq!((one.is_labeled(&2), ten.is_labeled(&2)), (true, true));
+        // An idle label fades by time alone.
+        let mut t = TopK::new(1);
+        t.update(&[(1, 100)], R);
+        t.update(&[(2, 30)], Duration::from_secs(20));
+        assert!(t.is_labeled(&2), "100/16 < 30/2");
     }
 
     #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -302,5 +367,31 @@ mod tests {
         assert_eq!(t.top(5), vec![(&1, &N(5)), (&3, &N(4))]);
         assert_eq!((t.evicted, t.evictions), (N(3), 2));
         assert_eq!(t.top(1).len(), 1);
+    }
+
+    #[test]
+    fn what_a_scrape_showed_as_other_stays_there() {
+        let mut l = Labels::<N>::new(1);
+        l.round(&[("/a".into(), N(10))], &[], R);
+        assert_eq!(l.view(), vec![("/a".into(), N(10))]);
+        // /b is far busier: a scrape shows its first 600 under `other`...
+        assert_eq!(
+            l.preview(&[("/b".into(), N(600))]),
+            vec![("/a".into(), N(10)), ("other".into(), N(600))]
+        );
+        // ...which keeps them when the round gives /b the label.
+        l.round(&[("/b".into(), N(1000))], &[], R);
+        assert_eq!(
+            l.view(),
+            vec![("/b".into(), N(400)), ("other".into(), N(600))]
+        );
+        // Unscraped, a newly labelled key's whole delta is its own.
+        let mut quiet = Labels::<N>::new(1);
+        quiet.round(&[("/b".into(), N(1000))], &[], R);
+        assert_eq!(quiet.view(), vec![("/b".into(), N(1000))]);
+        // A preview changes nothing a round would count.
+        let before = quiet.view();
+        quiet.preview(&[("/c".into(), N(1))]);
+        assert_eq!(quiet.view(), before);
     }
 }

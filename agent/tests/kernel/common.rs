@@ -2,6 +2,7 @@
 //! that nothing stays loaded, running hostprobe, test processes and cgroups,
 //! a scraped `serve`, and windows of perf counted alongside it.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -270,16 +271,11 @@ impl Server {
             None => Command::new(BIN),
         };
         child
-            .args([
-                "serve",
-                "--listen",
-                &addr,
-                "--interval",
-                "100ms",
-                "--log-level",
-                "warn",
-            ])
+            .args(["serve", "--listen", &addr, "--log-level", "warn"])
             .args(extra);
+        if !extra.contains(&"--interval") {
+            child.args(["--interval", "100ms"]);
+        }
         let s = Server {
             child: KillOnDrop::spawn(&mut child),
             addr,
@@ -308,6 +304,17 @@ impl Server {
         unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
         self.child.0.wait().expect("wait for serve")
     }
+}
+
+/// Every sample of Prometheus text: `name{labels}` -> value.
+pub fn samples(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Sum of all samples of one metric in Prometheus text.

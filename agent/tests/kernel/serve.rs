@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::common::*;
@@ -338,4 +340,71 @@ fn a_real_prometheus_scrapes_serve() {
     assert_eq!(sample["metric"]["job"], "hostprobe");
     assert_eq!(sample["value"][1], "1");
     assert!(server.stop().success());
+}
+
+/// Series present in both scrapes whose counter went down.
+fn decreased(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Vec<String> {
+    before
+        .iter()
+        .filter(|(k, _)| k.contains("_total{") || k.contains("_bucket{") || k.contains("_count"))
+        .filter_map(|(k, v)| {
+            let now = after.get(k)?;
+            (now < v).then(|| format!("{k}: {v} -> {now}"))
+        })
+        .collect()
+}
+
+/// Scrapes read fresh counters but never move the top-K labels: a busy new
+/// workload stays in `other` however often `serve` is scraped until a
+/// round (every `--interval`) labels it, as it does at once where rounds
+/// run; and no counter goes down, also across label changes.
+#[test]
+fn scrapes_do_not_move_labels_and_counters_never_go_down() {
+    let _k = KernelTest::start();
+    // Rounds only at start (1 h apart), and every 200 ms.
+    let quiet = Server::start_with(19461, &[], &["--interval", "1h", "--top-k", "1"]);
+    let active = Server::start_with(19462, &[], &["--interval", "200ms", "--top-k", "1"]);
+    let cg = TestCgroup::new("scrapes");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec perf bench sched pipe -l 100000000",
+        cg.0.display()
+    );
+    let load = KillOnDrop::spawn(
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let label = format!("workload=\"{}\"", cg.path());
+    let (mut last_quiet, mut last_active) = (BTreeMap::new(), BTreeMap::new());
+    let mut labelled_active = false;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        let q = samples(&quiet.get("/metrics").expect("scrape").1);
+        let a = samples(&active.get("/metrics").expect("scrape").1);
+        assert!(
+            !q.keys().any(|k| k.contains(&label)),
+            "a scrape labelled {}: {:?}",
+            cg.path(),
+            q.keys()
+                .filter(|k| k.contains(&label))
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+        labelled_active |= a.keys().any(|k| k.contains(&label));
+        for (name, (before, after)) in
+            [("quiet", (&last_quiet, &q)), ("active", (&last_active, &a))]
+        {
+            let down = decreased(before, after);
+            assert!(down.is_empty(), "{name}: counters went down: {down:?}");
+        }
+        (last_quiet, last_active) = (q, a);
+    }
+    assert!(
+        labelled_active,
+        "rounds every 200 ms never labelled the busy {}",
+        cg.path()
+    );
+    drop(load);
+    assert!(quiet.stop().success() && active.stop().success());
 }
