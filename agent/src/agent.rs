@@ -193,6 +193,7 @@ impl Agent {
 
     fn collect(&mut self, pass: Pass) -> Result<Snapshot> {
         let t0 = Instant::now();
+        self.cgroups.begin_round();
         let (sched, counters) = self.sched.collect(&mut self.cgroups, pass)?;
         let (lock, lock_counters) = self.lock.collect(&mut self.cgroups, pass)?;
         let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups, pass)?;
@@ -245,6 +246,8 @@ impl Agent {
             cpu_busy: self.cpu_busy(pass),
             affinity: Vec::new(),
             collection_seconds: 0.0,
+            cgroup_tree_walks: self.cgroups.walks,
+            drains_deferred: self.drain.deferred,
         };
         snapshot.affinity = derive::affinity(&snapshot);
         snapshot.collection_seconds = t0.elapsed().as_secs_f64();

@@ -312,6 +312,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("db")).unwrap();
         let second = cgroups.id_of("/db").unwrap();
         assert_ne!(first, second);
+        cgroups.begin_round();
         let gone = fold_workload_deltas(
             &mut labels,
             &mut cgroups,
@@ -325,6 +326,7 @@ mod tests {
         std::fs::remove_dir(dir.path().join("db")).unwrap();
         std::fs::create_dir(dir.path().join("other")).unwrap();
         let other = cgroups.id_of("/other").unwrap();
+        cgroups.begin_round();
         let gone = fold_workload_deltas(
             &mut labels,
             &mut cgroups,

@@ -1,7 +1,17 @@
 //! Workload names: cgroup v2 ids (what `bpf_get_current_cgroup_id` returns:
 //! the kernfs inode number of the cgroup directory) resolved to paths.
+//!
+//! On a cgroup2 mount an unknown id is opened directly by its file handle
+//! (`open_by_handle_at`, a kernfs handle is the id), so cgroup churn costs
+//! one system call per new id instead of a walk of the whole tree; a known
+//! id is checked to still exist once per round. Where handles are not
+//! available (not cgroupfs, or no CAP_DAC_READ_SEARCH) the tree is walked
+//! instead, at most once per round.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -11,15 +21,35 @@ use crate::host::proc;
 /// Maps cgroup ids to paths relative to the cgroup v2 root (`/` is the root).
 pub struct CgroupResolver {
     root: PathBuf,
+    /// The mount's root directory, to open cgroups by handle; `None` where
+    /// that is not possible.
+    handles: Option<OwnedFd>,
     by_id: HashMap<u64, String>,
-    /// Last paths of cgroups that a rescan found removed (the most recent
+    /// The round in which each known id was last seen to exist.
+    checked: HashMap<u64, u64>,
+    round: u64,
+    /// The round of the last walk of the tree.
+    walked_in: Option<u64>,
+    /// Last paths of cgroups found removed (the most recent
     /// `REMEMBER_REMOVED`), so that their last counts keep their name.
     removed: HashMap<u64, String>,
     removed_order: VecDeque<u64>,
+    /// Walks of the whole tree so far (a self-metric of cgroup churn).
+    pub walks: u64,
 }
 
 /// Removed cgroups whose paths are remembered.
 const REMEMBER_REMOVED: usize = 4096;
+/// `statfs` magic of cgroup2 and the kernfs file handle type.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const FILEID_KERNFS: i32 = 0xfe;
+
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    id: u64,
+}
 
 impl CgroupResolver {
     /// Uses the cgroup v2 mount of this machine (`/sys/fs/cgroup` on unified
@@ -31,26 +61,70 @@ impl CgroupResolver {
 
     pub fn at(root: PathBuf) -> Self {
         let mut r = Self {
+            handles: open_handles(&root),
             root,
             by_id: HashMap::new(),
+            checked: HashMap::new(),
+            round: 0,
+            walked_in: None,
             removed: HashMap::new(),
             removed_order: VecDeque::new(),
+            walks: 0,
         };
-        r.rescan();
+        if r.handles.is_none() {
+            r.rescan();
+        }
         r
+    }
+
+    /// Starts a round: every known id is checked again (once) before its
+    /// path is handed out, and the tree may be walked once more.
+    pub fn begin_round(&mut self) {
+        self.round += 1;
+    }
+
+    /// Whether unknown ids are resolved by handle (not by walking the tree).
+    pub fn by_handle(&self) -> bool {
+        self.handles.is_some()
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Path of cgroup `id`, rescanning the hierarchy once if it is new.
-    /// `None` when the cgroup no longer exists.
+    /// Path of cgroup `id`; `None` when the cgroup no longer exists (or,
+    /// without handles, was not found by this round's walk of the tree).
     pub fn path(&mut self, id: u64) -> Option<String> {
-        if !self.by_id.contains_key(&id) {
+        if let Some(path) = self.by_id.get(&id) {
+            if self.checked.get(&id) == Some(&self.round) {
+                return Some(path.clone());
+            }
+            let live = std::fs::metadata(self.root.join(path.trim_start_matches('/')))
+                .is_ok_and(|m| m.is_dir() && m.ino() == id);
+            if live {
+                self.checked.insert(id, self.round);
+                return Some(path.clone());
+            }
+            let path = self.by_id.remove(&id).unwrap_or_default();
+            self.checked.remove(&id);
+            self.forget(id, path);
+            return None;
+        }
+        if let Some(fd) = &self.handles {
+            let path = open_by_id(fd, id).and_then(|f| {
+                let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
+                relative(&self.root, &link)
+            })?;
+            self.by_id.insert(id, path.clone());
+            self.checked.insert(id, self.round);
+            return Some(path);
+        }
+        if self.walked_in != Some(self.round) {
             self.rescan();
         }
-        self.by_id.get(&id).cloned()
+        let path = self.by_id.get(&id).cloned()?;
+        self.checked.insert(id, self.round);
+        Some(path)
     }
 
     /// The last path of cgroup `id` if a rescan found it removed.
@@ -126,6 +200,8 @@ impl CgroupResolver {
     }
 
     fn rescan(&mut self) {
+        self.walks += 1;
+        self.walked_in = Some(self.round);
         let before = std::mem::take(&mut self.by_id);
         let mut stack = vec![(self.root.clone(), String::from("/"))];
         while let Some((dir, rel)) = stack.pop() {
@@ -149,16 +225,77 @@ impl CgroupResolver {
             }
         }
         for (id, path) in before {
-            if !self.by_id.contains_key(&id) && self.removed.insert(id, path).is_none() {
-                self.removed_order.push_back(id);
-                if self.removed_order.len() > REMEMBER_REMOVED {
-                    if let Some(old) = self.removed_order.pop_front() {
-                        self.removed.remove(&old);
-                    }
+            if !self.by_id.contains_key(&id) {
+                self.forget(id, path);
+            }
+        }
+    }
+
+    /// Remembers the last path of a removed cgroup.
+    fn forget(&mut self, id: u64, path: String) {
+        if self.removed.insert(id, path).is_none() {
+            self.removed_order.push_back(id);
+            if self.removed_order.len() > REMEMBER_REMOVED {
+                if let Some(old) = self.removed_order.pop_front() {
+                    self.removed.remove(&old);
                 }
             }
         }
     }
+}
+
+/// The cgroup2 mount's root, if it is cgroupfs and cgroups can be opened by
+/// handle here (CAP_DAC_READ_SEARCH): tried on the root's own id.
+fn open_handles(root: &Path) -> Option<OwnedFd> {
+    let c = CString::new(root.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd of ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed statfs filled by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and buffer.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0
+        || st.f_type as i64 != CGROUP2_SUPER_MAGIC
+    {
+        return None;
+    }
+    let root_id = std::fs::metadata(root).ok()?.ino();
+    open_by_id(&fd, root_id).map(|_| fd)
+}
+
+/// The cgroup directory with kernfs id `id`, opened by handle; `None` when
+/// it does not exist (any more) or cannot be opened.
+fn open_by_id(mount: &OwnedFd, id: u64) -> Option<OwnedFd> {
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: a file_handle of 8 bytes, laid out as the kernel reads it.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&mut handle as *mut KernfsHandle).cast(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    // SAFETY: a fresh fd of ours when non-negative.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `path` relative to the mount `root`, as `/a/b` (`/` for the root).
+fn relative(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    Some(format!("/{}", rel.to_string_lossy()))
 }
 
 #[cfg(test)]
@@ -180,10 +317,14 @@ mod tests {
             r.id_of("system.slice").unwrap()
         );
         assert!(matches!(r.id_of("/nope"), Err(Error::NoSuchCgroup { .. })));
-        // A cgroup created later is found by the rescan on a miss.
+        // A cgroup created later is found by the next round's walk (at most
+        // one walk per round).
         std::fs::create_dir(dir.path().join("late")).unwrap();
         let late = r.id_of("/late").unwrap();
+        assert_eq!(r.path(late), None);
+        r.begin_round();
         assert_eq!(r.path(late).as_deref(), Some("/late"));
+        assert_eq!(r.walks, 2);
         // A removed cgroup is gone after the rescan its miss triggers, and
         // its last path is remembered.
         std::fs::remove_dir(dir.path().join("late")).unwrap();
@@ -200,5 +341,32 @@ mod tests {
             CgroupResolver::of_pid(u32::MAX),
             Err(Error::NoSuchProcess { .. })
         ));
+    }
+
+    #[test]
+    fn resolves_new_and_removed_cgroups_by_handle_without_walking() {
+        let Ok(mut r) = CgroupResolver::system() else {
+            return;
+        };
+        assert!(
+            r.by_handle(),
+            "cgroupfs handles need CAP_DAC_READ_SEARCH (root)"
+        );
+        let dir = r
+            .root()
+            .join(format!("hostprobe-handles-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let rel = format!("/{}", dir.file_name().unwrap().to_string_lossy());
+        let id = std::fs::metadata(&dir).unwrap().ino();
+        r.begin_round();
+        assert_eq!(r.path(id).as_deref(), Some(rel.as_str()));
+        assert_eq!(r.path(u64::MAX), None, "no cgroup has that id");
+        std::fs::remove_dir(&dir).unwrap();
+        // Known for this round; checked again in the next.
+        assert_eq!(r.path(id).as_deref(), Some(rel.as_str()));
+        r.begin_round();
+        assert_eq!(r.path(id), None);
+        assert_eq!(r.removed_path(id), Some(rel.as_str()));
+        assert_eq!(r.walks, 0, "never walked the tree");
     }
 }

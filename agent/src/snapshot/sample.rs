@@ -181,6 +181,8 @@ pub(crate) fn sample() -> Snapshot {
         readiness: sample_readiness(),
         map_drops: BTreeMap::from([("SCHED_WORKLOADS".into(), 0), ("TASK_SLOTS".into(), 2)]),
         collection_seconds: 0.001,
+        cgroup_tree_walks: 1,
+        drains_deferred: 0,
     }
 }
 

@@ -408,3 +408,55 @@ fn scrapes_do_not_move_labels_and_counters_never_go_down() {
     drop(load);
     assert!(quiet.stop().success() && active.stop().success());
 }
+
+/// Cgroup churn among many idle cgroups: new cgroups are named by handle,
+/// not by walking the tree, so scrapes stay fast.
+#[test]
+fn cgroup_churn_keeps_scrapes_fast_and_walks_no_tree() {
+    let _k = KernelTest::start();
+    let server = Server::start_with(19463, &[], &["--interval", "1s"]);
+    let idle: Vec<TestCgroup> = (0..1500)
+        .map(|i| TestCgroup::new(&format!("idle{i}")))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churned = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let cg = TestCgroup::new(&format!("churn{n}"));
+                let script = format!("echo $$ > {}/cgroup.procs && exec true", cg.0.display());
+                let _ = Command::new("sh").args(["-c", &script]).status();
+                drop(cg);
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut times = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let t0 = Instant::now();
+        server.get("/metrics").expect("scrape");
+        times.push(t0.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let churned = churned.join().unwrap();
+    times.sort();
+    let p99 = times[times.len() * 99 / 100];
+    let body = server.get("/metrics").unwrap().1;
+    let walks = metric_sum(&body, "hostprobe_cgroup_tree_walks_total");
+    eprintln!(
+        "{churned} cgroups churned among {}: {} scrapes, median {:?}, p99 {p99:?}, max {:?}; tree walks {walks}",
+        idle.len(),
+        times.len(),
+        times[times.len() / 2],
+        times.last().unwrap()
+    );
+    assert!(churned >= 100, "only {churned} cgroups churned");
+    assert!(p99 < Duration::from_millis(500), "p99 scrape {p99:?}");
+    assert_eq!(walks, 0.0, "the cgroup tree was walked");
+    drop(idle);
+    assert!(server.stop().success());
+}
