@@ -44,6 +44,10 @@ pub enum Error {
     #[error("no process with pid {pid} (it may have exited)")]
     NoSuchProcess { pid: u32 },
     #[error(
+        "cannot read the memory of pid {pid}: {source} (hostprobe needs CAP_SYS_PTRACE, and the process must have memory: not a kernel thread)"
+    )]
+    Unreadable { pid: u32, source: std::io::Error },
+    #[error(
         "{tid} is a thread of process {tgid}: --pid filters whole processes; use --pid {tgid}"
     )]
     ThreadNotProcess { tid: u32, tgid: u32 },
@@ -101,6 +105,7 @@ impl Error {
         match self {
             Error::Privileges { .. }
             | Error::NoSuchProcess { .. }
+            | Error::Unreadable { .. }
             | Error::ThreadNotProcess { .. }
             | Error::Listen { .. }
             | Error::NoSuchVm { .. }

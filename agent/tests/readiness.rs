@@ -198,3 +198,51 @@ fn unknown_targets_get_clear_errors() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// A cgroup target measured while one of its processes exits: the estimate
+/// and the exact path both finish on the ones left, and a process that
+/// exited is not counted as dirty memory.
+#[test]
+fn a_cgroup_target_survives_one_of_its_processes_exiting() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = hostprobe::host::proc::cgroup2_mount(&mountinfo).expect("cgroup v2 mounted");
+    let name = format!("hostprobe-exiting-{}", std::process::id());
+    let dir = root.join(&name);
+    std::fs::create_dir(&dir).expect("create test cgroup");
+    let state = tempfile::tempdir().unwrap();
+    for extra in [&[][..], &["--exact", "--exact-state-dir"][..]] {
+        let mut stays = Command::new("sleep").arg("30").spawn().unwrap();
+        // A process with memory of its own that exits mid-window.
+        let mut leaves = Command::new("python3")
+            .args([
+                "-c",
+                "b = bytearray(64 << 20)\nimport time; time.sleep(0.6)",
+            ])
+            .spawn()
+            .unwrap();
+        for c in [&stays, &leaves] {
+            std::fs::write(dir.join("cgroup.procs"), c.id().to_string()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["readiness", "--cgroup", &format!("/{name}"), "--json"])
+            .args(["--windows", "1s"])
+            .args(extra);
+        if !extra.is_empty() {
+            cmd.arg(state.path());
+        }
+        let out = cmd.output().unwrap();
+        leaves.wait().unwrap();
+        stays.kill().unwrap();
+        stays.wait().unwrap();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let dirty = r["dirty"][0]["dirty_bytes"].as_f64().unwrap();
+        assert!(dirty < 8e6, "{extra:?}: {dirty} bytes dirty");
+    }
+    std::fs::remove_dir(&dir).expect("remove test cgroup");
+}

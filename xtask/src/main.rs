@@ -157,6 +157,8 @@ fn test() -> Result<()> {
         "warnings",
     ]);
     run_ok(clippy)?;
+    // QEMU 10 for the tests that start real guests (and the guest rigs).
+    vm::prepare()?;
     let mut test = cargo(&tools);
     test.args([
         "test",

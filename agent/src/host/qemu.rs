@@ -1,6 +1,8 @@
-//! QEMU virtual machines on this host, found from /proc: processes named
-//! `qemu-system-*`, their name (`-name`) and RAM size (`-m`). A guest's RAM
-//! is a mapping of its QEMU process, so its dirtying is measured there.
+//! QEMU virtual machines on this host, found from /proc: `qemu-system-*`
+//! processes and the `qemu-kvm` of RHEL, CentOS and Fedora, their name
+//! (`-name`, as libvirt passes it: `guest=NAME,debug-threads=on`) and RAM
+//! size (`-m`). A guest's RAM is a mapping of its QEMU process, so its
+//! dirtying is measured there.
 
 use std::path::PathBuf;
 
@@ -18,7 +20,15 @@ pub struct Vm {
     pub ram_bytes: u64,
     /// Started with `-incoming`: the receiving end of a migration.
     pub incoming: bool,
+    /// Started with `-name ...,debug-threads=on` (libvirt always does): its
+    /// threads carry names, its migration thread among them.
+    pub thread_names: bool,
 }
+
+/// Names of the migration threads of the sending side: QEMU 8.2 and later
+/// (`mig/src/main`, `mig/src/send_N` for multifd, `mig/src/rp-thr` for the
+/// return path), and before (`live_migration`, `multifdsend_N`).
+const MIGRATION_THREADS: [&str; 3] = ["mig/src/", "live_migration", "multifdsend_"];
 
 const MIB: u64 = 1024 * 1024;
 const DEFAULT_RAM: u64 = 128 * MIB;
@@ -34,7 +44,8 @@ pub fn find_vms() -> Vec<Vm> {
         .filter_map(|pid| {
             // comm is cut at 15 bytes: "qemu-system-x86".
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            if !comm.starts_with("qemu-system-") {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            if !is_qemu(comm.trim_end(), exe.as_deref()) {
                 return None;
             }
             let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -48,6 +59,16 @@ pub fn find_vms() -> Vec<Vm> {
         .collect();
     vms.sort_by_key(|v| v.pid);
     vms
+}
+
+/// Whether a process is a QEMU system emulator, by its name or its binary.
+fn is_qemu(comm: &str, exe: Option<&std::path::Path>) -> bool {
+    let qemu = |n: &str| n.starts_with("qemu-system-") || n == "qemu-kvm";
+    qemu(comm)
+        || exe
+            .and_then(|e| e.file_name())
+            .and_then(|n| n.to_str())
+            .is_some_and(qemu)
 }
 
 /// The VM called `name`; the error lists the ones that exist.
@@ -93,11 +114,14 @@ pub fn from_args(pid: u32, args: &[String]) -> Vm {
             parse_size(size)
         })
         .unwrap_or(DEFAULT_RAM);
+    let thread_names =
+        value("-name").is_some_and(|v| v.split(',').any(|p| p == "debug-threads=on"));
     Vm {
         pid,
         name,
         ram_bytes,
         incoming: value("-incoming").is_some(),
+        thread_names,
     }
 }
 
@@ -157,16 +181,22 @@ pub fn vm_ram(vm: &Vm) -> Result<Vec<Mapping>> {
     Ok(ram)
 }
 
-/// Why a QEMU process looks like it is migrating, if it does: it was
-/// started to receive one (`-incoming`), or it holds an established TCP
-/// connection that it opened (its local port is not one it listens on), as
-/// an outgoing `migrate tcp:` does.
-pub fn migration_suspected(pid: u32, incoming: bool) -> Option<String> {
-    if incoming {
+/// Why a VM looks like it is migrating, if it does: it was started to
+/// receive one (`-incoming`); or, where its threads carry names, a
+/// migration thread of the sending side runs; or, where they do not, it
+/// holds an established TCP connection that it opened (its local port is
+/// not one it listens on), as an outgoing `migrate tcp:` does, but so does
+/// storage on Ceph RBD, iSCSI or NBD: the thread names decide where they
+/// can.
+pub fn migration_suspected(vm: &Vm) -> Option<String> {
+    if vm.incoming {
         return Some("it was started with -incoming (the receiving side)".into());
     }
-    let inodes = proc::socket_inodes(pid);
-    let ours: Vec<proc::TcpRow> = proc::tcp_sockets(pid)
+    if vm.thread_names {
+        return migration_thread(vm.pid).map(|t| format!("its migration thread {t:?} is running"));
+    }
+    let inodes = proc::socket_inodes(vm.pid);
+    let ours: Vec<proc::TcpRow> = proc::tcp_sockets(vm.pid)
         .into_iter()
         .filter(|r| inodes.contains(&r.inode))
         .collect();
@@ -177,7 +207,23 @@ pub fn migration_suspected(pid: u32, incoming: bool) -> Option<String> {
         .collect();
     ours.iter()
         .find(|r| r.state == proc::TCP_ESTABLISHED && !listening.contains(&r.local_port))
-        .map(|r| format!("it has an outgoing TCP connection to {}", r.remote))
+        .map(|r| {
+            format!(
+                "it has an outgoing TCP connection to {} (its threads are unnamed: \
+                 start it with -name ...,debug-threads=on, as libvirt does, to tell)",
+                r.remote
+            )
+        })
+}
+
+/// The name of a migration thread of process `pid`, if one runs.
+fn migration_thread(pid: u32) -> Option<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim_end().to_string())
+        .find(|c| MIGRATION_THREADS.iter().any(|m| c.starts_with(m)))
 }
 
 #[cfg(test)]
@@ -224,6 +270,7 @@ mod tests {
                 (name, ram, incoming),
                 "{cmd}"
             );
+            assert_eq!(vm.thread_names, cmd.contains("debug-threads=on"), "{cmd}");
         }
     }
 
@@ -255,7 +302,31 @@ mod tests {
 
     #[test]
     fn an_incoming_vm_is_suspected_and_this_process_is_not() {
-        assert!(migration_suspected(1, true).is_some());
-        assert_eq!(migration_suspected(std::process::id(), false), None);
+        let me = |incoming, thread_names| Vm {
+            pid: std::process::id(),
+            name: "me".into(),
+            ram_bytes: 0,
+            incoming,
+            thread_names,
+        };
+        assert!(migration_suspected(&me(true, false)).is_some());
+        assert_eq!(migration_suspected(&me(false, false)), None);
+        assert_eq!(migration_suspected(&me(false, true)), None);
+    }
+
+    #[test]
+    fn qemu_is_known_by_its_name_or_its_binary() {
+        use std::path::Path;
+        assert!(is_qemu("qemu-system-x86", None));
+        assert!(is_qemu(
+            "qemu-kvm",
+            Some(Path::new("/usr/libexec/qemu-kvm"))
+        ));
+        assert!(is_qemu(
+            "CPU 0/KVM",
+            Some(Path::new("/usr/libexec/qemu-kvm"))
+        ));
+        assert!(!is_qemu("bash", Some(Path::new("/usr/bin/bash"))));
+        assert!(!is_qemu("qemu-img", Some(Path::new("/usr/bin/qemu-img"))));
     }
 }

@@ -29,8 +29,8 @@ pub struct Resolved {
     pub info: TargetInfo,
     regions: Vec<Region>,
     guest_ram_bytes: Option<u64>,
-    /// A VM started with `-incoming`.
-    incoming: bool,
+    /// The VM, for a VM target.
+    vm: Option<qemu::Vm>,
 }
 
 impl Resolved {
@@ -44,7 +44,7 @@ impl Resolved {
                 },
                 regions: vec![Region::process(*pid)?],
                 guest_ram_bytes: None,
-                incoming: false,
+                vm: None,
             }),
             Target::Cgroup(path) => {
                 let pids = CgroupResolver::system()?.procs(path)?;
@@ -64,7 +64,7 @@ impl Resolved {
                     },
                     regions,
                     guest_ram_bytes: None,
-                    incoming: false,
+                    vm: None,
                 })
             }
             Target::Vm(name) => Self::vm(&qemu::find_vm(name)?),
@@ -83,7 +83,7 @@ impl Resolved {
                 mappings: qemu::vm_ram(vm)?,
             }],
             guest_ram_bytes: Some(vm.ram_bytes),
-            incoming: vm.incoming,
+            vm: Some(vm.clone()),
         })
     }
 }
@@ -117,9 +117,8 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
             (sampler.measure(&sampling.windows)?, sampler.method())
         }
         Some(guard) => {
-            if target.info.kind == "vm" && !guard.not_migrating {
-                let pid = target.info.pids[0];
-                if let Some(reason) = qemu::migration_suspected(pid, target.incoming) {
+            if let Some(vm) = target.vm.as_ref().filter(|_| !guard.not_migrating) {
+                if let Some(reason) = qemu::migration_suspected(vm) {
                     return Err(Error::Migrating {
                         name: target.info.name.clone(),
                         reason,
@@ -127,7 +126,11 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
                 }
             }
             for &pid in &target.info.pids {
-                exact::rate_limit(&guard.state_dir, pid, guard.min_interval)?;
+                match exact::rate_limit(&guard.state_dir, pid, guard.min_interval) {
+                    // Exited since the target was listed: nothing to limit.
+                    Err(Error::NoSuchProcess { .. }) if target.info.pids.len() > 1 => {}
+                    r => r?,
+                }
             }
             let e = exact::Exact::new(&target.regions)?;
             let (m, pages) = e.measure(&sampling.windows)?;
@@ -140,11 +143,20 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
             MemoryMethod::GuestRamNonZero,
         ),
         None => {
-            let mut rss = 0;
-            for &pid in &target.info.pids {
-                rss += proc::resident_bytes(pid)?;
+            // What the processes still running hold; an error only when
+            // every one has exited.
+            let resident: Vec<u64> = target
+                .info
+                .pids
+                .iter()
+                .filter_map(|&pid| proc::resident_bytes(pid).ok())
+                .collect();
+            if resident.is_empty() {
+                return Err(Error::NoSuchProcess {
+                    pid: target.info.pids[0],
+                });
             }
-            (rss as f64, MemoryMethod::Resident)
+            (resident.iter().sum::<u64>() as f64, MemoryMethod::Resident)
         }
     };
     let curve = DirtyCurve::new(m.points.clone());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::host::proc::{self, Mapping, PAGE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP};
-use crate::measure::sampling::{Measurement, Region};
+use crate::measure::sampling::{open_live, Measurement, Region};
 use crate::model::precopy::DirtyPoint;
 use crate::snapshot::SamplingMethod;
 
@@ -83,25 +83,23 @@ pub struct Exact {
 }
 
 impl Exact {
+    /// Every page of the regions of processes still running (it fails only
+    /// when none is).
     pub fn new(regions: &[Region]) -> Result<Self> {
-        let open = |pid: u32, what: &str| {
-            let path = PathBuf::from(format!("/proc/{pid}/{what}"));
-            File::open(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid },
-                _ => Error::io(&path, e),
-            })
-        };
-        let regions = regions
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.pid,
-                    open(r.pid, "mem")?,
-                    open(r.pid, "pagemap")?,
-                    r.mappings.clone(),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (live, mem) = open_live(regions, "mem")?;
+        let mut open = Vec::new();
+        for (r, m) in live.into_iter().zip(mem) {
+            // Exited between the two opens: left out like the others.
+            if let Ok((_, mut pagemap)) = open_live(std::slice::from_ref(r), "pagemap") {
+                open.push((r.pid, m, pagemap.remove(0), r.mappings.clone()));
+            }
+        }
+        if open.is_empty() {
+            return Err(Error::NoSuchProcess {
+                pid: regions.first().map_or(0, |r| r.pid),
+            });
+        }
+        let regions = open;
         let bytes = regions
             .iter()
             .flat_map(|r| r.3.iter().map(|m| m.end - m.start))

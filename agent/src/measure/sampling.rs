@@ -58,11 +58,14 @@ pub struct Sampler {
 
 impl Sampler {
     /// Picks `samples_per_gib` random pages per GiB of the regions' mappings
-    /// (at least 64), in proportion to their size.
+    /// (at least 64), in proportion to their size. Processes that exited
+    /// since the regions were listed are left out; it fails only when none
+    /// is left.
     pub fn new(regions: &[Region], samples_per_gib: u32, seed: u64) -> Result<Self> {
-        let sampled_bytes: u64 = regions.iter().map(Region::bytes).sum();
+        let (live, files) = open_live(regions, "mem")?;
+        let sampled_bytes: u64 = live.iter().map(|r| r.bytes()).sum();
         let n = ((sampled_bytes as f64 / GIB * f64::from(samples_per_gib)).ceil() as usize).max(64);
-        let all: Vec<(usize, Mapping)> = regions
+        let all: Vec<(usize, Mapping)> = live
             .iter()
             .enumerate()
             .flat_map(|(i, r)| r.mappings.iter().map(move |&m| (i, m)))
@@ -72,20 +75,8 @@ impl Sampler {
             .into_iter()
             .map(|(m, addr)| (all[m].0, addr))
             .collect();
-        let files = regions
-            .iter()
-            .map(|r| {
-                let path = PathBuf::from(format!("/proc/{}/mem", r.pid));
-                File::open(&path)
-                    .map(|f| (r.pid, f))
-                    .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::NotFound => Error::NoSuchProcess { pid: r.pid },
-                        _ => Error::io(&path, e),
-                    })
-            })
-            .collect::<Result<_>>()?;
         Ok(Self {
-            regions: files,
+            regions: live.iter().map(|r| r.pid).zip(files).collect(),
             pages,
             sampled_bytes,
         })
@@ -147,7 +138,14 @@ impl Sampler {
             }
             let elapsed = t0.elapsed().as_secs_f64();
             let (now, _) = self.snapshot()?;
-            let changed = base.iter().zip(&now).filter(|(a, b)| a != b).count();
+            // A page unreadable now went away (its process exited or
+            // unmapped it): not memory to migrate, not dirty. One readable
+            // only now was mapped meanwhile: new memory, dirty.
+            let changed = base
+                .iter()
+                .zip(&now)
+                .filter(|(a, b)| b.is_some() && a != b)
+                .count();
             points.push(DirtyPoint {
                 window_seconds: elapsed,
                 dirty_bytes: changed as f64 / base.len() as f64 * self.sampled_bytes as f64,
@@ -158,6 +156,39 @@ impl Sampler {
             zero_share: zeros as f64 / base.len().max(1) as f64,
         })
     }
+}
+
+/// The regions whose `/proc/PID/<what>` opens, with the open file: a
+/// process that exited meanwhile is left out; any other failure is an
+/// error, and so is none left.
+pub fn open_live<'a>(regions: &'a [Region], what: &str) -> Result<(Vec<&'a Region>, Vec<File>)> {
+    let mut live = Vec::new();
+    let mut files = Vec::new();
+    let mut gone = None;
+    for r in regions {
+        let path = PathBuf::from(format!("/proc/{}/{what}", r.pid));
+        match File::open(&path) {
+            Ok(f) => {
+                live.push(r);
+                files.push(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                gone.get_or_insert(r.pid);
+            }
+            Err(e) => {
+                return Err(Error::Unreadable {
+                    pid: r.pid,
+                    source: e,
+                })
+            }
+        }
+    }
+    if live.is_empty() {
+        return Err(Error::NoSuchProcess {
+            pid: gone.unwrap_or(0),
+        });
+    }
+    Ok((live, files))
 }
 
 /// `n` pages, as (mapping index, address), spread over the mappings in
