@@ -47,6 +47,15 @@ pub enum Error {
         "cannot read the memory of pid {pid}: {source} (hostprobe needs CAP_SYS_PTRACE, and the process must have memory: not a kernel thread)"
     )]
     Unreadable { pid: u32, source: std::io::Error },
+    #[error("pid {pid} has no writable memory to measure (a kernel thread?)")]
+    NoMemory { pid: u32 },
+    #[error(
+        "cannot record the time of the exact measurement in {dir}: {source}; point --exact-state-dir at a writable directory"
+    )]
+    ExactState {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "{tid} is a thread of process {tgid}: --pid filters whole processes; use --pid {tgid}"
     )]
@@ -106,6 +115,8 @@ impl Error {
             Error::Privileges { .. }
             | Error::NoSuchProcess { .. }
             | Error::Unreadable { .. }
+            | Error::NoMemory { .. }
+            | Error::ExactState { .. }
             | Error::ThreadNotProcess { .. }
             | Error::Listen { .. }
             | Error::NoSuchVm { .. }

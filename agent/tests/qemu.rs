@@ -252,3 +252,65 @@ fn an_outgoing_connection_is_a_migration_only_where_threads_are_unnamed() {
         }
     }
 }
+
+fn get(addr: &str, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// `serve` assessing a VM that exits in the middle of its sampling: the
+/// failed assessment is counted, the VM's gauges go, serve goes on.
+#[test]
+fn a_vm_exiting_mid_sampling_is_counted_and_serve_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("leaving-{}", std::process::id());
+    let guest = Guest::start(
+        &qemu(),
+        dir.path(),
+        &name,
+        &["-name", &format!("guest={name}")],
+    );
+    let addr = "127.0.0.1:19481";
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--listen", addr, "--log-level", "warn"])
+        .args(["--readiness-windows", "2s", "--readiness-interval", "1s"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let converges = format!("hostprobe_migration_converges{{workload=\"vm:{name}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get(addr, "/metrics").is_some_and(|b| b.contains(&converges)) {
+        assert!(Instant::now() < deadline, "the VM was never assessed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Passes run back to back (2 s windows, 1 s apart): one is sampling.
+    std::thread::sleep(Duration::from_millis(1000));
+    drop(guest);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = get(addr, "/metrics").expect("serve answers");
+        let errors = sample(&body, "hostprobe_readiness_errors_total").unwrap_or(0.0);
+        if errors >= 1.0 && !body.contains(&converges) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "errors {errors}; gauges still there: {}",
+            body.contains(&converges)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(addr, "/healthz").as_deref(), Some("ok\n"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    assert!(serve.wait().unwrap().success());
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::error::Error;
-use crate::host::btf::VMLINUX_BTF;
+use crate::host::btf::{Btf, VMLINUX_BTF};
 use crate::host::cgroup::CgroupResolver;
 use crate::host::privileges::require_privileges;
 use crate::host::topology::{Topology, SYSFS_SYSTEM};
@@ -42,10 +42,9 @@ fn item<T>(r: Result<T, Error>, ok: impl FnOnce(T) -> String) -> Item {
 pub fn report() -> CheckReport {
     let btf = Path::new(VMLINUX_BTF);
     let btf_item = if btf.exists() {
-        Item {
-            ok: true,
-            detail: format!("{} present", btf.display()),
-        }
+        item(Btf::from_file(btf), |b| {
+            format!("{} present ({} types)", btf.display(), b.len())
+        })
     } else {
         item::<()>(
             Err(Error::NoKernelBtf {

@@ -66,6 +66,15 @@ impl Btf {
         })
     }
 
+    /// Types, `void` included.
+    pub fn len(&self) -> usize {
+        self.types.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.len() <= 1
+    }
+
     /// The raw BTF, for other parsers (aya's, for attaching BTF tracepoints).
     pub fn data(&self) -> &[u8] {
         &self.data

@@ -36,16 +36,22 @@ pub struct Resolved {
 impl Resolved {
     pub fn new(target: &Target) -> Result<Self> {
         match target {
-            Target::Pid(pid) => Ok(Self {
-                info: TargetInfo {
-                    kind: "pid",
-                    name: pid.to_string(),
-                    pids: vec![*pid],
-                },
-                regions: vec![Region::process(*pid)?],
-                guest_ram_bytes: None,
-                vm: None,
-            }),
+            Target::Pid(pid) => {
+                let region = Region::process(*pid)?;
+                if region.mappings.is_empty() {
+                    return Err(Error::NoMemory { pid: *pid });
+                }
+                Ok(Self {
+                    info: TargetInfo {
+                        kind: "pid",
+                        name: pid.to_string(),
+                        pids: vec![*pid],
+                    },
+                    regions: vec![region],
+                    guest_ram_bytes: None,
+                    vm: None,
+                })
+            }
             Target::Cgroup(path) => {
                 let pids = CgroupResolver::system()?.procs(path)?;
                 // Processes may exit while being listed; keep the live ones.

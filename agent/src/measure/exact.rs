@@ -71,8 +71,12 @@ pub fn rate_limit(state_dir: &Path, pid: u32, min_interval: Duration) -> Result<
             });
         }
     }
-    std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
-    std::fs::write(&path, b"").map_err(|e| Error::io(&path, e))
+    let state = |source| Error::ExactState {
+        dir: state_dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(state)?;
+    std::fs::write(&path, b"").map_err(state)
 }
 
 /// Every page of the regions, measured exactly.

@@ -311,6 +311,11 @@ impl Probes {
                         migrate_pages.as_ref().err().map(ToString::to_string)
                     }
                 };
+                // A classic tracepoint is found (its id) through tracefs.
+                let prerequisite = prerequisite.or_else(|| match (way.hook, &tracefs) {
+                    (Hook::Tracepoint(..), Err(e)) => Some(e.to_string()),
+                    _ => None,
+                });
                 let outcome = match prerequisite {
                     Some(reason) => Err(reason),
                     None => load_program(&mut ebpf, way, kernel_btf.as_ref()),

@@ -10,6 +10,7 @@ mod affinity;
 mod cli;
 mod common;
 mod dirty;
+mod faults;
 mod lock;
 mod numa;
 mod sched;
