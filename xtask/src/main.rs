@@ -48,6 +48,12 @@ enum Task {
     },
     /// Predict with hostprobe, then live-migrate real QEMU guests on loopback and compare (~15 min).
     ValidateMigration(migration::MigrationArgs),
+    /// Coverage-guided fuzzing of the parsers (cargo-fuzz, libFuzzer) from the checked-in corpus.
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,7 +104,42 @@ fn main() -> Result<()> {
             let bin = build()?;
             migration::run(&bin, &args)
         }
+        Task::Fuzz { seconds } => fuzz(seconds),
     }
+}
+
+/// Runs the `parsers` fuzz target on a copy of the checked-in corpus; a
+/// crash stops it, its input is in agent/fuzz/artifacts/parsers (add it to
+/// agent/tests/parsers/corpus once fixed, so that the default suite keeps it).
+fn fuzz(seconds: u64) -> Result<()> {
+    let tools = setup::run()?;
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        let mut install = Command::new("cargo");
+        install.args(["install", "cargo-fuzz", "--locked"]);
+        run_ok(install)?;
+    }
+    let agent = workspace_root().join("agent");
+    let corpus = std::env::temp_dir().join("hostprobe-fuzz-corpus");
+    std::fs::create_dir_all(&corpus)?;
+    for seed in std::fs::read_dir(agent.join("tests/parsers/corpus"))? {
+        let seed = seed?.path();
+        std::fs::copy(&seed, corpus.join(seed.file_name().context("a seed")?))?;
+    }
+    let mut c = Command::new("cargo");
+    c.current_dir(&agent)
+        .env("HOSTPROBE_BPF_LINKER_DIR", &tools.bpf_linker_dir)
+        .args(["+nightly", "fuzz", "run", "parsers"])
+        .arg(&corpus)
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-max_len=65536",
+        ]);
+    run_ok(c)
 }
 
 pub fn workspace_root() -> PathBuf {

@@ -182,7 +182,9 @@ impl Btf {
         if id == 0 {
             return TypeShape::Void;
         }
-        let p = self.types[id as usize];
+        let Some(&p) = self.types.get(id as usize) else {
+            return TypeShape::Other { kind: 0 };
+        };
         let kind = self.kind(id);
         match kind {
             KIND_INT | KIND_ENUM => TypeShape::Int {
@@ -210,23 +212,28 @@ impl Btf {
             .ok_or_else(|| Error::BtfMissing {
                 what: format!("struct {name}"),
             })?;
-        self.member_in(id, member, 0)
+        self.member_in(id, member, 0, 0)
             .ok_or_else(|| Error::BtfMissing {
                 what: format!("member {name}.{member}"),
             })
     }
 
-    fn member_in(&self, id: u32, member: &str, base_bits: u32) -> Option<(u32, u32)> {
+    /// `depth`: anonymous members entered; bounded, since BTF that is not
+    /// the kernel's could nest a struct in itself.
+    fn member_in(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Option<(u32, u32)> {
+        if depth > 8 {
+            return None;
+        }
         let p = self.types[id as usize];
         let info = self.u32_at(p + 4);
         let kind_flag = info >> 31 == 1;
         for i in 0..(info & 0xffff) as usize {
             let m = p + 12 + 12 * i;
             let (name_off, ty, off) = (self.u32_at(m), self.u32_at(m + 4), self.u32_at(m + 8));
-            let bits = base_bits + if kind_flag { off & 0xff_ffff } else { off };
+            let bits = base_bits.saturating_add(if kind_flag { off & 0xff_ffff } else { off });
             let inner = self.peel(ty);
             if name_off == 0 && matches!(self.kind(inner), KIND_STRUCT | KIND_UNION) {
-                if let Some(found) = self.member_in(inner, member, bits) {
+                if let Some(found) = self.member_in(inner, member, bits, depth + 1) {
                     return Some(found);
                 }
             } else if self.name(name_off) == member {

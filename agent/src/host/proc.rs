@@ -135,7 +135,7 @@ pub fn parse_numa_maps(text: &str) -> Vec<u64> {
             if by_node.len() <= n {
                 by_node.resize(n + 1, 0);
             }
-            by_node[n] = by_node[n].saturating_add(c.saturating_mul(page_kib * 1024));
+            by_node[n] = by_node[n].saturating_add(c.saturating_mul(page_kib.saturating_mul(1024)));
         }
     }
     by_node
