@@ -59,7 +59,7 @@ pub enum Command {
 #[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on. Loopback by default: expose it deliberately.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
+    #[arg(long, default_value = DEFAULT_LISTEN, value_parser = address)]
     pub listen: SocketAddr,
     /// How often kernel maps are read when nobody scrapes (every scrape reads them too).
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
@@ -74,13 +74,13 @@ pub struct ServeArgs {
 #[derive(Args)]
 pub struct DiagnoseArgs {
     /// How long to collect.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub duration: Duration,
     /// Print one JSON document on stdout instead of the report.
     #[arg(long)]
     pub json: bool,
     /// Only this process (filtered in the kernel).
-    #[arg(long, conflicts_with = "cgroup")]
+    #[arg(long, conflicts_with = "cgroup", value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
     pub pid: Option<u32>,
     /// Only this cgroup v2 path, e.g. /system.slice/nginx.service (filtered in the kernel).
     #[arg(long)]
@@ -102,7 +102,7 @@ pub struct DiagnoseArgs {
 #[derive(Args)]
 pub struct ReadinessCommand {
     /// A process.
-    #[arg(long)]
+    #[arg(long, value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
     pub pid: Option<u32>,
     /// A cgroup v2 path: all processes in it and below.
     #[arg(long)]
@@ -114,27 +114,27 @@ pub struct ReadinessCommand {
     #[arg(long, default_value = "1Gbit/s", value_parser = parse_bandwidth)]
     pub bandwidth: f64,
     /// Downtime limit (QEMU's default is 300ms).
-    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "300ms", value_parser = duration)]
     pub downtime: Duration,
     /// Windows at which the dirty set is measured (comma-separated); the longest is how
     /// long the measurement takes.
-    #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s,16s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s,16s", value_parser = duration)]
     pub windows: Vec<Duration>,
     /// Sampled pages per GiB of memory (QEMU samples 512); more samples, less noise.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 512, value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
     pub samples_per_gib: u32,
     /// Rounds after the first pass before giving up.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = number::<u32, 1, 100_000>)]
     pub max_rounds: u32,
     /// Give up (does not converge) after this long, like a migration time cap.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = duration)]
     pub max_time: Option<Duration>,
     /// Measure exactly: soft-dirty bits where the kernel has them, else a hash of every
     /// resident page. Slows the target; refused for a VM that looks like it is migrating.
     #[arg(long)]
     pub exact: bool,
     /// At most one exact measurement per process per this long.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = duration)]
     pub exact_min_interval: Duration,
     /// Where the time of the last exact measurement per process is kept.
     #[arg(long, default_value = "/run/hostprobe")]
@@ -157,15 +157,15 @@ pub struct CheckArgs {
 #[derive(Args)]
 pub struct Tuning {
     /// Workloads with their own label; the rest are summed as `other`.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = number::<usize, 0, 10_000>)]
     pub top_k: usize,
     /// Workloads (cgroups) the kernel table holds per CPU (a power of two; each entry is 424 bytes per CPU).
-    #[arg(long, default_value_t = DEFAULT_MAX_WORKLOADS, value_parser = clap::value_parser!(u32).range(4..=65_536))]
+    #[arg(long, default_value_t = DEFAULT_MAX_WORKLOADS, value_parser = number::<u32, 4, 65_536>)]
     pub max_workloads: u32,
     /// Stack walks per second per CPU for spinning lock waits (0: every one). A walk costs
     /// microseconds; waits beyond the budget are counted in full, under the caller
     /// "(stack not sampled)". Sleeping waits always get their stack.
-    #[arg(long, default_value_t = DEFAULT_SPIN_STACKS_PER_SEC)]
+    #[arg(long, default_value_t = DEFAULT_SPIN_STACKS_PER_SEC, value_parser = number::<u32, 0, 1_000_000>)]
     pub lock_stacks: u32,
     /// `mm_page_alloc` (remote page allocations per workload; every page allocation
     /// pays ~0.1 us for it): `auto` attaches it with two or more NUMA nodes, `always`
@@ -173,7 +173,7 @@ pub struct Tuning {
     #[arg(long, value_enum, default_value = "auto")]
     pub numa_page_alloc: PageAlloc,
     /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).
-    #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = clap::value_parser!(u32).range(2..=(1 << 22)))]
+    #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = number::<u32, 2, { 1 << 22 }>)]
     pub task_slots: u32,
 }
 
@@ -185,10 +185,10 @@ pub struct ReadinessArgs {
     #[arg(long, default_value = "1Gbit/s", value_parser = parse_bandwidth)]
     pub migration_bandwidth: f64,
     /// Downtime limit the migration predictions assume.
-    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "300ms", value_parser = duration)]
     pub migration_downtime: Duration,
     /// Also assess this process (repeatable).
-    #[arg(long = "readiness-pid", value_name = "PID")]
+    #[arg(long = "readiness-pid", value_name = "PID", value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
     pub readiness_pids: Vec<u32>,
     /// Also assess all processes of this cgroup v2 path (repeatable).
     #[arg(long = "readiness-cgroup", value_name = "PATH")]
@@ -197,26 +197,47 @@ pub struct ReadinessArgs {
     #[arg(long)]
     pub no_vm_readiness: bool,
     /// Windows of the dirty-set measurement (diagnose keeps those within --duration).
-    #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s,16s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s,16s", value_parser = duration)]
     pub readiness_windows: Vec<Duration>,
     /// Sampled pages per GiB (QEMU samples 512).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 512, value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
     pub readiness_samples_per_gib: u32,
     /// Time between the starts of two passes over the targets (serve).
     #[arg(long, default_value = "60s", value_parser = positive_duration)]
     pub readiness_interval: Duration,
     /// Targets assessed per pass; more are counted in hostprobe_readiness_skipped_targets.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = number::<usize, 1, 10_000>)]
     pub readiness_max_targets: usize,
+}
+
+/// A duration: `5s`, `250ms`, `2m`, `1h30m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 5s, 250ms or 2m ({e})"))
 }
 
 /// A duration that must not be zero (intervals: zero would spin or panic).
 pub fn positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be greater than zero (e.g. 5s)".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
+    match duration(s)? {
+        d if d.is_zero() => Err("must be greater than zero (e.g. 5s)".into()),
+        d => Ok(d),
     }
+}
+
+/// A whole number from `LO` to `HI`.
+pub fn number<T: TryFrom<u64>, const LO: u64, const HI: u64>(s: &str) -> Result<T, String> {
+    let expected = || format!("expected a whole number from {LO} to {HI}");
+    let n: u64 = s.trim().parse().map_err(|_| expected())?;
+    if !(LO..=HI).contains(&n) {
+        return Err(expected());
+    }
+    T::try_from(n).map_err(|_| expected())
+}
+
+/// An address to listen on: `IP:PORT`.
+pub fn address(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:19477, 0.0.0.0:19477 or [::]:19477".into())
 }
 
 /// A lock type name as `perf lock` prints it, as the kernel filter's mask.

@@ -3,13 +3,17 @@
 
 use std::process::ExitCode;
 
+use clap::error::{ContextKind, ErrorKind};
 use clap::Parser;
 use hostprobe::cli::{Cli, Command};
 use hostprobe::commands;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let default_level = if matches!(cli.command, Command::Serve(_)) {
         "info"
     } else {
@@ -48,4 +52,29 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// Help and version as clap prints them; any other error in one line that
+/// names the flag and what it expects, exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let mut line = rendered
+        .lines()
+        .next()
+        .unwrap_or("error: bad arguments")
+        .to_string();
+    if let Some(clap::error::ContextValue::Strings(values)) = e.get(ContextKind::ValidValue) {
+        line += &format!(" (one of: {})", values.join(", "));
+    }
+    eprintln!("{line}");
+    ExitCode::from(2)
 }

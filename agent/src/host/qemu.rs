@@ -156,7 +156,8 @@ pub fn ram_mappings(maps: &[MapsLine], ram_bytes: u64) -> Vec<Mapping> {
     let mut out = Vec::new();
     for m in candidates {
         // QEMU may round a RAM block up to its alignment (2 MiB).
-        if total >= ram_bytes || total + m.bytes() > ram_bytes + 4 * MIB {
+        if total >= ram_bytes || total.saturating_add(m.bytes()) > ram_bytes.saturating_add(4 * MIB)
+        {
             continue;
         }
         total += m.bytes();
