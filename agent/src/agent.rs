@@ -232,6 +232,7 @@ impl Agent {
             window_seconds: self.started.elapsed().as_secs_f64(),
             topology: self.probes.topology.clone(),
             filter: self.filter.clone(),
+            cgroup_root: self.cgroups.root().display().to_string(),
             probes,
             sched,
             lock,

@@ -55,6 +55,9 @@ pub struct Host {
     pub cpu_busy: Vec<f64>,
     /// p99 run-queue latency of each CPU over the window, if measured.
     pub cpu_runq_p99: Vec<Option<f64>>,
+    /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+    /// `/sys/fs/cgroup/unified` on hybrid hosts).
+    pub cgroup_root: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -108,17 +111,34 @@ pub fn cpu_list(cpus: &[u32]) -> String {
 }
 
 /// How to restrict a workload to `cpus`: systemd units by property, other
-/// cgroups by their cpuset.
-pub fn command(workload: &str, cpus: &[u32]) -> String {
+/// cgroups by their cpuset. Names come from cgroup directories, which may
+/// hold anything but `/` and NUL: quoted for the shell where needed, so
+/// the command is safe to paste.
+pub fn command(workload: &str, cpus: &[u32], cgroup_root: &str) -> String {
     let list = cpu_list(cpus);
     let unit = workload.rsplit('/').next().unwrap_or(workload);
     if [".service", ".scope", ".slice"]
         .iter()
         .any(|s| unit.ends_with(s))
     {
-        format!("systemctl set-property {unit} AllowedCPUs={list}")
+        format!(
+            "systemctl set-property {} AllowedCPUs={list}",
+            shell_quote(unit)
+        )
     } else {
-        format!("echo {list} > /sys/fs/cgroup{workload}/cpuset.cpus")
+        let file = format!("{cgroup_root}{workload}/cpuset.cpus");
+        format!("echo {list} > {}", shell_quote(&file))
+    }
+}
+
+/// `s` as one shell word: as it is when it has nothing the shell would
+/// read, else in single quotes.
+pub fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
@@ -208,7 +228,7 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
                     pct(cross),
                     pct(remote)
                 ),
-                command: command(&w.workload, &cpus),
+                command: command(&w.workload, &cpus, &host.cgroup_root),
                 cpus,
             });
         }
@@ -254,7 +274,7 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
             if cpus.len() == 1 { "that CPU is" } else { "those CPUs are" },
             pct(load)
         ),
-        command: command(&w.workload, &cpus),
+        command: command(&w.workload, &cpus, &host.cgroup_root),
         cpus,
     })
 }
@@ -288,6 +308,7 @@ mod tests {
             llc_cpus: vec![cpus],
             cpu_busy: busy.to_vec(),
             cpu_runq_p99: Vec::new(),
+            cgroup_root: "/sys/fs/cgroup".into(),
         }
     }
 
@@ -407,6 +428,7 @@ mod tests {
             llc_cpus: vec![vec![0, 1], vec![2, 3]],
             cpu_busy: vec![0.5, 0.5, 0.1, 0.1],
             cpu_runq_p99: vec![Some(0.000_050); 4],
+            cgroup_root: "/sys/fs/cgroup".into(),
         };
         let w = Input {
             cross_node_migrations: 40,
@@ -447,8 +469,19 @@ mod tests {
     fn formats_cpu_lists_and_commands() {
         assert_eq!(cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
         assert_eq!(
-            command("/bouncy", &[1]),
+            command("/bouncy", &[1], "/sys/fs/cgroup"),
             "echo 1 > /sys/fs/cgroup/bouncy/cpuset.cpus"
         );
+        // Names from cgroup directories are quoted where the shell would
+        // read them.
+        assert_eq!(
+            command("/a b;rm -rf ~/x", &[0, 1], "/sys/fs/cgroup/unified"),
+            "echo 0-1 > '/sys/fs/cgroup/unified/a b;rm -rf ~/x/cpuset.cpus'"
+        );
+        assert_eq!(
+            command("/system.slice/it's$(id).service", &[2], "/sys/fs/cgroup"),
+            "systemctl set-property 'it'\\''s$(id).service' AllowedCPUs=2"
+        );
+        assert_eq!(shell_quote(""), "''");
     }
 }

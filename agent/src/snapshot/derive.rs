@@ -32,6 +32,7 @@ pub fn affinity(s: &Snapshot) -> Vec<Affinity> {
         llc_cpus: cpu_groups(&s.topology, |c| c.llc),
         cpu_busy: s.cpu_busy.clone(),
         cpu_runq_p99: s.sched.cpu_runqueue_p99_seconds.clone(),
+        cgroup_root: s.cgroup_root.clone(),
     };
     let mut out: Vec<Affinity> = affinity_inputs(s)
         .iter()

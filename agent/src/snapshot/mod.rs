@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub topology: Topology,
     /// Kernel-side filter in force, e.g. `pid 1234` or `cgroup /db.slice`.
     pub filter: Option<String>,
+    /// Where the cgroup v2 hierarchy is mounted (workloads are paths in it).
+    pub cgroup_root: String,
     pub probes: Vec<ProbeStatus>,
     pub sched: SchedSection,
     pub lock: LockSection,

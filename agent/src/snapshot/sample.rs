@@ -76,6 +76,7 @@ pub(crate) fn sample() -> Snapshot {
             nodes: 1,
         },
         filter: None,
+        cgroup_root: "/sys/fs/cgroup".into(),
         probes: vec![
             probe("sched_switch", true),
             probe("sched_migrate_task", false),

@@ -460,3 +460,51 @@ fn cgroup_churn_keeps_scrapes_fast_and_walks_no_tree() {
     drop(idle);
     assert!(server.stop().success());
 }
+
+/// Label values from outside (cgroup directory names) are escaped: a cgroup
+/// named with a quote and a backslash scrapes clean through promtool.
+#[test]
+fn odd_cgroup_names_are_escaped_in_labels() {
+    let _k = KernelTest::start();
+    let server = Server::start_with(19464, &[], &["--top-k", "100"]);
+    let cg = TestCgroup::new("we\"ird\\name");
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec perf bench sched pipe -l 20000",
+        cg.0.display()
+    );
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let body = server.get("/metrics").unwrap().1;
+    let escaped = format!(
+        "workload=\"{}\"",
+        cg.path().replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    assert!(body.contains(&escaped), "no {escaped} in /metrics");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(cg);
+    assert!(server.stop().success());
+}
