@@ -13,7 +13,7 @@ use crate::collectors::lock::LockCollector;
 use crate::collectors::numa::NumaCollector;
 use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
-use crate::collectors::{DeadRing, Drain, Pass};
+use crate::collectors::{DeadSet, Drain, Pass};
 use crate::error::{Error, Result};
 use crate::host::cgroup::CgroupResolver;
 use crate::host::kallsyms::Kallsyms;
@@ -53,7 +53,7 @@ pub struct Agent {
     lock: LockCollector,
     dirty: DirtyCollector,
     numa: NumaCollector,
-    dead: DeadRing,
+    dead: DeadSet,
     drain: Drain,
     readiness: Option<ReadinessCollector>,
     /// /proc/stat per-CPU times at the last busy reading, when it was
@@ -117,7 +117,7 @@ impl Agent {
             .map(|c| c.node as usize)
             .collect();
         let sched = SchedCollector::new(&mut probes.ebpf, opts.top_k, cpu_node)?;
-        let dead = DeadRing::new(&mut probes.ebpf)?;
+        let dead = DeadSet::new(&mut probes.ebpf)?;
         let drain = Drain::new(&mut probes.ebpf)?;
         let hz = hz.join().ok().flatten();
         if hz.is_none() {
@@ -233,6 +233,7 @@ impl Agent {
             topology: self.probes.topology.clone(),
             filter: self.filter.clone(),
             cgroup_root: self.cgroups.root().display().to_string(),
+            cgroup_cpuset: self.cgroups.offers("cpuset"),
             probes,
             sched,
             lock,

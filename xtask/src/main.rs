@@ -5,6 +5,7 @@ mod bench;
 mod migration;
 mod numa;
 mod setup;
+mod soak;
 mod vm;
 
 use std::path::PathBuf;
@@ -48,6 +49,18 @@ enum Task {
     },
     /// Predict with hostprobe, then live-migrate real QEMU guests on loopback and compare (~15 min).
     ValidateMigration(migration::MigrationArgs),
+    /// serve under process, cgroup and lock churn, scrapers and a stuck client, checked throughout (30 min; 3 in `test`).
+    Soak(soak::SoakArgs),
+    /// The soak's lock-object load (run by `soak`).
+    #[command(hide = true)]
+    SoakSockets {
+        #[arg(long)]
+        pairs: u64,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long)]
+        report: PathBuf,
+    },
     /// Coverage-guided fuzzing of the parsers (cargo-fuzz, libFuzzer) from the checked-in corpus.
     Fuzz {
         /// How long to run.
@@ -105,6 +118,18 @@ fn main() -> Result<()> {
             migration::run(&bin, &args)
         }
         Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Soak(args) => {
+            let bin = match &args.bin {
+                Some(bin) => bin.clone(),
+                None => build()?,
+            };
+            soak::run(&bin, &args)
+        }
+        Task::SoakSockets {
+            pairs,
+            seconds,
+            report,
+        } => soak::sockets(pairs, seconds, &report),
     }
 }
 
@@ -211,5 +236,7 @@ fn test() -> Result<()> {
     run_ok(test)?;
     // The second kernel: the 2-node Debian 6.1 guest (about a minute).
     let bin = build()?;
-    numa::run(&bin)
+    numa::run(&bin)?;
+    // Always-on: three minutes of churn, scrapers and a stuck client.
+    soak::run(&bin, &soak::SoakArgs::minutes(3.0))
 }

@@ -63,7 +63,7 @@ pub struct DirtyCollector {
     hz: Option<f64>,
     devices: HashMap<u32, String>,
     /// Removed cgroups are retired; the agent hands their entries back
-    /// through `DEAD_CGROUPS` (see `DeadRing`).
+    /// through `DEAD_CGROUPS` (see `DeadSet`).
     rounds: WorkloadRounds<DirtyTotals>,
     /// Device totals of deleted file entries (folios, bytes).
     device_base: HashMap<u32, (u64, u64)>,

@@ -3,7 +3,7 @@
 //! the label state; a peek (a scrape's) shows fresh counters and changes
 //! nothing, so results do not depend on who scrapes or how often.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
@@ -33,43 +33,34 @@ pub enum Pass {
     Peek,
 }
 
-/// The kernel's `DEAD_CGROUPS` ring: ids of removed cgroups whose entries
+/// The kernel's `DEAD_CGROUPS` set: ids of removed cgroups whose entries
 /// the per-CPU workload tables (sched, dirty, NUMA) may reuse. The agent
-/// publishes every collector's retired ids after all of them have read
-/// their last values, and again each round while a table still holds them:
-/// the ring is short, and under cgroup churn an id written once would be
-/// pushed out before the kernel got to reuse its entries.
-pub struct DeadRing {
-    map: Array<MapData, u64>,
-    next: u32,
-    /// Where the next round starts when there are more ids than slots.
-    cursor: usize,
+/// adds every collector's retired ids after all of them have read their
+/// last values, and takes an id out once no table holds it.
+pub struct DeadSet {
+    map: aya::maps::HashMap<MapData, u64, u8>,
+    published: BTreeSet<u64>,
 }
 
-impl DeadRing {
+impl DeadSet {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            map: Array::try_from(take(ebpf, "DEAD_CGROUPS")?).map_err(map_err("DEAD_CGROUPS"))?,
-            next: 0,
-            cursor: 0,
+            map: aya::maps::HashMap::try_from(take(ebpf, "DEAD_CGROUPS")?)
+                .map_err(map_err("DEAD_CGROUPS"))?,
+            published: BTreeSet::new(),
         })
     }
 
-    /// Writes up to a ringful of `ids`, rotating through them across rounds.
-    pub fn publish(&mut self, ids: &std::collections::BTreeSet<u64>) -> Result<()> {
-        let ids: Vec<u64> = ids.iter().copied().collect();
-        let n = ids.len().min(hostprobe_common::DEAD_CGROUPS as usize);
-        for k in 0..n {
-            let id = ids[(self.cursor + k) % ids.len()];
-            let slot = self.next % hostprobe_common::DEAD_CGROUPS;
-            self.next = self.next.wrapping_add(1);
-            self.map.set(slot, id, 0).map_err(map_err("DEAD_CGROUPS"))?;
+    /// Makes the set `ids`.
+    pub fn publish(&mut self, ids: &BTreeSet<u64>) -> Result<()> {
+        for id in self.published.difference(ids) {
+            // Already gone is fine.
+            let _ = self.map.remove(id);
         }
-        self.cursor = if ids.is_empty() {
-            0
-        } else {
-            (self.cursor + n) % ids.len()
-        };
+        for id in ids.difference(&self.published) {
+            self.map.insert(id, 1, 0).map_err(map_err("DEAD_CGROUPS"))?;
+        }
+        self.published.clone_from(ids);
         Ok(())
     }
 }

@@ -92,6 +92,13 @@ impl CgroupResolver {
         &self.root
     }
 
+    /// Whether the hierarchy offers `controller` (the root's
+    /// `cgroup.controllers`).
+    pub fn offers(&self, controller: &str) -> bool {
+        std::fs::read_to_string(self.root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == controller))
+    }
+
     /// Path of cgroup `id`; `None` when the cgroup no longer exists (or,
     /// without handles, was not found by this round's walk of the tree).
     pub fn path(&mut self, id: u64) -> Option<String> {

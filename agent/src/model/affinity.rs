@@ -58,6 +58,9 @@ pub struct Host {
     /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
     /// `/sys/fs/cgroup/unified` on hybrid hosts).
     pub cgroup_root: String,
+    /// Whether that hierarchy offers the cpuset controller (on hybrid hosts
+    /// cpuset usually stays in cgroup v1).
+    pub cgroup_cpuset: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -110,14 +113,20 @@ pub fn cpu_list(cpus: &[u32]) -> String {
     out.join(",")
 }
 
-/// How to restrict a workload to `cpus`: systemd units by property, other
-/// cgroups by their cpuset. Names come from cgroup directories, which may
-/// hold anything but `/` and NUL: quoted for the shell where needed, so
-/// the command is safe to paste.
-pub fn command(workload: &str, cpus: &[u32], cgroup_root: &str) -> String {
+/// How to restrict a workload to `cpus`. With cgroup v2's cpuset: systemd
+/// units by property, other cgroups by their cpuset. Without it (hybrid
+/// hosts, where systemd's `AllowedCPUs` does nothing either): the affinity
+/// of the cgroup's processes, which their children inherit. Names come from
+/// cgroup directories, which may hold anything but `/` and NUL: quoted for
+/// the shell where needed, so the command is safe to paste.
+pub fn command(workload: &str, cpus: &[u32], host: &Host) -> String {
     let list = cpu_list(cpus);
     let unit = workload.rsplit('/').next().unwrap_or(workload);
-    if [".service", ".scope", ".slice"]
+    let dir = format!("{}{workload}", host.cgroup_root.trim_end_matches('/'));
+    if !host.cgroup_cpuset {
+        let procs = shell_quote(&format!("{dir}/cgroup.procs"));
+        format!("for p in $(cat {procs}); do taskset -a -p -c {list} \"$p\"; done")
+    } else if [".service", ".scope", ".slice"]
         .iter()
         .any(|s| unit.ends_with(s))
     {
@@ -126,7 +135,7 @@ pub fn command(workload: &str, cpus: &[u32], cgroup_root: &str) -> String {
             shell_quote(unit)
         )
     } else {
-        let file = format!("{cgroup_root}{workload}/cpuset.cpus");
+        let file = format!("{dir}/cpuset.cpus");
         format!("echo {list} > {}", shell_quote(&file))
     }
 }
@@ -228,7 +237,7 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
                     pct(cross),
                     pct(remote)
                 ),
-                command: command(&w.workload, &cpus, &host.cgroup_root),
+                command: command(&w.workload, &cpus, host),
                 cpus,
             });
         }
@@ -274,7 +283,7 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
             if cpus.len() == 1 { "that CPU is" } else { "those CPUs are" },
             pct(load)
         ),
-        command: command(&w.workload, &cpus, &host.cgroup_root),
+        command: command(&w.workload, &cpus, host),
         cpus,
     })
 }
@@ -309,6 +318,7 @@ mod tests {
             cpu_busy: busy.to_vec(),
             cpu_runq_p99: Vec::new(),
             cgroup_root: "/sys/fs/cgroup".into(),
+            cgroup_cpuset: true,
         }
     }
 
@@ -429,6 +439,7 @@ mod tests {
             cpu_busy: vec![0.5, 0.5, 0.1, 0.1],
             cpu_runq_p99: vec![Some(0.000_050); 4],
             cgroup_root: "/sys/fs/cgroup".into(),
+            cgroup_cpuset: true,
         };
         let w = Input {
             cross_node_migrations: 40,
@@ -468,18 +479,32 @@ mod tests {
     #[test]
     fn formats_cpu_lists_and_commands() {
         assert_eq!(cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
+        let unified = one_node_host(&[0.0]);
+        let hybrid = Host {
+            cgroup_root: "/sys/fs/cgroup/unified".into(),
+            cgroup_cpuset: false,
+            ..unified.clone()
+        };
         assert_eq!(
-            command("/bouncy", &[1], "/sys/fs/cgroup"),
+            command("/bouncy", &[1], &unified),
             "echo 1 > /sys/fs/cgroup/bouncy/cpuset.cpus"
+        );
+        assert_eq!(
+            command("/system.slice/db.service", &[0, 1], &hybrid),
+            "for p in $(cat /sys/fs/cgroup/unified/system.slice/db.service/cgroup.procs); do taskset -a -p -c 0-1 \"$p\"; done"
         );
         // Names from cgroup directories are quoted where the shell would
         // read them.
         assert_eq!(
-            command("/a b;rm -rf ~/x", &[0, 1], "/sys/fs/cgroup/unified"),
-            "echo 0-1 > '/sys/fs/cgroup/unified/a b;rm -rf ~/x/cpuset.cpus'"
+            command("/a b;rm -rf ~/x", &[0, 1], &unified),
+            "echo 0-1 > '/sys/fs/cgroup/a b;rm -rf ~/x/cpuset.cpus'"
         );
         assert_eq!(
-            command("/system.slice/it's$(id).service", &[2], "/sys/fs/cgroup"),
+            command("/a'b", &[3], &hybrid),
+            "for p in $(cat '/sys/fs/cgroup/unified/a'\\''b/cgroup.procs'); do taskset -a -p -c 3 \"$p\"; done"
+        );
+        assert_eq!(
+            command("/system.slice/it's$(id).service", &[2], &unified),
             "systemctl set-property 'it'\\''s$(id).service' AllowedCPUs=2"
         );
         assert_eq!(shell_quote(""), "''");

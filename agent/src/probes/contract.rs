@@ -18,7 +18,7 @@ pub const MAP_CONTRACT: [(&str, usize); 22] = [
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
     ("SCHED_COUNTERS", size_of::<u64>()),
-    ("DEAD_CGROUPS", size_of::<u64>()),
+    ("DEAD_CGROUPS", size_of::<u8>()),
     ("DRAIN_GEN", size_of::<u32>()),
     ("DRAIN_INFLIGHT", size_of::<u64>()),
     ("LOCK_BY_CALLER_0", size_of::<lock::CallerStat>()),

@@ -33,6 +33,7 @@ pub fn affinity(s: &Snapshot) -> Vec<Affinity> {
         cpu_busy: s.cpu_busy.clone(),
         cpu_runq_p99: s.sched.cpu_runqueue_p99_seconds.clone(),
         cgroup_root: s.cgroup_root.clone(),
+        cgroup_cpuset: s.cgroup_cpuset,
     };
     let mut out: Vec<Affinity> = affinity_inputs(s)
         .iter()

@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub filter: Option<String>,
     /// Where the cgroup v2 hierarchy is mounted (workloads are paths in it).
     pub cgroup_root: String,
+    /// Whether that hierarchy offers the cpuset controller.
+    pub cgroup_cpuset: bool,
     pub probes: Vec<ProbeStatus>,
     pub sched: SchedSection,
     pub lock: LockSection,

@@ -77,6 +77,7 @@ pub(crate) fn sample() -> Snapshot {
         },
         filter: None,
         cgroup_root: "/sys/fs/cgroup".into(),
+        cgroup_cpuset: true,
         probes: vec![
             probe("sched_switch", true),
             probe("sched_migrate_task", false),

@@ -43,6 +43,17 @@ fn pin_threads(pid: u32, first: usize) {
     }
 }
 
+/// CPUs of a `0-2,5` list.
+fn cpu_list(s: &str) -> Vec<u64> {
+    s.trim()
+        .split(',')
+        .flat_map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            a.parse().unwrap()..=b.parse().unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     assert!(two_cpus(), "this test needs two CPUs");
@@ -76,7 +87,6 @@ fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     }
     let s = finish(diag);
     drop(pinned);
-    drop(bouncing);
     let find = |path: &str| {
         s["affinity"]
             .as_array()
@@ -101,10 +111,31 @@ fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     assert!(b["score"].as_f64().unwrap() <= 0.7, "bouncing: {b}");
     let r = &b["recommendation"];
     assert!(r.is_object(), "bouncing gets a recommendation: {b}");
-    assert!(r["command"]
-        .as_str()
+    // The command does what it says, whichever way this host's cgroups
+    // allow (cpuset in cgroup v2, or the processes' affinity).
+    let command = r["command"].as_str().unwrap();
+    let status = Command::new("sh")
+        .args(["-c", command])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{command}");
+    let want: Vec<u64> = r["cpus"]
+        .as_array()
         .unwrap()
-        .contains(&format!("/sys/fs/cgroup{}/cpuset.cpus", bouncing_cg.path())));
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", bouncing.0.id())).unwrap();
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap();
+        assert_eq!(cpu_list(allowed), want, "after `{command}`");
+    }
+    drop(bouncing);
     let text = render_diagnose_summary(&s);
     assert!(text.is_empty() || text.contains("keep"), "{text}");
 }

@@ -24,9 +24,10 @@ pub const DEFAULT_TASK_SLOTS: u32 = 1 << 15;
 pub const DEFAULT_MAX_WORKLOADS: u32 = 256;
 /// Entries looked at for one cgroup before giving up (linear probing).
 pub const WORKLOAD_PROBES: u32 = 4;
-/// Ring of cgroup ids the agent found removed; the kernel reuses their
-/// entries (on its own CPU, so without racing the agent).
-pub const DEAD_CGROUPS: u32 = 64;
+/// Default size of the set of cgroup ids the agent found removed, whose
+/// entries the kernel reuses (on its own CPU, so without racing the agent);
+/// the agent sizes it to hold every id the tables can hold.
+pub const DEAD_CGROUPS: u32 = 1024;
 
 /// First table index probed for `cgroup` (Fibonacci hashing).
 #[inline(always)]

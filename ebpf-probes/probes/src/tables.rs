@@ -2,8 +2,9 @@
 //!
 //! Per-CPU workload tables: open-addressed arrays keyed by cgroup id (an
 //! inlined array lookup is far cheaper on hot paths than a hash map). The
-//! agent hands entries of removed cgroups back through `DEAD_CGROUPS` after
-//! reading their last values; each CPU then reuses its own entry.
+//! agent hands entries of removed cgroups back through `DEAD_CGROUPS` (a
+//! set) after reading their last values; each CPU then reuses its own
+//! entries of those the next time a new workload's probe passes them.
 //!
 //! Drained tables: hash maps keyed by what the kernel hands over (lock
 //! addresses, callers), in two buffers. Programs write the buffer
@@ -15,7 +16,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id,
     macros::map,
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     Global,
 };
 use hostprobe_common::{workload_index, DEFAULT_MAX_WORKLOADS, WORKLOAD_PROBES};
@@ -24,8 +25,11 @@ use hostprobe_common::{workload_index, DEFAULT_MAX_WORKLOADS, WORKLOAD_PROBES};
 #[no_mangle]
 static WORKLOADS_MASK: Global<u32> = Global::new(DEFAULT_MAX_WORKLOADS - 1);
 
+/// Removed cgroups whose entries may be reused; sized by the agent to hold
+/// every id the tables can hold.
 #[map]
-static DEAD_CGROUPS: Array<u64> = Array::with_max_entries(hostprobe_common::DEAD_CGROUPS, 0);
+static DEAD_CGROUPS: HashMap<u64, u8> =
+    HashMap::with_max_entries(hostprobe_common::DEAD_CGROUPS, 0);
 
 /// The buffer of the drained tables the programs write: `DRAIN_GEN[0] & 1`.
 #[map]
@@ -105,12 +109,9 @@ pub fn update<T: Entry>(table: &PerCpuArray<T>, f: impl FnOnce(&mut T)) -> Resul
 }
 
 /// Whether the agent has reported `cgroup` removed (and read its last
-/// values), so that its entries may be reused.
+/// values), so that its entries may be reused. A hash lookup, but only
+/// while probing past another workload's entry.
 fn is_dead(cgroup: u64) -> bool {
-    for i in 0..hostprobe_common::DEAD_CGROUPS {
-        if DEAD_CGROUPS.get(i).is_some_and(|&d| d == cgroup) {
-            return true;
-        }
-    }
-    false
+    // SAFETY: a lookup of a plain value.
+    unsafe { DEAD_CGROUPS.get(&cgroup).is_some() }
 }
