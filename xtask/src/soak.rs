@@ -422,7 +422,9 @@ fn soak(
             );
         }
     }
-    let (perf_types, inner, outer) = perf_window(tmp, window)?;
+    // A failed window (e.g. a scrape unanswered) is a failed check, not
+    // the end of the soak.
+    let perf = perf_window(tmp, window);
 
     // The load stops; the labels are compared once both agents have had
     // two rounds (5 s apart) since: their rounds do not run in step.
@@ -436,8 +438,8 @@ fn soak(
     std::thread::sleep(Duration::from_secs(11));
     // Workload values with one scraper and with three, read at the same
     // moment: `family workload` -> (value, share of the family).
-    let labels = |addr| -> Result<BTreeMap<String, (f64, f64)>> {
-        let body = get(addr, "/metrics").context("scrape")?.0;
+    let labels = |addr| -> Option<BTreeMap<String, (f64, f64)>> {
+        let body = get(addr, "/metrics")?.0;
         let mut values = BTreeMap::new();
         let mut totals: BTreeMap<String, f64> = BTreeMap::new();
         for (k, v) in samples(&body) {
@@ -457,15 +459,19 @@ fn soak(
                 values.insert(format!("{family} {w}"), v);
             }
         }
-        Ok(values
-            .into_iter()
-            .map(|(k, v)| {
-                let total = totals[k.split(' ').next().unwrap_or_default()];
-                (k, (v, if total > 0.0 { v / total } else { 0.0 }))
-            })
-            .collect())
+        Some(
+            values
+                .into_iter()
+                .map(|(k, v)| {
+                    let total = totals[k.split(' ').next().unwrap_or_default()];
+                    (k, (v, if total > 0.0 { v / total } else { 0.0 }))
+                })
+                .collect(),
+        )
     };
-    let (one, three) = (labels(CONTROL)?, labels(MAIN)?);
+    let (one, three) = (labels(CONTROL), labels(MAIN));
+    let answered = one.is_some() && three.is_some();
+    let (one, three) = (one.unwrap_or_default(), three.unwrap_or_default());
     // A workload at the edge of the top-K may be in or out depending on
     // where each agent's rounds fell; only a label carrying a real share
     // of its family must be in both.
@@ -476,7 +482,9 @@ fn soak(
             .collect::<Vec<_>>()
     };
     let (only_one, only_three) = (only(&one, &three), only(&three, &one));
-    let final_body = get(MAIN, "/metrics").context("final scrape")?.0;
+    let final_body = get(MAIN, "/metrics").map(|b| b.0);
+    let answered = answered && final_body.is_some();
+    let final_body = final_body.unwrap_or_default();
 
     // Still the same process, and it exits cleanly.
     let alive = std::fs::read_to_string(format!("/proc/{main_pid}/cmdline")).is_ok();
@@ -596,6 +604,13 @@ fn soak(
         format!("runs the kernel skipped: {missed:?}"),
     );
     println!("       drains deferred {deferred}, cgroup tree walks {walks}");
+    let (perf_types, inner, outer) = match perf {
+        Ok(counts) => counts,
+        Err(e) => {
+            check(false, format!("lock contention against perf lock: {e:#}"));
+            Default::default()
+        }
+    };
     for (ty, perf) in &perf_types {
         let (lo, hi) = (
             inner.get(ty).copied().unwrap_or(0.0),
@@ -616,7 +631,11 @@ fn soak(
         format!("a lock type perf counted 200 times or more: {perf_types:?}"),
     );
     check(
-        only_one.is_empty() && only_three.is_empty(),
+        answered,
+        "both agents answered the scrapes after the load".to_string(),
+    );
+    check(
+        answered && only_one.is_empty() && only_three.is_empty(),
         format!(
             "the same top-K labels with one scraper and with three ({} and {} labels; above {}% of their family only with one: {only_one:?}, only with three: {only_three:?})",
             one.len(),
@@ -660,7 +679,13 @@ fn perf_window(tmp: &Path, window: Duration) -> Result<(Counts, Counts, Counts)>
             })
             .collect()
     };
-    let scrape = || -> Result<Counts> { Ok(per_type(&get(MAIN, "/metrics").context("scrape")?.0)) };
+    let scrape = || -> Result<Counts> {
+        Ok(per_type(
+            &get(MAIN, "/metrics")
+                .context("a scrape of serve got no answer")?
+                .0,
+        ))
+    };
     let (ctl, ack, data) = (tmp.join("ctl"), tmp.join("ack"), tmp.join("perf.data"));
     for fifo in [&ctl, &ack] {
         let c = std::ffi::CString::new(fifo.display().to_string())?;
