@@ -77,6 +77,28 @@ impl Drop for Proc {
     }
 }
 
+/// The load threads: stopped and joined however the soak ends, so that
+/// nothing they started (QEMU included) outlives it.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// `GET path` with its latency; `None` when it failed.
 fn get(addr: &str, path: &str) -> Option<(String, Duration)> {
     let t0 = Instant::now();
@@ -98,6 +120,50 @@ fn samples(body: &str) -> BTreeMap<String, f64> {
             Some((k.to_string(), v.parse().ok()?))
         })
         .collect()
+}
+
+/// SIGKILL to every process in cgroup `dir` and below, until none is left.
+fn kill_all_in(dir: &Path) {
+    for _ in 0..50 {
+        let mut any = false;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    any = true;
+                    // SAFETY: signalling a process of our own test cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            stack.extend(
+                std::fs::read_dir(&d)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir()),
+            );
+        }
+        if !any {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes the cgroup `dir` and every cgroup below it (empty of processes).
+fn remove_tree(dir: &Path) {
+    let subs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    for s in subs {
+        remove_tree(&s);
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn cgroup2_root() -> Result<PathBuf> {
@@ -153,7 +219,19 @@ pub fn run(bin: &Path, args: &SoakArgs) -> Result<()> {
         (5_000.0 * scale) as u64,
         (20_000.0 * scale) as u64,
     );
-    let root = cgroup2_root()?.join(format!("hostprobe-soak-{}", std::process::id()));
+    let cgroups = cgroup2_root()?;
+    // What an interrupted soak left behind.
+    for e in std::fs::read_dir(&cgroups)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("hostprobe-soak-") {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                kill_all_in(&e.path());
+                remove_tree(&e.path());
+                let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&name));
+            }
+        }
+    }
+    let root = cgroups.join(format!("hostprobe-soak-{}", std::process::id()));
     let dirs = ["idle", "churn", "messaging", "sockets", "dirty", "vm"];
     for d in dirs {
         std::fs::create_dir_all(root.join(d))?;
@@ -165,22 +243,8 @@ pub fn run(bin: &Path, args: &SoakArgs) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let outcome = soak(bin, &root, &tmp, total, warm, window, targets);
     // Clean up whatever happened: processes first, then the cgroups.
-    for d in dirs.iter().rev() {
-        let dir = root.join(d);
-        let subs: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for s in subs {
-            let _ = std::fs::remove_dir(s);
-        }
-        let _ = std::fs::remove_dir(&dir);
-    }
-    let _ = std::fs::remove_dir(&root);
+    kill_all_in(&root);
+    remove_tree(&root);
     let _ = std::fs::remove_dir_all(&tmp);
     outcome
 }
@@ -221,7 +285,11 @@ fn soak(
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(Done::default());
-    let mut threads = Vec::new();
+    let mut load = Load {
+        stop: stop.clone(),
+        threads: Vec::new(),
+    };
+    let threads = &mut load.threads;
     let running = |stop: &AtomicBool| !stop.load(Ordering::Relaxed);
 
     // The messaging load, run after run.
@@ -262,20 +330,34 @@ fn soak(
             }
         }));
     }
-    // Distinct lock objects: socket pairs kept open, each contended.
+    // Distinct lock objects: socket pairs kept open, each contended; in
+    // as many processes as their open-file limit needs (raising it takes
+    // CAP_SYS_RESOURCE, which a container may not have).
     let pairs = (want_locks as f64 * 1.05) as u64;
-    let sockets = Proc::spawn(
-        in_cgroup(
-            &root.join("sockets"),
-            &format!(
-                "exec {} soak-sockets --pairs {pairs} --seconds {} --report '{}'",
-                std::env::current_exe()?.display(),
-                (total.as_secs_f64() * 0.8) as u64,
-                tmp.join("pairs").display()
-            ),
-        )
-        .stdout(Stdio::null()),
-    )?;
+    let per_process = (files_limit()?.saturating_sub(256) / 2).min(8000);
+    if per_process < 500 {
+        bail!(
+            "the open-file limit ({}) is too low for the socket load; raise it (ulimit -n)",
+            files_limit()?
+        );
+    }
+    let processes = pairs.div_ceil(per_process);
+    let mut sockets = Vec::new();
+    for i in 0..processes {
+        let n = per_process.min(pairs - i * per_process);
+        sockets.push(Proc::spawn(
+            in_cgroup(
+                &root.join("sockets"),
+                &format!(
+                    "exec {} soak-sockets --pairs {n} --seconds {} --report '{}'",
+                    std::env::current_exe()?.display(),
+                    (total.as_secs_f64() * 0.8) as u64,
+                    tmp.join(format!("pairs.{i}")).display()
+                ),
+            )
+            .stdout(Stdio::null()),
+        )?);
+    }
     // File dirtying.
     let dirty_file = tmp.join("dirty");
     let dirtier = Proc::spawn(&mut in_cgroup(
@@ -409,6 +491,11 @@ fn soak(
     let mut shown = Instant::now();
     while started.elapsed() + window + Duration::from_secs(5) < total {
         std::thread::sleep(Duration::from_secs(1));
+        for s in &mut sockets {
+            if let Some(status) = s.0.try_wait()? {
+                bail!("the socket load exited early ({status}); its error is above");
+            }
+        }
         if shown.elapsed() >= Duration::from_secs(30) {
             shown = Instant::now();
             eprintln!(
@@ -417,7 +504,7 @@ fn soak(
                 total.as_secs_f64(),
                 done.processes.load(Ordering::Relaxed),
                 done.cgroups.load(Ordering::Relaxed),
-                pairs_so_far(&tmp.join("pairs")),
+                pairs_so_far(tmp),
                 rss_kib(main_pid).unwrap_or(0.0) / 1024.0
             );
         }
@@ -428,11 +515,8 @@ fn soak(
 
     // The load stops; the labels are compared once both agents have had
     // two rounds (5 s apart) since: their rounds do not run in step.
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
-    let socket_pairs = pairs_so_far(&tmp.join("pairs"));
+    load.finish();
+    let socket_pairs = pairs_so_far(tmp);
     drop(sockets);
     drop(dirtier);
     std::thread::sleep(Duration::from_secs(11));
@@ -749,11 +833,35 @@ fn perf_window(tmp: &Path, window: Duration) -> Result<(Counts, Counts, Counts)>
 
 /// Socket pairs the contention process has reported open (it writes the
 /// count to a file as it goes).
-fn pairs_so_far(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
+/// Socket pairs the socket load processes have open (each reports to
+/// `pairs.N` in `tmp`).
+fn pairs_so_far(tmp: &Path) -> u64 {
+    std::fs::read_dir(tmp)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pairs."))
+        .filter_map(|e| {
+            std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// This process's hard limit of open files.
+fn files_limit() -> Result<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: writes into the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    Ok(l.rlim_max)
 }
 
 /// `xtask soak-sockets`: `pairs` unix socket pairs opened over `seconds`
@@ -763,12 +871,17 @@ fn pairs_so_far(path: &Path) -> u64 {
 pub fn sockets(pairs: u64, seconds: u64, report: &Path) -> Result<()> {
     use std::os::unix::net::UnixStream;
     let limit = libc::rlimit {
-        rlim_cur: 2 * pairs + 256,
-        rlim_max: 2 * pairs + 256,
+        rlim_cur: files_limit()?,
+        rlim_max: files_limit()?,
     };
-    // SAFETY: a valid rlimit for this process.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        bail!("cannot raise the open file limit to {}", limit.rlim_cur);
+    // SAFETY: a valid rlimit for this process (the soft limit up to the hard).
+    if limit.rlim_cur < 2 * pairs + 64
+        || unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0
+    {
+        bail!(
+            "cannot open {pairs} socket pairs within the open-file limit {}",
+            limit.rlim_cur
+        );
     }
     let start = Instant::now();
     let mut open = Vec::with_capacity(pairs as usize);
