@@ -109,6 +109,10 @@ impl Agent {
             page_alloc: opts.page_alloc,
         };
         let mut probes = Probes::load(&load)?;
+        // Loading parsed the kernel's BTF twice (ours and aya's): 24 MiB of
+        // heap here, all freed; give it back rather than carry it for months.
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
         forward_kernel_logs(&mut probes);
         let cpu_node = probes
             .topology

@@ -110,22 +110,27 @@ pub struct ReadinessCommand {
     /// A QEMU VM by its `-name` (its guest RAM is measured in the QEMU process).
     #[arg(long)]
     pub vm: Option<String>,
-    /// Link bandwidth, e.g. 1Gbit/s, 125MB/s, 64MiB/s.
+    /// Bandwidth pre-copy may use (QEMU's max-bandwidth), e.g. 1Gbit/s, 125MB/s, 64MiB/s.
     #[arg(long, default_value = "1Gbit/s", value_parser = parse_bandwidth)]
     pub bandwidth: f64,
+    /// The link's capacity, which the final stop-and-copy gets (QEMU lifts its rate limit
+    /// for it); default: --bandwidth.
+    #[arg(long, value_parser = parse_bandwidth)]
+    pub switchover_bandwidth: Option<f64>,
     /// Downtime limit (QEMU's default is 300ms).
     #[arg(long, default_value = "300ms", value_parser = duration)]
     pub downtime: Duration,
     /// Windows at which the dirty set is measured (comma-separated); the longest is how
     /// long the measurement takes.
-    #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s,16s", value_parser = duration)]
+    #[arg(long, value_delimiter = ',', default_value = "100ms,250ms,1s,4s,16s", value_parser = positive_duration)]
     pub windows: Vec<Duration>,
     /// Sampled pages per GiB of memory (QEMU samples 512); more samples, less noise.
     #[arg(long, default_value_t = 512, value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
     pub samples_per_gib: u32,
-    /// Rounds after the first pass before giving up.
-    #[arg(long, default_value_t = 30, value_parser = number::<u32, 1, 100_000>)]
-    pub max_rounds: u32,
+    /// Extra passes over the samples when the verdict hangs on one window: that window is
+    /// measured again until the verdict is certain (within the longest window's time).
+    #[arg(long, default_value_t = 48, value_parser = number::<u32, 0, 10_000>)]
+    pub refine_passes: u32,
     /// Give up (does not converge) after this long, like a migration time cap.
     #[arg(long, value_parser = duration)]
     pub max_time: Option<Duration>,
@@ -187,6 +192,9 @@ pub struct ReadinessArgs {
     /// Downtime limit the migration predictions assume.
     #[arg(long, default_value = "300ms", value_parser = duration)]
     pub migration_downtime: Duration,
+    /// The link's capacity, which the final stop-and-copy gets; default: --migration-bandwidth.
+    #[arg(long, value_parser = parse_bandwidth)]
+    pub migration_switchover_bandwidth: Option<f64>,
     /// Also assess this process (repeatable).
     #[arg(long = "readiness-pid", value_name = "PID", value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
     pub readiness_pids: Vec<u32>,
@@ -197,11 +205,14 @@ pub struct ReadinessArgs {
     #[arg(long)]
     pub no_vm_readiness: bool,
     /// Windows of the dirty-set measurement (diagnose keeps those within --duration).
-    #[arg(long, value_delimiter = ',', default_value = "250ms,1s,4s,16s", value_parser = duration)]
+    #[arg(long, value_delimiter = ',', default_value = "100ms,250ms,1s,4s,16s", value_parser = positive_duration)]
     pub readiness_windows: Vec<Duration>,
     /// Sampled pages per GiB (QEMU samples 512).
     #[arg(long, default_value_t = 512, value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
     pub readiness_samples_per_gib: u32,
+    /// Extra passes per target when its verdict hangs on one window (see `readiness --refine-passes`).
+    #[arg(long, default_value_t = 48, value_parser = number::<u32, 0, 10_000>)]
+    pub readiness_refine_passes: u32,
     /// Time between the starts of two passes over the targets (serve).
     #[arg(long, default_value = "60s", value_parser = positive_duration)]
     pub readiness_interval: Duration,

@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_hostprobe");
 
 /// A malformed value per flag, and what the error line must say besides
 /// the flag (`None`: the flag's own name is enough).
-const BAD: [(&str, &str, &str); 28] = [
+const BAD: [(&str, &str, &str); 31] = [
     ("listen", "localhost", "expected IP:PORT"),
     ("interval", "0s", "greater than zero"),
     ("duration", "ten seconds", "expected a duration"),
@@ -25,7 +25,8 @@ const BAD: [(&str, &str, &str); 28] = [
     ("downtime", "300", "expected a duration"),
     ("windows", "1s,,4s", "expected a duration"),
     ("samples-per-gib", "0", "expected a whole number from 1"),
-    ("max-rounds", "many", "expected a whole number"),
+    ("refine-passes", "many", "expected a whole number"),
+    ("switchover-bandwidth", "1Xbit/s", "unknown unit"),
     ("max-time", "forever", "expected a duration"),
     ("exact-min-interval", "1x", "expected a duration"),
     (
@@ -48,6 +49,11 @@ const BAD: [(&str, &str, &str); 28] = [
     ("task-slots", "1", "expected a whole number from 2"),
     ("migration-bandwidth", "1Xbit/s", "unknown unit"),
     ("migration-downtime", "soon", "expected a duration"),
+    (
+        "migration-switchover-bandwidth",
+        "fast",
+        "expected e.g. 1Gbit/s",
+    ),
     ("readiness-pid", "abc", "expected a whole number"),
     ("readiness-cgroup", "/no/such/cgroup", "not found"),
     ("readiness-windows", "1s,x", "expected a duration"),
@@ -56,6 +62,7 @@ const BAD: [(&str, &str, &str); 28] = [
         "lots",
         "expected a whole number",
     ),
+    ("readiness-refine-passes", "ten", "expected a whole number"),
     ("readiness-interval", "0ms", "greater than zero"),
     (
         "readiness-max-targets",

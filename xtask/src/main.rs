@@ -47,7 +47,7 @@ enum Task {
         #[arg(long)]
         pages: u64,
     },
-    /// Predict with hostprobe, then live-migrate real QEMU guests on loopback and compare (~15 min).
+    /// Predict with hostprobe, then live-migrate real QEMU guests on loopback and compare (32 cases, ~75 min; --cases quick: 3).
     ValidateMigration(migration::MigrationArgs),
     /// serve under process, cgroup and lock churn, scrapers and a stuck client, checked throughout (30 min; 3 in `test`).
     Soak(soak::SoakArgs),
@@ -237,6 +237,9 @@ fn test() -> Result<()> {
     // The second kernel: the 2-node Debian 6.1 guest (about a minute).
     let bin = build()?;
     numa::run(&bin)?;
+    // Readiness against three real migrations (one that converges, one
+    // that does not, two vCPUs).
+    migration::run(&bin, &migration::MigrationArgs::quick())?;
     // Always-on: three minutes of churn, scrapers and a stuck client.
     soak::run(&bin, &soak::SoakArgs::minutes(3.0))
 }

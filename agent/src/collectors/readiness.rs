@@ -11,8 +11,8 @@ use tracing::{debug, warn};
 use crate::error::Result;
 use crate::host::{privileges, qemu};
 use crate::measure::assess::{self, Resolved, Sampling, Target};
-use crate::model::precopy::Link;
-use crate::snapshot::{DirtySection, ReadinessSection};
+use crate::model::precopy::{Link, QEMU_OVERHEADS};
+use crate::snapshot::{DirtySection, ReadinessSection, SamplingCost};
 
 #[derive(Debug, Clone)]
 pub struct ReadinessOptions {
@@ -23,6 +23,8 @@ pub struct ReadinessOptions {
     pub link: Link,
     pub windows: Vec<Duration>,
     pub samples_per_gib: u32,
+    /// Extra passes per target when its verdict hangs on one window.
+    pub refine_passes: u32,
     /// Time from the start of one pass over the targets to the next.
     pub interval: Duration,
     /// At most this many targets per pass (the rest are counted, not assessed).
@@ -58,16 +60,23 @@ impl ReadinessCollector {
                     drop(shared);
                     let mut reports = Vec::new();
                     let mut errors = 0;
+                    let mut pass_cost = SamplingCost::default();
                     for t in targets {
                         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                         let sampling = Sampling {
                             windows: opts.windows.clone(),
                             samples_per_gib: opts.samples_per_gib,
+                            refine_passes: opts.refine_passes,
                             seed,
                             exact: None,
                         };
-                        match t.and_then(|t| assess::assess(&t, &sampling, &opts.link)) {
-                            Ok(r) => reports.push(r),
+                        match t.and_then(|t| {
+                            assess::assess(&t, &sampling, &opts.link, &QEMU_OVERHEADS)
+                        }) {
+                            Ok(r) => {
+                                pass_cost.add(&r.cost);
+                                reports.push(r);
+                            }
                             Err(e) => {
                                 debug!("readiness assessment failed: {e}");
                                 errors += 1;
@@ -83,6 +92,8 @@ impl ReadinessCollector {
                         s.errors += errors;
                         s.skipped = skipped as u64;
                         s.passes += 1;
+                        s.cost.add(&pass_cost);
+                        s.last_pass_cost = pass_cost;
                     }
                     drop(shared);
                     if let Some(left) = opts.interval.checked_sub(t0.elapsed()) {
@@ -136,13 +147,17 @@ pub fn assess_top_dirtying(
         let sampling = Sampling {
             windows: vec![Duration::from_secs(1)],
             samples_per_gib: opts.samples_per_gib,
+            refine_passes: opts.refine_passes,
             seed: 0x5851_f42d_4c95_7f2d ^ i as u64,
             exact: None,
         };
         match Resolved::new(&Target::Cgroup(w.workload.clone()))
-            .and_then(|t| assess::assess(&t, &sampling, &opts.link))
+            .and_then(|t| assess::assess(&t, &sampling, &opts.link, &QEMU_OVERHEADS))
         {
-            Ok(r) => section.targets.push(r),
+            Ok(r) => {
+                section.cost.add(&r.cost);
+                section.targets.push(r);
+            }
             Err(e) => {
                 debug!("readiness of {} failed: {e}", w.workload);
                 section.errors += 1;

@@ -21,8 +21,11 @@ pub async fn run(a: DiagnoseArgs) -> Result<ExitCode> {
         _ => None,
     };
     let readiness = super::readiness_options(&a.readiness, extra, Some(a.duration))?;
+    // A target takes its longest window, and as long again when its
+    // verdict hangs on one window.
     let pass_timeout = a.duration
         + readiness.windows.iter().max().copied().unwrap_or_default()
+            * 2
             * readiness.max_targets as u32;
     let filter = Filter {
         pid: a.pid,

@@ -84,11 +84,12 @@ fn readiness_options(
         link: Link {
             bandwidth_bytes_per_second: args.migration_bandwidth,
             downtime_limit_seconds: args.migration_downtime.as_secs_f64(),
-            max_rounds: 30,
+            switchover_bandwidth_bytes_per_second: args.migration_switchover_bandwidth,
             time_cap_seconds: None,
         },
         windows,
         samples_per_gib: args.readiness_samples_per_gib,
+        refine_passes: args.readiness_refine_passes,
         interval: args.readiness_interval,
         max_targets: args.readiness_max_targets,
     })

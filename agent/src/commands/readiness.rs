@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use crate::cli::ReadinessCommand;
 use crate::error::Result;
 use crate::measure::assess::{self, ExactGuard, Resolved, Sampling, Target};
-use crate::model::precopy::Link;
+use crate::model::precopy::{self, Link};
 use crate::output::report;
 
 pub fn run(a: ReadinessCommand) -> Result<ExitCode> {
@@ -18,6 +18,7 @@ pub fn run(a: ReadinessCommand) -> Result<ExitCode> {
     let sampling = Sampling {
         windows: a.windows,
         samples_per_gib: a.samples_per_gib,
+        refine_passes: a.refine_passes,
         seed: super::seed(),
         exact: a.exact.then_some(ExactGuard {
             min_interval: a.exact_min_interval,
@@ -28,11 +29,11 @@ pub fn run(a: ReadinessCommand) -> Result<ExitCode> {
     let link = Link {
         bandwidth_bytes_per_second: a.bandwidth,
         downtime_limit_seconds: a.downtime.as_secs_f64(),
-        max_rounds: a.max_rounds,
+        switchover_bandwidth_bytes_per_second: a.switchover_bandwidth,
         time_cap_seconds: a.max_time.map(|d| d.as_secs_f64()),
     };
     let resolved = Resolved::new(&target)?;
-    let r = assess::assess(&resolved, &sampling, &link)?;
+    let r = assess::assess(&resolved, &sampling, &link, &precopy::QEMU_OVERHEADS)?;
     super::print_view(&r, a.json, report::render_readiness);
     Ok(ExitCode::SUCCESS)
 }

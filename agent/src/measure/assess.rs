@@ -10,8 +10,8 @@ use crate::host::cgroup::CgroupResolver;
 use crate::host::{proc, qemu};
 use crate::measure::exact;
 use crate::measure::sampling::{Region, Sampler};
-use crate::model::precopy::{self, DirtyCurve, Link};
-use crate::snapshot::{MemoryMethod, ReadinessReport, TargetInfo};
+use crate::model::precopy::{self, DirtyCurve, Link, Memory, Outlook, Overheads};
+use crate::snapshot::{MemoryMethod, ReadinessReport, SamplingCost, TargetInfo};
 
 /// What to assess, as named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +99,9 @@ impl Resolved {
 pub struct Sampling {
     pub windows: Vec<Duration>,
     pub samples_per_gib: u32,
+    /// Extra passes allowed for windows an uncertain verdict hangs on (0:
+    /// none); they also take at most the longest window's time.
+    pub refine_passes: u32,
     pub seed: u64,
     /// Measure exactly instead (soft-dirty or a hash of every page).
     pub exact: Option<ExactGuard>,
@@ -115,12 +118,85 @@ pub struct ExactGuard {
     pub not_migrating: bool,
 }
 
-/// Measures the target for `max(windows)` and models its migration.
-pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<ReadinessReport> {
-    let (m, method) = match &sampling.exact {
+/// Measures the target for `max(windows)` (and, when the verdict hangs on
+/// a window, measures that window again within the budget) and models its
+/// migration.
+pub fn assess(
+    target: &Resolved,
+    sampling: &Sampling,
+    link: &Link,
+    costs: &Overheads,
+) -> Result<ReadinessReport> {
+    // What the memory figures are, once d(w) is known.
+    let memory = |zero_share: f64| -> Result<(Memory, MemoryMethod)> {
+        match target.guest_ram_bytes {
+            Some(ram) => Ok((
+                Memory {
+                    pages_bytes: ram as f64,
+                    first_pass_bytes: ram as f64 * (1.0 - zero_share),
+                },
+                MemoryMethod::GuestRamNonZero,
+            )),
+            None => {
+                // What the processes still running hold; an error only when
+                // every one has exited.
+                let resident: Vec<u64> = target
+                    .info
+                    .pids
+                    .iter()
+                    .filter_map(|&pid| proc::resident_bytes(pid).ok())
+                    .collect();
+                if resident.is_empty() {
+                    return Err(Error::NoSuchProcess {
+                        pid: target.info.pids[0],
+                    });
+                }
+                let bytes = resident.iter().sum::<u64>() as f64;
+                Ok((
+                    Memory {
+                        pages_bytes: bytes,
+                        first_pass_bytes: bytes,
+                    },
+                    MemoryMethod::Resident,
+                ))
+            }
+        }
+    };
+    let (m, method, cost, (mem, memory_method)) = match &sampling.exact {
         None => {
-            let sampler = Sampler::new(&target.regions, sampling.samples_per_gib, sampling.seed)?;
-            (sampler.measure(&sampling.windows)?, sampler.method())
+            let mut sampler =
+                Sampler::new(&target.regions, sampling.samples_per_gib, sampling.seed)?;
+            let (mut m, mut tallies) = sampler.measure(&sampling.windows)?;
+            let mem = memory(m.zero_share)?;
+            // Measure again the window an uncertain verdict hangs on,
+            // doubling its windows each time, within the budget: passes,
+            // and the longest window's time again.
+            let longest = sampling.windows.iter().max().copied().unwrap_or_default();
+            let refining = std::time::Instant::now();
+            let mut passes_left = sampling.refine_passes;
+            loop {
+                let time_left = longest.saturating_sub(refining.elapsed());
+                let f = precopy::forecast(&mem.0, &m.points, link, costs);
+                if f.outlook != Outlook::Uncertain {
+                    break;
+                }
+                // No single window decides it: the shortest rests on the
+                // fewest changed samples.
+                let i = f.decisive.unwrap_or(0);
+                let w = Duration::from_secs_f64(m.points[i].window_seconds);
+                let fit = (time_left.as_secs_f64() / w.as_secs_f64()) as u32;
+                let count = tallies[i]
+                    .windows
+                    .min(passes_left.saturating_sub(1))
+                    .min(fit);
+                if count == 0 {
+                    break;
+                }
+                sampler.repeat(w, count, &mut tallies[i])?;
+                passes_left -= count + 1;
+                m.points = sampler.points(&tallies);
+            }
+            (m, sampler.method(), sampler.cost(), mem)
         }
         Some(guard) => {
             if let Some(vm) = target.vm.as_ref().filter(|_| !guard.not_migrating) {
@@ -140,40 +216,31 @@ pub fn assess(target: &Resolved, sampling: &Sampling, link: &Link) -> Result<Rea
             }
             let e = exact::Exact::new(&target.regions)?;
             let (m, pages) = e.measure(&sampling.windows)?;
-            (m, e.method(pages))
+            let mem = memory(m.zero_share)?;
+            (m, e.method(pages), SamplingCost::default(), mem)
         }
     };
-    let (memory_bytes, memory_method) = match target.guest_ram_bytes {
-        Some(ram) => (
-            ram as f64 * (1.0 - m.zero_share),
-            MemoryMethod::GuestRamNonZero,
-        ),
-        None => {
-            // What the processes still running hold; an error only when
-            // every one has exited.
-            let resident: Vec<u64> = target
-                .info
-                .pids
-                .iter()
-                .filter_map(|&pid| proc::resident_bytes(pid).ok())
-                .collect();
-            if resident.is_empty() {
-                return Err(Error::NoSuchProcess {
-                    pid: target.info.pids[0],
-                });
-            }
-            (resident.iter().sum::<u64>() as f64, MemoryMethod::Resident)
-        }
-    };
-    let curve = DirtyCurve::new(m.points.clone());
+    let f = precopy::forecast(&mem, &m.points, link, costs);
     Ok(ReadinessReport {
         target: target.info.clone(),
-        memory_bytes,
+        memory_bytes: mem.first_pass_bytes,
+        pages_bytes: mem.pages_bytes,
         memory_method,
         method,
+        cost,
+        min_bandwidth_bytes_per_second: precopy::min_bandwidth(
+            &mem,
+            &DirtyCurve::new(&m.points),
+            link,
+            costs,
+        ),
         dirty: m.points,
         link: *link,
-        prediction: precopy::predict(memory_bytes, &curve, link),
-        min_bandwidth_bytes_per_second: precopy::min_bandwidth(memory_bytes, &curve, link),
+        outlook: f.outlook,
+        leans: f.leans,
+        uncertain_because: f.uncertain_because,
+        prediction: f.prediction,
+        optimistic: f.optimistic,
+        pessimistic: f.pessimistic,
     })
 }

@@ -220,10 +220,7 @@ impl Exact {
                     })
                     .count() as u64
             };
-            points.push(DirtyPoint {
-                window_seconds: elapsed,
-                dirty_bytes: (dirty_pages * PAGE) as f64,
-            });
+            points.push(DirtyPoint::exact(elapsed, (dirty_pages * PAGE) as f64));
         }
         if let Some((pid, ..)) = self.regions.first().filter(|_| {
             self.regions

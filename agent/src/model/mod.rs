@@ -2,6 +2,7 @@
 
 pub mod affinity;
 pub mod hist;
+pub mod interval;
 pub mod precopy;
 pub mod remote_access;
 pub mod topk;

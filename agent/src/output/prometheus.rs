@@ -7,6 +7,7 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, TextEncoder};
 
+use crate::model::precopy::Outlook;
 use crate::snapshot::{LatencySummary, Snapshot};
 
 /// Histogram upper bounds as powers of two nanoseconds: 2^10 ns (~1 us) to
@@ -451,6 +452,27 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
         );
         f.gauge(&[], r.skipped as f64);
         out.push(f);
+        let mut f = Family::new(
+            "hostprobe_readiness_pages_read_total",
+            "Sampled pages read to measure dirtying, in all readiness passes.",
+            COUNTER,
+        );
+        f.counter(&[], r.cost.pages_read as f64);
+        out.push(f);
+        let mut f = Family::new(
+            "hostprobe_readiness_cpu_seconds_total",
+            "CPU time spent reading and hashing sampled pages, in all readiness passes.",
+            COUNTER,
+        );
+        f.counter(&[], r.cost.cpu_seconds);
+        out.push(f);
+        let mut f = Family::new(
+            "hostprobe_readiness_last_pass_cpu_seconds",
+            "CPU time the last readiness pass over the targets spent reading and hashing pages.",
+            GAUGE,
+        );
+        f.gauge(&[], r.last_pass_cost.cpu_seconds);
+        out.push(f);
     }
     let mut rate = Family::new("hostprobe_dirty_bytes_per_second", "Distinct bytes the workload dirtied within a window, divided by the window (content-sampling estimate; method label).", GAUGE);
     let mut memory = Family::new(
@@ -460,7 +482,12 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
     );
     let mut converges = Family::new(
         "hostprobe_migration_converges",
-        "1 if pre-copy would converge at the configured bandwidth and downtime limit, else 0.",
+        "1 if pre-copy would converge at the configured bandwidth and downtime limit, 0 if not, NaN when uncertain (the measured intervals of d(w) allow both).",
+        GAUGE,
+    );
+    let mut uncertain = Family::new(
+        "hostprobe_migration_uncertain",
+        "1 when the verdict is uncertain: it converges at one end of the measured intervals and not at the other.",
         GAUGE,
     );
     let mut duration = Family::new(
@@ -478,7 +505,7 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
         let wl = t.target.workload();
         let wl = wl.as_str();
         for d in &t.dirty {
-            let window = format!("{}s", (d.window_seconds * 100.0).round() / 100.0);
+            let window = format!("{}s", two_digits(d.window_seconds));
             rate.gauge(
                 &[
                     ("workload", wl),
@@ -494,7 +521,18 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
         };
         memory.gauge(&[("workload", wl), ("method", method)], t.memory_bytes);
         let p = &t.prediction;
-        converges.gauge(&[("workload", wl)], f64::from(u8::from(p.converges)));
+        converges.gauge(
+            &[("workload", wl)],
+            match t.outlook {
+                Outlook::Converges => 1.0,
+                Outlook::DoesNotConverge => 0.0,
+                Outlook::Uncertain => f64::NAN,
+            },
+        );
+        uncertain.gauge(
+            &[("workload", wl)],
+            f64::from(u8::from(t.outlook == Outlook::Uncertain)),
+        );
         duration.gauge(&[("workload", wl)], p.total_seconds);
         if let Some(d) = p.downtime_seconds {
             downtime.gauge(&[("workload", wl)], d);
@@ -503,7 +541,23 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
             min_bw.gauge(&[("workload", wl)], b);
         }
     }
-    out.extend([rate, memory, converges, duration, downtime, min_bw]);
+    out.extend([
+        rate, memory, converges, uncertain, duration, downtime, min_bw,
+    ]);
+}
+
+/// `x` to two significant digits: a measured window (0.2513 s, 16.02 s)
+/// labelled as configured (0.25, 16), so that jitter makes no new series.
+fn two_digits(x: f64) -> f64 {
+    if x <= 0.0 || !x.is_finite() {
+        return 0.0;
+    }
+    let unit = 10f64.powf(x.log10().floor() - 1.0);
+    let r = (x / unit).round() * unit;
+    // Printed without binary noise: 0.25, not 0.25000000000000006.
+    format!("{r:.*}", (-(unit.log10().round())).max(0.0) as usize)
+        .parse()
+        .unwrap_or(r)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::model::precopy::Outlook;
 use crate::snapshot::Snapshot;
 
 /// Formats seconds with a unit that keeps 2-3 significant digits.
@@ -204,38 +205,55 @@ pub fn render_readiness(r: &crate::snapshot::ReadinessReport) -> String {
     );
     let _ = writeln!(
         o,
-        "dirtied ({}, {} samples over {:.0} MiB of writable memory):",
+        "dirtied ({}, {} samples over {:.0} MiB of writable memory; {} passes, {:.0} ms of CPU):",
         r.method.method,
         r.method.samples,
-        r.method.sampled_bytes as f64 / MIB
+        r.method.sampled_bytes as f64 / MIB,
+        r.cost.passes,
+        r.cost.cpu_seconds * 1e3
     );
     for d in &r.dirty {
+        let interval = match d.changed_samples {
+            Some(n) => format!(
+                "  {:.1}..{:.1} MiB, {n} changed samples in {} windows",
+                d.dirty_bytes_low / MIB,
+                d.dirty_bytes_high / MIB,
+                d.windows
+            ),
+            None => String::new(),
+        };
         let _ = writeln!(
             o,
-            "  within {:>7}: {:>9.1} MiB  ({:.1} MiB/s)",
+            "  within {:>7}: {:>9.1} MiB  ({:.1} MiB/s){interval}",
             fmt_seconds(d.window_seconds),
             d.dirty_bytes / MIB,
             d.dirty_bytes / MIB / d.window_seconds
         );
     }
-    let verdict = if p.converges {
-        "CONVERGES"
-    } else {
-        "DOES NOT CONVERGE"
+    let verdict = match (r.outlook, r.leans) {
+        (Outlook::Converges, _) => "CONVERGES".to_string(),
+        (Outlook::DoesNotConverge, _) => "DOES NOT CONVERGE".to_string(),
+        (Outlook::Uncertain, Some(Outlook::Converges)) => "UNCERTAIN, leaning to converge".into(),
+        (Outlook::Uncertain, _) => "UNCERTAIN, leaning not to converge".into(),
     };
     let _ = writeln!(
         o,
-        "pre-copy {verdict} ({:?}) after {} dirty rounds",
-        p.verdict, p.rounds
+        "pre-copy {verdict} ({:?}; {} dirty-bitmap syncs)",
+        p.verdict, p.syncs
     );
+    if let Some(why) = &r.uncertain_because {
+        let _ = writeln!(o, "  {why}");
+    }
     let _ = writeln!(
         o,
-        "  total time {}, sent {:.0} MiB",
+        "  total time {} ({}..{} across the intervals), sent {:.0} MiB",
         fmt_seconds(p.total_seconds),
+        fmt_seconds(r.optimistic.total_seconds),
+        fmt_seconds(r.pessimistic.total_seconds),
         p.sent_bytes / MIB
     );
     if let Some(d) = p.downtime_seconds {
-        let _ = writeln!(o, "  downtime {}", fmt_seconds(d));
+        let _ = writeln!(o, "  downtime up to {}", fmt_seconds(d));
     }
     match r.min_bandwidth_bytes_per_second {
         Some(b) => {
@@ -280,12 +298,17 @@ fn render_summary(o: &mut String, s: &Snapshot) {
         .readiness
         .targets
         .iter()
-        .filter(|t| !t.prediction.converges)
+        .filter(|t| t.outlook != Outlook::Converges)
     {
         let _ = writeln!(
             o,
-            "  - {} would not live-migrate at {:.0} MiB/s within {} (see Live-migration readiness)",
+            "  - {} {} live-migrate at {:.0} MiB/s within {} (see Live-migration readiness)",
             rs.target.workload(),
+            if rs.outlook == Outlook::Uncertain {
+                "may not"
+            } else {
+                "would not"
+            },
             rs.link.bandwidth_bytes_per_second / (1024.0 * 1024.0),
             fmt_seconds(rs.link.downtime_limit_seconds)
         );
@@ -452,7 +475,12 @@ fn render_migration_readiness(o: &mut String, s: &Snapshot) {
             t.target.workload(),
             t.memory_bytes / MIB,
             fastest / MIB,
-            if p.converges { "yes" } else { "NO" },
+            match t.outlook {
+                Outlook::Converges => "yes",
+                Outlook::DoesNotConverge => "NO",
+                Outlook::Uncertain if p.converges => "likely",
+                Outlook::Uncertain => "unlikely",
+            },
             fmt_seconds(p.total_seconds),
             opt_seconds(p.downtime_seconds),
             t.min_bandwidth_bytes_per_second

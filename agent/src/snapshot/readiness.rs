@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::model::precopy::{DirtyPoint, Link, Prediction};
+use crate::model::precopy::{DirtyPoint, Link, Outlook, Prediction};
 
 /// The latest assessment of every target.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -18,6 +18,9 @@ pub struct ReadinessSection {
     pub skipped: u64,
     /// Completed passes over the targets.
     pub passes: u64,
+    /// What measuring cost, in total and in the last pass.
+    pub cost: SamplingCost,
+    pub last_pass_cost: SamplingCost,
 }
 
 /// One readiness answer with its evidence: the view behind
@@ -27,12 +30,27 @@ pub struct ReadinessReport {
     pub target: TargetInfo,
     /// What the first pass sends.
     pub memory_bytes: f64,
+    /// The pages the first pass covers (zero pages included).
+    pub pages_bytes: f64,
     pub memory_method: MemoryMethod,
     pub method: SamplingMethod,
-    /// Measured d(w).
+    /// What measuring cost.
+    pub cost: SamplingCost,
+    /// Measured d(w), with intervals.
     pub dirty: Vec<DirtyPoint>,
     pub link: Link,
+    /// `converges`, `does_not_converge`, or `uncertain` (the two ends of
+    /// the d(w) intervals disagree).
+    pub outlook: Outlook,
+    /// Which way an uncertain outlook leans.
+    pub leans: Option<Outlook>,
+    /// What an uncertain outlook hangs on.
+    pub uncertain_because: Option<String>,
+    /// Through the estimates.
     pub prediction: Prediction,
+    /// Every d(w) at the low, and at the high end of its interval.
+    pub optimistic: Prediction,
+    pub pessimistic: Prediction,
     pub min_bandwidth_bytes_per_second: Option<f64>,
 }
 
@@ -64,6 +82,23 @@ pub enum MemoryMethod {
     /// Guest RAM size times the sampled share of non-zero pages: pre-copy
     /// sends a zero page as a flag, so only non-zero pages cost bandwidth.
     GuestRamNonZero,
+}
+
+/// What measuring d(w) cost: passes over the samples, pages read, and the
+/// CPU time of the reading and hashing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SamplingCost {
+    pub passes: u64,
+    pub pages_read: u64,
+    pub cpu_seconds: f64,
+}
+
+impl SamplingCost {
+    pub fn add(&mut self, other: &Self) {
+        self.passes += other.passes;
+        self.pages_read += other.pages_read;
+        self.cpu_seconds += other.cpu_seconds;
+    }
 }
 
 /// What the dirty-set figures are based on, reported with every figure.

@@ -8,7 +8,7 @@ use super::*;
 use crate::host::topology::Topology;
 use crate::model::affinity::{Affinity, Recommendation};
 use crate::model::hist::Log2Hist;
-use crate::model::precopy::{DirtyPoint, Link, Prediction, Verdict};
+use crate::model::precopy::{DirtyPoint, Link, Outlook, Prediction, Verdict};
 
 /// A snapshot with one named workload, `other`, and a disabled probe.
 pub(crate) fn sample() -> Snapshot {
@@ -193,8 +193,29 @@ fn sample_readiness() -> ReadinessSection {
     let link = Link {
         bandwidth_bytes_per_second: 64.0 * MIB,
         downtime_limit_seconds: 0.3,
-        max_rounds: 30,
+        switchover_bandwidth_bytes_per_second: None,
         time_cap_seconds: None,
+    };
+    let point = |w: f64, d: f64, changed: u64| DirtyPoint {
+        window_seconds: w,
+        dirty_bytes: d * MIB,
+        dirty_bytes_low: d * 0.8 * MIB,
+        dirty_bytes_high: d * 1.25 * MIB,
+        changed_samples: Some(changed),
+        windows: 4,
+    };
+    let prediction = |total: f64| Prediction {
+        converges: true,
+        verdict: Verdict::Converges,
+        syncs: 9,
+        total_seconds: total,
+        downtime_seconds: Some(0.16),
+        sent_bytes: 800.0 * MIB,
+    };
+    let cost = SamplingCost {
+        passes: 11,
+        pages_read: 5632,
+        cpu_seconds: 0.012,
     };
     let web = ReadinessReport {
         target: TargetInfo {
@@ -203,31 +224,22 @@ fn sample_readiness() -> ReadinessSection {
             pids: vec![4242],
         },
         memory_bytes: 600.0 * MIB,
+        pages_bytes: 1024.0 * MIB,
         memory_method: MemoryMethod::GuestRamNonZero,
         method: SamplingMethod {
             method: "content sampling (estimate)",
             samples: 512,
             sampled_bytes: 1024 * 1024 * 1024,
         },
-        dirty: vec![
-            DirtyPoint {
-                window_seconds: 1.0,
-                dirty_bytes: 16.0 * MIB,
-            },
-            DirtyPoint {
-                window_seconds: 4.0,
-                dirty_bytes: 62.0 * MIB,
-            },
-        ],
+        cost,
+        dirty: vec![point(1.0, 16.0, 31), point(4.0, 62.0, 124)],
         link,
-        prediction: Prediction {
-            converges: true,
-            verdict: Verdict::Converges,
-            rounds: 3,
-            total_seconds: 12.5,
-            downtime_seconds: Some(0.16),
-            sent_bytes: 800.0 * MIB,
-        },
+        outlook: Outlook::Converges,
+        leans: None,
+        uncertain_because: None,
+        prediction: prediction(12.5),
+        optimistic: prediction(11.9),
+        pessimistic: prediction(13.4),
         min_bandwidth_bytes_per_second: Some(20.0 * MIB),
     };
     ReadinessSection {
@@ -236,5 +248,7 @@ fn sample_readiness() -> ReadinessSection {
         errors: 1,
         skipped: 0,
         passes: 2,
+        cost,
+        last_pass_cost: cost,
     }
 }
