@@ -291,12 +291,53 @@ pub fn run(hostprobe: &Path, args: &MigrationArgs) -> Result<()> {
         )?;
         runs.push(r);
     }
+    let replay = write_replay(&results)?;
     eprintln!(
-        "validate-migration: each run's evidence is in {}",
-        results.display()
+        "validate-migration: each run's evidence is in {}; the model's replay table \
+         (agent/src/model/testdata/qemu-migrations.json) from all of them is {}",
+        results.display(),
+        replay.display()
     );
     let _ = std::fs::remove_dir_all(&run_dir);
     report(&runs, args)
+}
+
+/// The model's inputs and QEMU's outcome of every run in `results`, by case
+/// name, for the table test that replays them (`model::precopy_replay`).
+fn write_replay(results: &Path) -> Result<PathBuf> {
+    let mut cases = Vec::new();
+    for entry in std::fs::read_dir(results)? {
+        let path = entry?.path();
+        let Some(case) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().is_none_or(|e| e != "json") || case == "replay" {
+            continue;
+        }
+        let run: Value = serde_json::from_slice(&std::fs::read(&path)?)
+            .with_context(|| format!("{}", path.display()))?;
+        let (h, q) = (&run["hostprobe"], &run["qemu"]);
+        cases.push(json!({
+            "case": case,
+            "memory": {
+                "pages_bytes": h["pages_bytes"],
+                "first_pass_bytes": h["memory_bytes"],
+            },
+            "link": h["link"],
+            "dirty": h["dirty"],
+            "qemu": {
+                "status": q["status"],
+                "total_ms": q["total-time"],
+                "downtime_ms": q["downtime"],
+                "setup_ms": q["setup-time"],
+                "dirty_sync_count": q["ram"]["dirty-sync-count"],
+            },
+        }));
+    }
+    cases.sort_by(|a, b| a["case"].as_str().cmp(&b["case"].as_str()));
+    let path = results.join("replay.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&cases)? + "\n")?;
+    Ok(path)
 }
 
 fn tempdir() -> Result<PathBuf> {
@@ -452,7 +493,9 @@ struct Said {
     converges: bool,
     total: f64,
     low: f64,
+    low_converges: bool,
     high: f64,
+    high_converges: bool,
     syncs: u64,
     rate_pages: f64,
     rate_low: f64,
@@ -477,7 +520,9 @@ fn said(r: &Value) -> Said {
         converges: r["prediction"]["converges"] == true,
         total: f(&r["prediction"]["total_seconds"]),
         low: f(&r["optimistic"]["total_seconds"]),
+        low_converges: r["optimistic"]["converges"] == true,
         high: f(&r["pessimistic"]["total_seconds"]),
+        high_converges: r["pessimistic"]["converges"] == true,
         syncs: r["prediction"]["syncs"].as_u64().unwrap_or(0),
         rate_pages: per_s(&window["dirty_bytes"]),
         rate_low: per_s(&window["dirty_bytes_low"]),
@@ -506,8 +551,16 @@ fn row(r: &Run) -> String {
     } else {
         format!("no  {:>6.1} s        ", r.actual.total_seconds)
     };
+    // Where the model gave up is no prediction of a time.
+    let time = |converges: bool, t: f64| {
+        if converges {
+            format!("{t:.1}")
+        } else {
+            "-".into()
+        }
+    };
     format!(
-        "{:<24} {:>6.1} {:>4} | {:>6.0} ({:>6.0}..{:>6.0}) {:>9.0} | {:<11} {:>6.1} s ({:>5.1}..{:>5.1}) {:>5} | {actual} {:>5} {:>5} | {} | {} | {:>6} {:>4.0}ms",
+        "{:<24} {:>6.1} {:>4} | {:>6.0} ({:>6.0}..{:>6.0}) {:>9.0} | {:<11} {:>6} s ({:>5}..{:>5}) {:>5} | {actual} {:>5} {:>5} | {} | {} | {:>6} {:>4.0}ms",
         r.case.name(),
         r.case.rate_mib(),
         r.case.link_mib,
@@ -516,9 +569,9 @@ fn row(r: &Run) -> String {
         s.rate_high,
         r.qemu_calc_pages,
         verdict,
-        s.total,
-        s.low,
-        s.high,
+        time(s.converges, s.total),
+        time(s.low_converges, s.low),
+        time(s.high_converges, s.high),
         s.syncs,
         r.actual.setup_ms.map_or("-".into(), |m| format!("{m:.0}ms")),
         r.actual.syncs.map_or("-".into(), |n| n.to_string()),
@@ -604,9 +657,11 @@ fn report(runs: &[Run], args: &MigrationArgs) -> Result<()> {
         .filter_map(|r| Some((r.actual.downtime_bytes? / MIB, r.actual.downtime_ms?)))
         .collect();
     let fit = fit_line(&points);
+    // 15% of the cases, and one of a short run (the quick three).
+    let uncertain_allowed = (n * 15 / 100).max(1);
     println!(
         "\ncertain verdicts right: {}/{} (wrong: {wrong:?})\n\
-         uncertain: {uncertain}/{n} (target <= 15%)\n\
+         uncertain: {uncertain}/{n} (target <= 15%: {uncertain_allowed})\n\
          total time within 20% (converged, predicted to, > 5 s): {}/{} (errors {:?} %; off: {off:?})\n\
          destinations dead after a completed migration: {dead}\n\
          `readiness --exact` refused during the migration: {refused}/{n}\n\
@@ -621,7 +676,12 @@ fn report(runs: &[Run], args: &MigrationArgs) -> Result<()> {
         1e3 / fit.1,
         points.len(),
     );
-    if !wrong.is_empty() || uncertain * 100 > n * 15 || !off.is_empty() || dead > 0 || refused < n {
+    if !wrong.is_empty()
+        || uncertain > uncertain_allowed
+        || !off.is_empty()
+        || dead > 0
+        || refused < n
+    {
         bail!("validation targets not met (see the table above)");
     }
     Ok(())

@@ -168,32 +168,43 @@ pub fn assess(
                 Sampler::new(&target.regions, sampling.samples_per_gib, sampling.seed)?;
             let (mut m, mut tallies) = sampler.measure(&sampling.windows)?;
             let mem = memory(m.zero_share)?;
-            // Measure again the window an uncertain verdict hangs on,
-            // doubling its windows each time, within the budget: passes,
-            // and the longest window's time again.
-            let longest = sampling.windows.iter().max().copied().unwrap_or_default();
+            // Measure again the window an uncertain verdict hangs on over
+            // fresh pages, until the verdict is certain or the budget is
+            // spent: page reads (`refine_passes` passes' worth) and the
+            // longest window's time again (and a quarter for the passes).
+            let mut windows = sampling.windows.clone();
+            windows.sort();
+            windows.dedup();
+            let longest = windows.last().copied().unwrap_or_default();
+            let budget = longest + longest / 4;
             let refining = std::time::Instant::now();
-            let mut passes_left = sampling.refine_passes;
+            let base = sampler.method().samples as u64;
+            let mut reads_left = u64::from(sampling.refine_passes) * base;
             loop {
-                let time_left = longest.saturating_sub(refining.elapsed());
                 let f = precopy::forecast(&mem.0, &m.points, link, costs);
-                if f.outlook != Outlook::Uncertain {
+                let Some(i) = f.decisive.filter(|_| f.outlook == Outlook::Uncertain) else {
                     break;
-                }
-                // No single window decides it: the shortest rests on the
-                // fewest changed samples.
-                let i = f.decisive.unwrap_or(0);
-                let w = Duration::from_secs_f64(m.points[i].window_seconds);
+                };
+                let w = windows[i];
+                let time_left = budget.saturating_sub(refining.elapsed());
                 let fit = (time_left.as_secs_f64() / w.as_secs_f64()) as u32;
-                let count = tallies[i]
-                    .windows
-                    .min(passes_left.saturating_sub(1))
-                    .min(fit);
-                if count == 0 {
+                // Windows of the same pages that change independently: more
+                // windows, doubling them. Pages that change in every window
+                // (a saturated hot set), or a window too long to repeat
+                // much: one window over as many fresh pages as the budget
+                // allows (up to 16 times the first set).
+                let (count, scale) = if tallies[i].windows > 1 && tallies[i].design_effect() <= 2.0
+                {
+                    (tallies[i].windows.min(fit), 1)
+                } else {
+                    (fit.min(1), 16)
+                };
+                let scale = scale.min(reads_left / ((u64::from(count) + 1) * base));
+                if count == 0 || scale == 0 {
                     break;
                 }
-                sampler.repeat(w, count, &mut tallies[i])?;
-                passes_left -= count + 1;
+                sampler.repeat(w, count, (scale * base) as usize, &mut tallies[i])?;
+                reads_left -= (u64::from(count) + 1) * scale * base;
                 m.points = sampler.points(&tallies);
             }
             (m, sampler.method(), sampler.cost(), mem)

@@ -76,6 +76,21 @@ impl Tally {
     /// number of trials, between the number of pages (every page changes
     /// in all windows or none) and that of page-windows (at most once each).
     pub fn point(&self, sampled_bytes: f64) -> DirtyPoint {
+        let (changed, trials, effective) = self.trials();
+        let share = if trials > 0.0 { changed / trials } else { 0.0 };
+        let (lo, hi) = wilson(share * effective, effective, Z95);
+        DirtyPoint {
+            window_seconds: self.seconds / f64::from(self.windows.max(1)),
+            dirty_bytes: share * sampled_bytes,
+            dirty_bytes_low: lo * sampled_bytes,
+            dirty_bytes_high: hi * sampled_bytes,
+            changed_samples: Some(changed as u64),
+            windows: self.windows,
+        }
+    }
+
+    /// Changes, page-windows, and the effective number of trials.
+    fn trials(&self) -> (f64, f64, f64) {
         let pages: Vec<(f64, f64)> = self
             .pages
             .iter()
@@ -98,14 +113,18 @@ impl Tally {
         } else {
             n
         };
-        let (lo, hi) = wilson(share * effective, effective, Z95);
-        DirtyPoint {
-            window_seconds: self.seconds / f64::from(self.windows.max(1)),
-            dirty_bytes: share * sampled_bytes,
-            dirty_bytes_low: lo * sampled_bytes,
-            dirty_bytes_high: hi * sampled_bytes,
-            changed_samples: Some(changed as u64),
-            windows: self.windows,
+        (changed, trials, effective)
+    }
+
+    /// How many page-windows make one effective trial: 1 when windows of
+    /// the same pages are as good as new pages, up to the windows per page
+    /// when a page changes in all of them or none (a saturated hot set).
+    pub fn design_effect(&self) -> f64 {
+        let (_, trials, effective) = self.trials();
+        if effective > 0.0 {
+            trials / effective
+        } else {
+            1.0
         }
     }
 
@@ -137,7 +156,8 @@ impl Tally {
 /// The passes of the first schedule, in multiples of the shortest window:
 /// at 1..=REPEATS times each window (none beyond the longest), so that
 /// every window but the longest is measured REPEATS times back to back.
-/// `250ms,1s,4s,16s` takes 11 passes.
+/// Windows that are multiples of others cost few passes: the default
+/// `100ms,250ms,1s,2s,4s,6s,8s,16s` takes 16.
 pub fn schedule(windows: &[Duration]) -> Vec<Duration> {
     let longest = windows.iter().max().copied().unwrap_or_default();
     let mut at: Vec<Duration> = windows
@@ -163,6 +183,8 @@ pub struct Sampler {
     /// The current sample set: (index into `regions`, page address),
     /// grouped by region.
     pages: Vec<(usize, u64)>,
+    /// Pages of the first sample set.
+    samples: usize,
     seed: u64,
     sampled_bytes: u64,
     cost: SamplingCost,
@@ -186,20 +208,21 @@ impl Sampler {
         let mut sampler = Self {
             regions: live.iter().map(|r| r.pid).zip(files).collect(),
             mappings,
-            pages: vec![(0, 0); n],
+            pages: Vec::new(),
+            samples: n,
             seed,
             sampled_bytes,
             cost: SamplingCost::default(),
             zero_hash: xxhash_rust::xxh3::xxh3_64(&[0u8; PAGE as usize]),
         };
-        sampler.pick();
+        sampler.pick(n);
         Ok(sampler)
     }
 
-    /// A fresh sample set of the same size (the next seed).
-    fn pick(&mut self) {
+    /// A fresh sample set of `n` pages (the next seed).
+    fn pick(&mut self, n: usize) {
         let maps: Vec<Mapping> = self.mappings.iter().map(|&(_, m)| m).collect();
-        let mut pages: Vec<(usize, u64)> = pick_pages(&maps, self.pages.len(), self.seed)
+        let mut pages: Vec<(usize, u64)> = pick_pages(&maps, n, self.seed)
             .into_iter()
             .map(|(m, addr)| (self.mappings[m].0, addr))
             .collect();
@@ -214,7 +237,7 @@ impl Sampler {
     pub fn method(&self) -> SamplingMethod {
         SamplingMethod {
             method: "content sampling (estimate)",
-            samples: self.pages.len(),
+            samples: self.samples,
             sampled_bytes: self.sampled_bytes,
         }
     }
@@ -375,10 +398,17 @@ impl Sampler {
     }
 
     /// `count` more windows of `window`, back to back, over a fresh sample
-    /// set (new pages narrow what the choice of pages leaves open, which
-    /// more windows of the same pages cannot), into `tally`.
-    pub fn repeat(&mut self, window: Duration, count: u32, tally: &mut Tally) -> Result<()> {
-        self.pick();
+    /// set of `samples` pages (new pages narrow what the choice of pages
+    /// leaves open, which more windows of the same pages cannot), into
+    /// `tally`.
+    pub fn repeat(
+        &mut self,
+        window: Duration,
+        count: u32,
+        samples: usize,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        self.pick(samples);
         let base = tally.next_set();
         let t0 = Instant::now();
         let mut last = self.pass(t0)?;
@@ -521,6 +551,14 @@ mod tests {
             ms(&[0, 100, 200, 300, 400, 3000])
         );
         assert_eq!(schedule(&ms(&[1000])), ms(&[0, 1000]));
+        // The default: 2 s adds a pass at 6 s, 6 s and 8 s none.
+        assert_eq!(
+            schedule(&ms(&[100, 250, 1000, 2000, 4000, 6000, 8000, 16000])),
+            ms(&[
+                0, 100, 200, 250, 300, 400, 500, 750, 1000, 2000, 3000, 4000, 6000, 8000, 12000,
+                16000
+            ])
+        );
     }
 
     #[test]

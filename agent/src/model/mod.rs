@@ -4,6 +4,8 @@ pub mod affinity;
 pub mod hist;
 pub mod interval;
 pub mod precopy;
+#[cfg(test)]
+mod precopy_replay;
 pub mod remote_access;
 pub mod topk;
 pub mod workload;

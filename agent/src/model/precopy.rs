@@ -20,13 +20,14 @@
 //!
 //! So pending pages drain to the threshold, a sync adds what was dirtied
 //! meanwhile, and near the threshold that happens every window. What was
-//! dirtied since the last sync is the dirty-set curve d(w): distinct bytes
-//! written within a window of w, measured, saturating at the writable
-//! working set. It merges with the pending pages as a union: a page dirtied
-//! again while still pending is not added twice (overlap taken as random
-//! within the working set).
+//! dirtied since the last sync comes from the dirty-set curve d(w): distinct
+//! bytes written within a window of w, measured, saturating at the writable
+//! working set. It merges with the pending pages as a union, taking the
+//! pending pages to be the most recently dirtied (see `Run::sync`): for a
+//! workload writing at random the overlap is random, for one sweeping its
+//! memory in order there is none, and d(w)'s shape tells them apart.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// QEMU's rate-limit window (`BUFFER_DELAY`, migration/migration.h).
 pub const BUFFER_DELAY_SECONDS: f64 = 0.1;
@@ -41,7 +42,7 @@ const MAX_WAIT_SECONDS: f64 = 0.05;
 const MAX_STEPS: u32 = 400_000;
 
 /// Distinct bytes dirtied within a window of `window_seconds`, measured.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DirtyPoint {
     pub window_seconds: f64,
     pub dirty_bytes: f64,
@@ -152,6 +153,31 @@ impl DirtyCurve {
         dl + slope * (w - wl)
     }
 
+    /// The shortest window within which `bytes` distinct bytes are dirtied;
+    /// infinite when the curve never gets there.
+    pub fn inverse(&self, bytes: f64) -> f64 {
+        if bytes <= 0.0 {
+            return 0.0;
+        }
+        let mut hi = self.points.last().map_or(1.0, |p| p.0).max(1.0);
+        while self.at(hi) < bytes {
+            hi *= 2.0;
+            if hi > 1e9 {
+                return f64::INFINITY;
+            }
+        }
+        let mut lo = 0.0;
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if self.at(mid) < bytes {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        hi
+    }
+
     /// The working set the curve has levelled off at: the last value, when
     /// the last segment rises at under a tenth of the rate up to the first
     /// point; `None` while it still rises (or from a single point).
@@ -167,7 +193,7 @@ impl DirtyCurve {
 }
 
 /// What a migration sends first.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
     /// The pages of the first pass (QEMU's bitmap starts with all of them
     /// dirty), in bytes: guest RAM, or a process's resident set.
@@ -178,7 +204,7 @@ pub struct Memory {
 }
 
 /// Where a migration would run and what it may cost.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Link {
     /// What pre-copy may use (QEMU's `max-bandwidth`).
     pub bandwidth_bytes_per_second: f64,
@@ -255,12 +281,18 @@ struct Run {
 
 impl Run {
     /// A bitmap sync: the pages dirtied since the last one join the pending
-    /// ones as a union (those still pending are not added twice).
-    fn sync(&mut self, curve: &DirtyCurve, working_set: f64, ram: f64) {
-        let dirtied = curve.at(self.t - self.last_sync).clamp(0.0, working_set);
-        let pending_in_set =
-            (self.again + self.first * working_set / ram.max(PAGE)).min(working_set);
-        self.again += dirtied * (1.0 - pending_in_set / working_set);
+    /// ones as a union. Pending pages are taken to be the most recently
+    /// dirtied (older ones had more time to be sent): those dirtied within
+    /// the window `age` in which that many distinct pages get dirtied. So
+    /// after the sync, pending are the pages dirtied within `age` plus the
+    /// time since the last sync. For a workload writing at random that
+    /// union adds d(since) x (1 - pending / working set); for one sweeping
+    /// its memory in order (whose pending pages are a gap QEMU chases) it
+    /// adds all of d(since).
+    fn sync(&mut self, curve: &DirtyCurve, working_set: f64) {
+        let age = curve.inverse(self.again);
+        let union = curve.at(age + (self.t - self.last_sync)).min(working_set);
+        self.again = self.again.max(union);
         self.last_sync = self.t;
         self.syncs += 1;
     }
@@ -324,14 +356,14 @@ pub fn predict(memory: &Memory, curve: &DirtyCurve, link: &Link, costs: &Overhea
         let pending = r.first + r.again;
         if pending == 0.0 || pending < r.threshold {
             if pending < r.threshold {
-                r.sync(curve, working_set, ram);
+                r.sync(curve, working_set);
             }
             let pending = r.first + r.again;
             if pending == 0.0 || pending < r.threshold {
                 // Switchover: the last sync (what was dirtied since the
                 // previous one), then the rest goes out unthrottled with the
                 // device state.
-                r.sync(curve, working_set, ram);
+                r.sync(curve, working_set);
                 let wire = r.first * first_cost + r.again;
                 let downtime = costs.switchover_seconds + wire / capacity;
                 return Prediction {
@@ -459,8 +491,8 @@ pub struct Forecast {
     pub optimistic: Prediction,
     /// Every d(w) at the high end of its interval.
     pub pessimistic: Prediction,
-    /// The measured window whose interval alone decides an uncertain
-    /// outlook (an index into the points), if one does.
+    /// For an uncertain outlook, the measured window to measure again (an
+    /// index into the points): see `forecast`.
     #[serde(skip)]
     pub decisive: Option<usize>,
 }
@@ -497,34 +529,61 @@ pub fn forecast(
     } else {
         Outlook::DoesNotConverge
     });
-    // A window whose interval alone flips the verdict, the one resting on
-    // the fewest changed samples first.
-    let flips = |i: usize| {
-        let one = |end| {
-            let mut p = points.to_vec();
-            p[i].dirty_bytes = p[i].at_end(end);
-            predict(memory, &DirtyCurve::new(&p), link, costs).converges
-        };
-        one(End::Low) != one(End::High)
+    // The window to measure again: one whose interval alone flips the
+    // verdict; else one whose end alone moves the estimates' verdict; else
+    // the widest interval. Among several, the one resting on the fewest
+    // changed samples.
+    let converges_with = |i: usize, end| {
+        let mut p = points.to_vec();
+        p[i].dirty_bytes = p[i].at_end(end);
+        predict(memory, &DirtyCurve::new(&p), link, costs).converges
     };
-    f.decisive = (0..points.len())
-        .filter(|&i| flips(i))
-        .min_by_key(|&i| points[i].changed_samples.unwrap_or(u64::MAX));
+    let fewest = |candidates: Vec<usize>| {
+        candidates
+            .into_iter()
+            .min_by_key(|&i| points[i].changed_samples.unwrap_or(u64::MAX))
+    };
+    let alone = fewest(
+        (0..points.len())
+            .filter(|&i| converges_with(i, End::Low) != converges_with(i, End::High))
+            .collect(),
+    );
+    let moves = || {
+        fewest(
+            (0..points.len())
+                .filter(|&i| {
+                    [End::Low, End::High]
+                        .iter()
+                        .any(|&end| converges_with(i, end) != f.prediction.converges)
+                })
+                .collect(),
+        )
+    };
+    let widest = || {
+        (0..points.len()).max_by(|&a, &b| {
+            let width =
+                |p: &DirtyPoint| (p.dirty_bytes_high - p.dirty_bytes_low) / p.dirty_bytes.max(1.0);
+            width(&points[a]).total_cmp(&width(&points[b]))
+        })
+    };
+    f.decisive = alone.or_else(moves).or_else(widest);
     const MIB: f64 = 1024.0 * 1024.0;
-    f.uncertain_because = Some(match f.decisive {
-        Some(i) => {
-            let p = &points[i];
-            format!(
-                "it depends on d({}) = {:.1} MiB ({:.1}..{:.1} MiB, {} changed samples in {} windows)",
-                seconds(p.window_seconds),
-                p.dirty_bytes / MIB,
-                p.dirty_bytes_low / MIB,
-                p.dirty_bytes_high / MIB,
-                p.changed_samples.unwrap_or(0),
-                p.windows
-            )
-        }
-        None => "no single window decides it: d(w) is uncertain at several".into(),
+    f.uncertain_because = f.decisive.map(|i| {
+        let p = &points[i];
+        format!(
+            "{} d({}) = {:.1} MiB ({:.1}..{:.1} MiB, {} changed samples in {} windows)",
+            if alone.is_some() {
+                "it depends on"
+            } else {
+                "d(w) is uncertain at several windows, most at"
+            },
+            seconds(p.window_seconds),
+            p.dirty_bytes / MIB,
+            p.dirty_bytes_low / MIB,
+            p.dirty_bytes_high / MIB,
+            p.changed_samples.unwrap_or(0),
+            p.windows
+        )
     });
     f
 }
@@ -657,6 +716,68 @@ mod tests {
     }
 
     #[test]
+    fn the_same_rate_converges_when_random_and_not_when_sweeping() {
+        // 38.4 MiB/s of writes over 32 MiB, 32 MiB/s, threshold 9.6 MiB.
+        // Sweeping in order, QEMU chases a gap that grows by 0.64 MiB a
+        // window. At random, a write lands on a page still pending more
+        // and more often as the pending set grows: it levels off at 3.7 MiB.
+        let (rate, set) = (38.4, 32.0);
+        let windows = [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0];
+        let random: Vec<DirtyPoint> = windows
+            .iter()
+            .map(|&w: &f64| DirtyPoint::exact(w, set * (1.0 - (-w * rate / set).exp()) * MIB))
+            .collect();
+        let sweeping: Vec<DirtyPoint> = windows
+            .iter()
+            .map(|&w| DirtyPoint::exact(w, (rate * w).min(set) * MIB))
+            .collect();
+        let at = |points: &[DirtyPoint]| {
+            predict(&all(GIB), &DirtyCurve::new(points), &link(32.0, 0.3), &FREE)
+        };
+        assert!(at(&random).converges, "{:?}", at(&random));
+        assert!(!at(&sweeping).converges, "{:?}", at(&sweeping));
+    }
+
+    #[test]
+    fn the_inverse_finds_the_window_of_a_dirty_size() {
+        let c = DirtyCurve::new(&round_robin(100.0, 512.0));
+        assert!((c.inverse(10.0 * MIB) - 0.1).abs() < 1e-9);
+        assert!((c.inverse(100.0 * MIB) - 1.0).abs() < 1e-9);
+        assert_eq!(c.inverse(0.0), 0.0);
+        // Levelled off at 100 MiB: more is never dirtied.
+        let flat = DirtyCurve::new(&exact(&[(1.0, 100.0 * MIB), (2.0, 100.0 * MIB)]));
+        assert_eq!(flat.inverse(200.0 * MIB), f64::INFINITY);
+    }
+
+    #[test]
+    fn windows_must_be_dense_where_a_hot_set_saturates() {
+        // The rig's two-vCPU case: 44.8 MiB/s swept over 256 MiB of a 1 GiB
+        // guest (324 MiB non-zero), 64 MiB/s, 300 ms; QEMU took 16.1 s, 15
+        // syncs. d(w) is linear between windows, so 4 s to 16 s misses the
+        // knee at 5.7 s and what each sync adds there.
+        let memory = Memory {
+            pages_bytes: GIB,
+            first_pass_bytes: 324.0 * MIB,
+        };
+        let link = Link {
+            switchover_bandwidth_bytes_per_second: Some(2.0 * GIB),
+            ..link(64.0, 0.3)
+        };
+        let at = |windows: &[f64]| {
+            let points: Vec<DirtyPoint> = windows
+                .iter()
+                .map(|&w| DirtyPoint::exact(w, (44.8 * w).min(256.0) * MIB))
+                .collect();
+            predict(&memory, &DirtyCurve::new(&points), &link, &QEMU_OVERHEADS)
+        };
+        let sparse = at(&[0.1, 0.25, 1.0, 4.0, 16.0]);
+        let default = at(&[0.1, 0.25, 1.0, 2.0, 4.0, 6.0, 8.0, 16.0]);
+        assert!((13.5..14.5).contains(&sparse.total_seconds), "{sparse:?}");
+        assert!((15.2..16.2).contains(&default.total_seconds), "{default:?}");
+        assert_eq!(default.syncs, 15);
+    }
+
+    #[test]
     fn dirtying_faster_than_the_link_does_not_converge() {
         let p = predict(
             &all(GIB),
@@ -757,20 +878,26 @@ mod tests {
         assert!((512.0 / 0.3..1024.0 / 0.3).contains(&b), "{b}");
     }
 
-    /// `round_robin` measured by sampling: `changed` samples behind d(0.1 s).
-    fn sampled(rate: f64, changed_at_100ms: u64) -> Vec<DirtyPoint> {
-        let mut points = round_robin(rate, 512.0);
-        let p = &mut points[0];
-        let (lo, hi) = crate::model::interval::wilson(
-            changed_at_100ms as f64,
-            changed_at_100ms as f64 * GIB / p.dirty_bytes,
-            crate::model::interval::Z95,
-        );
-        p.changed_samples = Some(changed_at_100ms);
-        p.windows = 4;
-        p.dirty_bytes_low = lo * GIB;
-        p.dirty_bytes_high = hi * GIB;
+    /// `round_robin` measured by sampling 1 GiB: `changed` samples behind
+    /// d(0.1 s), proportionally more behind the longer windows.
+    fn sampled(rate: f64, wws: f64, changed_at_100ms: f64) -> Vec<DirtyPoint> {
+        let points = round_robin(rate, wws);
+        let per_byte = changed_at_100ms / points[0].dirty_bytes;
         points
+            .into_iter()
+            .map(|mut p| {
+                let changed = (p.dirty_bytes * per_byte).round();
+                let (lo, hi) = crate::model::interval::wilson(
+                    changed,
+                    changed * GIB / p.dirty_bytes,
+                    crate::model::interval::Z95,
+                );
+                p.changed_samples = Some(changed as u64);
+                p.dirty_bytes_low = lo * GIB;
+                p.dirty_bytes_high = hi * GIB;
+                p
+            })
+            .collect()
     }
 
     #[test]
@@ -779,19 +906,30 @@ mod tests {
             pages_bytes: GIB,
             first_pass_bytes: 560.0 * MIB,
         };
-        // 20 MiB/s over 32 MiB/s, d(0.1 s) from 5 changed samples:
-        // its interval spans both sides.
-        let few = forecast(&memory, &sampled(20.0, 5), &link(32.0, 0.3), &FREE);
+        // 28 MiB/s swept over 64 MiB, 32 MiB/s, threshold 9.6 MiB: near it
+        // the pending pages are those dirtied within the last 0.34 s, so
+        // what each sync adds is the slope of d(w) between 250 ms and 1 s.
+        // From 4 changed samples at 100 ms (10 at 250 ms, 40 at 1 s) that
+        // slope's interval spans both sides of the link.
+        let few = forecast(&memory, &sampled(28.0, 64.0, 4.0), &link(32.0, 0.3), &FREE);
         assert_eq!(few.outlook, Outlook::Uncertain, "{few:?}");
-        assert_eq!(few.decisive, Some(0));
+        assert_eq!(few.leans, Some(Outlook::Converges));
+        assert!(few.optimistic.converges && !few.pessimistic.converges);
+        let decisive = few.decisive.unwrap();
+        assert!([1, 2].contains(&decisive), "{few:?}");
         let why = few.uncertain_because.unwrap();
+        let window = seconds(round_robin(28.0, 64.0)[decisive].window_seconds);
         assert!(
-            why.contains("d(100ms)") && why.contains("5 changed samples"),
+            why.contains(&format!("d({window})")) && why.contains("changed samples"),
             "{why}"
         );
-        assert!(few.optimistic.converges && !few.pessimistic.converges);
-        // The same with 2000 changed samples: certain.
-        let many = forecast(&memory, &sampled(20.0, 2000), &link(32.0, 0.3), &FREE);
+        // The same from 400 changed samples at 100 ms: certain.
+        let many = forecast(
+            &memory,
+            &sampled(28.0, 64.0, 400.0),
+            &link(32.0, 0.3),
+            &FREE,
+        );
         assert_eq!(
             (many.outlook, many.leans),
             (Outlook::Converges, None),
