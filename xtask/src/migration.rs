@@ -86,7 +86,7 @@ const FIRST: [Case; 10] = [
 ];
 
 /// Cases that differ along every axis: hot sets of 32 MiB to nearly all of
-/// the 1 GiB guest, dirty rates of 40-150% of links of 16-128 MiB/s,
+/// the 1 GiB guest (800 MiB: 896 leaves its kernel out of memory), dirty rates of 40-150% of links of 16-128 MiB/s,
 /// downtime limits of 100 ms to 1 s, and two vCPUs dirtying at once.
 const WIDE: [Case; 22] = [
     Case::new(32, 6144, 16, 1000, 1),
@@ -109,8 +109,8 @@ const WIDE: [Case; 22] = [
     Case::new(512, 36045, 128, 300, 1),
     Case::new(768, 8192, 64, 1000, 1),
     Case::new(768, 6144, 16, 100, 1),
-    Case::new(896, 3277, 32, 300, 1),
-    Case::new(896, 29491, 128, 500, 1),
+    Case::new(800, 3277, 32, 300, 1),
+    Case::new(800, 29491, 128, 500, 1),
 ];
 
 /// `cargo xtask test`'s three: one that converges, one that does not, and
@@ -123,8 +123,8 @@ const QUICK: [Case; 3] = [
 
 #[derive(clap::Args)]
 pub struct MigrationArgs {
-    /// `all` (the first validation's 10 cases and 22 that differ along every axis, about
-    /// an hour and a quarter), `first`, `wide`, `quick` (3 cases, part of `cargo xtask
+    /// `all` (the first validation's 10 cases and 22 that differ along every axis,
+    /// about 45 minutes), `first`, `wide`, `quick` (3 cases, part of `cargo xtask
     /// test`), or case names (`h512-r4000-l64-d300`, `...-c2` for two vCPUs), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub cases: Vec<String>,
@@ -271,6 +271,7 @@ pub fn run(hostprobe: &Path, args: &MigrationArgs) -> Result<()> {
     let results = crate::target_dir().join("validate-migration");
     std::fs::create_dir_all(&results)?;
     let mut runs = Vec::new();
+    let mut failed = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         eprintln!(
             "validate-migration: {} ({}/{})",
@@ -278,8 +279,16 @@ pub fn run(hostprobe: &Path, args: &MigrationArgs) -> Result<()> {
             i + 1,
             cases.len()
         );
-        let r = one_run(hostprobe, &rig, &initrd, &run_dir, case, args)
-            .with_context(|| format!("case {}", case.name()))?;
+        // A case the rig could not run fails the validation at the end,
+        // not the hour of cases after it.
+        let r = match one_run(hostprobe, &rig, &initrd, &run_dir, case, args) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("validate-migration: {} failed: {e:#}", case.name());
+                failed.push(case.name());
+                continue;
+            }
+        };
         eprintln!("{HEADER}\n{}", row(&r));
         std::fs::write(
             results.join(format!("{}.json", case.name())),
@@ -299,7 +308,11 @@ pub fn run(hostprobe: &Path, args: &MigrationArgs) -> Result<()> {
         replay.display()
     );
     let _ = std::fs::remove_dir_all(&run_dir);
-    report(&runs, args)
+    report(&runs, args)?;
+    if !failed.is_empty() {
+        bail!("cases the rig could not run: {failed:?}");
+    }
+    Ok(())
 }
 
 /// The model's inputs and QEMU's outcome of every run in `results`, by case

@@ -10,7 +10,7 @@ use crate::host::cgroup::CgroupResolver;
 use crate::host::{proc, qemu};
 use crate::measure::exact;
 use crate::measure::sampling::{Region, Sampler};
-use crate::model::precopy::{self, DirtyCurve, Link, Memory, Outlook, Overheads};
+use crate::model::precopy::{self, DirtyCurve, Link, Memory, Overheads};
 use crate::snapshot::{MemoryMethod, ReadinessReport, SamplingCost, TargetInfo};
 
 /// What to assess, as named on the command line.
@@ -168,9 +168,9 @@ pub fn assess(
                 Sampler::new(&target.regions, sampling.samples_per_gib, sampling.seed)?;
             let (mut m, mut tallies) = sampler.measure(&sampling.windows)?;
             let mem = memory(m.zero_share)?;
-            // Measure again the window an uncertain verdict hangs on over
-            // fresh pages, until the verdict is certain or the budget is
-            // spent: page reads (`refine_passes` passes' worth) and the
+            // Measure again the window an uncertain verdict (or a widely
+            // uncertain time) hangs on, until it is certain or the budget
+            // is spent: page reads (`refine_passes` passes' worth) and the
             // longest window's time again (and a quarter for the passes).
             let mut windows = sampling.windows.clone();
             windows.sort();
@@ -182,7 +182,7 @@ pub fn assess(
             let mut reads_left = u64::from(sampling.refine_passes) * base;
             loop {
                 let f = precopy::forecast(&mem.0, &m.points, link, costs);
-                let Some(i) = f.decisive.filter(|_| f.outlook == Outlook::Uncertain) else {
+                let Some(i) = f.decisive else {
                     break;
                 };
                 let w = windows[i];

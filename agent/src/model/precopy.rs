@@ -89,8 +89,11 @@ pub enum End {
 /// The dirty-set curve `d(w)`, from measured points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirtyCurve {
-    /// (window, bytes), by window, non-decreasing.
+    /// (window, bytes), by window, non-decreasing and concave.
     points: Vec<(f64, f64)>,
+    /// The hull left out the first measured points: d(w) runs straight
+    /// from the origin to the first point kept.
+    from_origin: bool,
 }
 
 impl DirtyCurve {
@@ -99,9 +102,14 @@ impl DirtyCurve {
         Self::through(points, End::Estimate)
     }
 
-    /// Through one end of every interval, sorted by window and made
-    /// non-decreasing (a longer window cannot dirty fewer distinct pages;
-    /// sampling noise can say otherwise).
+    /// Through one end of every interval, sorted by window, made
+    /// non-decreasing (a longer window cannot dirty fewer distinct pages)
+    /// and concave: the upper concave hull of the points and the origin.
+    /// The working set of a steady workload grows ever more slowly with the
+    /// window (Denning and Schwartz, 1972: its mean size is concave), so a
+    /// point below the hull is sampling noise; and the model reads the
+    /// curve's slope (what a sync adds), which noise in separately sampled
+    /// points would otherwise make rise and fall.
     pub fn through(points: &[DirtyPoint], end: End) -> Self {
         let mut points: Vec<(f64, f64)> = points
             .iter()
@@ -115,13 +123,32 @@ impl DirtyCurve {
             p.1 = max;
         }
         points.dedup_by(|b, a| b.0 == a.0);
-        Self { points }
+        let first = points.first().copied();
+        let mut hull: Vec<(f64, f64)> = vec![(0.0, 0.0)];
+        for p in points {
+            // Drop the last vertex while it lies on or below the chord from
+            // the one before it to `p`.
+            while let [.., a, b] = hull[..] {
+                if (b.1 - a.1) * (p.0 - a.0) <= (p.1 - a.1) * (b.0 - a.0) {
+                    hull.pop();
+                } else {
+                    break;
+                }
+            }
+            hull.push(p);
+        }
+        hull.remove(0);
+        Self {
+            from_origin: hull.first().copied() != first,
+            points: hull,
+        }
     }
 
     /// `d(w)`: below the first point along the power law through the first
     /// two (linear for a steady rate, flat for a set already saturated at
     /// the first window: near the threshold QEMU syncs more often than the
-    /// shortest window), linear between points, and beyond the last at the
+    /// shortest window; straight from the origin if the hull left the
+    /// first points out), linear between points, and beyond the last at the
     /// last segment's rate: flat if the measured curve already saturated,
     /// still rising if not (the cautious guess; the model caps it at the
     /// memory size).
@@ -131,7 +158,9 @@ impl DirtyCurve {
         };
         if w <= w0 {
             let exponent = match self.points.get(1) {
-                Some(&(w1, d1)) if d0 > 0.0 => ((d1 / d0).ln() / (w1 / w0).ln()).clamp(0.0, 1.0),
+                Some(&(w1, d1)) if d0 > 0.0 && !self.from_origin => {
+                    ((d1 / d0).ln() / (w1 / w0).ln()).clamp(0.0, 1.0)
+                }
                 _ => 1.0,
             };
             return d0 * (w.max(0.0) / w0).powf(exponent);
@@ -491,11 +520,17 @@ pub struct Forecast {
     pub optimistic: Prediction,
     /// Every d(w) at the high end of its interval.
     pub pessimistic: Prediction,
-    /// For an uncertain outlook, the measured window to measure again (an
-    /// index into the points): see `forecast`.
+    /// The measured window to measure again (an index into the points),
+    /// for an uncertain outlook or a time uncertain by more than
+    /// `TIME_SPREAD`: see `forecast`.
     #[serde(skip)]
     pub decisive: Option<usize>,
 }
+
+/// How far apart the optimistic and pessimistic total times of a
+/// converging forecast may be before the window that spreads them most is
+/// worth measuring again: 20% either side of their middle.
+pub const TIME_SPREAD: f64 = 1.5;
 
 /// Predicts at the estimates and at both ends of their intervals: the
 /// outlook is certain when both ends agree.
@@ -521,6 +556,22 @@ pub fn forecast(
         pessimistic,
         decisive: None,
     };
+    // The estimates with one point moved to one end of its interval.
+    let moved = |i: usize, end| {
+        let mut p = points.to_vec();
+        p[i].dirty_bytes = p[i].at_end(end);
+        predict(memory, &DirtyCurve::new(&p), link, costs)
+    };
+    if outlook == Outlook::Converges {
+        // Near the link's rate the time hangs on the rate: the window whose
+        // interval alone spreads it most.
+        if f.pessimistic.total_seconds > TIME_SPREAD * f.optimistic.total_seconds {
+            let spread =
+                |i: usize| moved(i, End::High).total_seconds - moved(i, End::Low).total_seconds;
+            f.decisive = (0..points.len()).max_by(|&a, &b| spread(a).total_cmp(&spread(b)));
+        }
+        return f;
+    }
     if outlook != Outlook::Uncertain {
         return f;
     }
@@ -533,11 +584,7 @@ pub fn forecast(
     // verdict; else one whose end alone moves the estimates' verdict; else
     // the widest interval. Among several, the one resting on the fewest
     // changed samples.
-    let converges_with = |i: usize, end| {
-        let mut p = points.to_vec();
-        p[i].dirty_bytes = p[i].at_end(end);
-        predict(memory, &DirtyCurve::new(&p), link, costs).converges
-    };
+    let converges_with = |i: usize, end| moved(i, end).converges;
     let fewest = |candidates: Vec<usize>| {
         candidates
             .into_iter()
@@ -939,6 +986,36 @@ mod tests {
         let exact = forecast(&memory, &round_robin(48.0, 512.0), &link(32.0, 0.3), &FREE);
         assert_eq!(exact.outlook, Outlook::DoesNotConverge);
         assert_eq!(exact.optimistic, exact.pessimistic);
+    }
+
+    #[test]
+    fn a_converging_time_that_hangs_on_one_window_names_it() {
+        let memory = Memory {
+            pages_bytes: GIB,
+            first_pass_bytes: 560.0 * MIB,
+        };
+        // 20 MiB/s swept over 256 MiB, 32 MiB/s, measured exactly but at
+        // 4 s, whose interval is +-40%: converges at both ends, and the
+        // time of draining the hot set hangs on that window.
+        let mut points = round_robin(20.0, 256.0);
+        let wide = |p: &mut DirtyPoint, share: f64| {
+            p.dirty_bytes_low = p.dirty_bytes * (1.0 - share);
+            p.dirty_bytes_high = p.dirty_bytes * (1.0 + share);
+            p.changed_samples = Some(20);
+        };
+        wide(&mut points[3], 0.4);
+        let f = forecast(&memory, &points, &link(32.0, 0.3), &FREE);
+        assert_eq!(f.outlook, Outlook::Converges, "{f:?}");
+        assert!(
+            f.pessimistic.total_seconds > TIME_SPREAD * f.optimistic.total_seconds,
+            "{f:?}"
+        );
+        assert_eq!((f.decisive, f.uncertain_because.as_ref()), (Some(3), None));
+        // +-5%: the ends are close, nothing to measure again.
+        let mut points = round_robin(20.0, 256.0);
+        wide(&mut points[3], 0.05);
+        let f = forecast(&memory, &points, &link(32.0, 0.3), &FREE);
+        assert_eq!((f.outlook, f.decisive), (Outlook::Converges, None), "{f:?}");
     }
 
     #[test]
