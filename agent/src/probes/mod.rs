@@ -263,8 +263,9 @@ impl Probes {
             .map_max_entries("DIRTY_WORKLOADS", workloads)
             .map_max_entries("DIRTY_FILES", 2 * workloads)
             .map_max_entries("NUMA_WORKLOADS", workloads)
-            // Every id the per-CPU tables can hold may be dead at once.
-            .map_max_entries("DEAD_CGROUPS", workloads * ncpus.max(1))
+            // Every id the three per-CPU workload tables (sched, dirty,
+            // NUMA) can hold may be dead at once.
+            .map_max_entries("DEAD_CGROUPS", 3 * workloads * ncpus.max(1))
             .load(PROBES_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
 
