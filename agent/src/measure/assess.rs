@@ -247,11 +247,6 @@ pub fn assess(
         ),
         dirty: m.points,
         link: *link,
-        outlook: f.outlook,
-        leans: f.leans,
-        uncertain_because: f.uncertain_because,
-        prediction: f.prediction,
-        optimistic: f.optimistic,
-        pessimistic: f.pessimistic,
+        forecast: f,
     })
 }

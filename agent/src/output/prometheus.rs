@@ -520,10 +520,10 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
             crate::snapshot::MemoryMethod::GuestRamNonZero => "guest_ram_nonzero",
         };
         memory.gauge(&[("workload", wl), ("method", method)], t.memory_bytes);
-        let p = &t.prediction;
+        let p = &t.forecast.prediction;
         converges.gauge(
             &[("workload", wl)],
-            match t.outlook {
+            match t.forecast.outlook {
                 Outlook::Converges => 1.0,
                 Outlook::DoesNotConverge => 0.0,
                 Outlook::Uncertain => f64::NAN,
@@ -531,7 +531,7 @@ fn readiness(s: &Snapshot, out: &mut Vec<Family>) {
         );
         uncertain.gauge(
             &[("workload", wl)],
-            f64::from(u8::from(t.outlook == Outlook::Uncertain)),
+            f64::from(u8::from(t.forecast.outlook == Outlook::Uncertain)),
         );
         duration.gauge(&[("workload", wl)], p.total_seconds);
         if let Some(d) = p.downtime_seconds {

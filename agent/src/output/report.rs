@@ -187,7 +187,7 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
 pub fn render_readiness(r: &crate::snapshot::ReadinessReport) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
     let mut o = String::new();
-    let p = &r.prediction;
+    let p = &r.forecast.prediction;
     let memory = match r.memory_method {
         crate::snapshot::MemoryMethod::Resident => "resident",
         crate::snapshot::MemoryMethod::GuestRamNonZero => "of non-zero guest RAM",
@@ -230,7 +230,7 @@ pub fn render_readiness(r: &crate::snapshot::ReadinessReport) -> String {
             d.dirty_bytes / MIB / d.window_seconds
         );
     }
-    let verdict = match (r.outlook, r.leans) {
+    let verdict = match (r.forecast.outlook, r.forecast.leans) {
         (Outlook::Converges, _) => "CONVERGES".to_string(),
         (Outlook::DoesNotConverge, _) => "DOES NOT CONVERGE".to_string(),
         (Outlook::Uncertain, Some(Outlook::Converges)) => "UNCERTAIN, leaning to converge".into(),
@@ -241,15 +241,15 @@ pub fn render_readiness(r: &crate::snapshot::ReadinessReport) -> String {
         "pre-copy {verdict} ({:?}; {} dirty-bitmap syncs)",
         p.verdict, p.syncs
     );
-    if let Some(why) = &r.uncertain_because {
+    if let Some(why) = &r.forecast.uncertain_because {
         let _ = writeln!(o, "  {why}");
     }
     let _ = writeln!(
         o,
         "  total time {} ({}..{} across the intervals), sent {:.0} MiB",
         fmt_seconds(p.total_seconds),
-        fmt_seconds(r.optimistic.total_seconds),
-        fmt_seconds(r.pessimistic.total_seconds),
+        fmt_seconds(r.forecast.optimistic.total_seconds),
+        fmt_seconds(r.forecast.pessimistic.total_seconds),
         p.sent_bytes / MIB
     );
     if let Some(d) = p.downtime_seconds {
@@ -298,13 +298,13 @@ fn render_summary(o: &mut String, s: &Snapshot) {
         .readiness
         .targets
         .iter()
-        .filter(|t| t.outlook != Outlook::Converges)
+        .filter(|t| t.forecast.outlook != Outlook::Converges)
     {
         let _ = writeln!(
             o,
             "  - {} {} live-migrate at {:.0} MiB/s within {} (see Live-migration readiness)",
             rs.target.workload(),
-            if rs.outlook == Outlook::Uncertain {
+            if rs.forecast.outlook == Outlook::Uncertain {
                 "may not"
             } else {
                 "would not"
@@ -453,8 +453,14 @@ fn render_migration_readiness(o: &mut String, s: &Snapshot) {
     let mut targets: Vec<_> = r.targets.iter().collect();
     // Not converging first, then the longest.
     targets.sort_by(|a, b| {
-        (a.prediction.converges, -a.prediction.total_seconds)
-            .partial_cmp(&(b.prediction.converges, -b.prediction.total_seconds))
+        (
+            a.forecast.prediction.converges,
+            -a.forecast.prediction.total_seconds,
+        )
+            .partial_cmp(&(
+                b.forecast.prediction.converges,
+                -b.forecast.prediction.total_seconds,
+            ))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     let _ = writeln!(
@@ -463,7 +469,7 @@ fn render_migration_readiness(o: &mut String, s: &Snapshot) {
         "workload", "memory", "dirty/s", "converges", "time", "downtime", "min link"
     );
     for t in targets {
-        let p = &t.prediction;
+        let p = &t.forecast.prediction;
         let fastest = t
             .dirty
             .iter()
@@ -475,7 +481,7 @@ fn render_migration_readiness(o: &mut String, s: &Snapshot) {
             t.target.workload(),
             t.memory_bytes / MIB,
             fastest / MIB,
-            match t.outlook {
+            match t.forecast.outlook {
                 Outlook::Converges => "yes",
                 Outlook::DoesNotConverge => "NO",
                 Outlook::Uncertain if p.converges => "likely",

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::model::precopy::{DirtyPoint, Link, Outlook, Prediction};
+use crate::model::precopy::{DirtyPoint, Forecast, Link};
 
 /// The latest assessment of every target.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,18 +39,10 @@ pub struct ReadinessReport {
     /// Measured d(w), with intervals.
     pub dirty: Vec<DirtyPoint>,
     pub link: Link,
-    /// `converges`, `does_not_converge`, or `uncertain` (the two ends of
-    /// the d(w) intervals disagree).
-    pub outlook: Outlook,
-    /// Which way an uncertain outlook leans.
-    pub leans: Option<Outlook>,
-    /// What an uncertain outlook hangs on.
-    pub uncertain_because: Option<String>,
-    /// Through the estimates.
-    pub prediction: Prediction,
-    /// Every d(w) at the low, and at the high end of its interval.
-    pub optimistic: Prediction,
-    pub pessimistic: Prediction,
+    /// The outlook and the predictions at the estimates and both ends of
+    /// their intervals (fields of the report in JSON).
+    #[serde(flatten)]
+    pub forecast: Forecast,
     pub min_bandwidth_bytes_per_second: Option<f64>,
 }
 

@@ -8,7 +8,7 @@ use super::*;
 use crate::host::topology::Topology;
 use crate::model::affinity::{Affinity, Recommendation};
 use crate::model::hist::Log2Hist;
-use crate::model::precopy::{DirtyPoint, Link, Outlook, Prediction, Verdict};
+use crate::model::precopy::{DirtyPoint, Forecast, Link, Outlook, Prediction, Verdict};
 
 /// A snapshot with one named workload, `other`, and a disabled probe.
 pub(crate) fn sample() -> Snapshot {
@@ -234,12 +234,15 @@ fn sample_readiness() -> ReadinessSection {
         cost,
         dirty: vec![point(1.0, 16.0, 31), point(4.0, 62.0, 124)],
         link,
-        outlook: Outlook::Converges,
-        leans: None,
-        uncertain_because: None,
-        prediction: prediction(12.5),
-        optimistic: prediction(11.9),
-        pessimistic: prediction(13.4),
+        forecast: Forecast {
+            outlook: Outlook::Converges,
+            leans: None,
+            uncertain_because: None,
+            prediction: prediction(12.5),
+            optimistic: prediction(11.9),
+            pessimistic: prediction(13.4),
+            decisive: None,
+        },
         min_bandwidth_bytes_per_second: Some(20.0 * MIB),
     };
     ReadinessSection {
