@@ -123,7 +123,7 @@ pub struct ReadinessCommand {
     /// Windows at which the dirty set is measured (comma-separated); the longest is how
     /// long the measurement takes. d(w) is taken as linear between them, so they should be
     /// dense where a hot set saturates.
-    #[arg(long, value_delimiter = ',', default_value = "100ms,250ms,1s,2s,4s,6s,8s,16s", value_parser = positive_duration)]
+    #[arg(long, value_delimiter = ',', default_value = "100ms,250ms,500ms,1s,2s,4s,6s,8s,16s", value_parser = positive_duration)]
     pub windows: Vec<Duration>,
     /// Sampled pages per GiB of memory (QEMU samples 512); more samples, less noise.
     #[arg(long, default_value_t = 512, value_parser = number::<u32, 1, { u32::MAX as u64 }>)]
@@ -206,7 +206,7 @@ pub struct ReadinessArgs {
     #[arg(long)]
     pub no_vm_readiness: bool,
     /// Windows of the dirty-set measurement (diagnose keeps those within --duration).
-    #[arg(long, value_delimiter = ',', default_value = "100ms,250ms,1s,2s,4s,6s,8s,16s", value_parser = positive_duration)]
+    #[arg(long, value_delimiter = ',', default_value = "100ms,250ms,500ms,1s,2s,4s,6s,8s,16s", value_parser = positive_duration)]
     pub readiness_windows: Vec<Duration>,
     /// Sampled pages per GiB (QEMU samples 512).
     #[arg(long, default_value_t = 512, value_parser = number::<u32, 1, { u32::MAX as u64 }>)]

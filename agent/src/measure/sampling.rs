@@ -157,7 +157,7 @@ impl Tally {
 /// at 1..=REPEATS times each window (none beyond the longest), so that
 /// every window but the longest is measured REPEATS times back to back.
 /// Windows that are multiples of others cost few passes: the default
-/// `100ms,250ms,1s,2s,4s,6s,8s,16s` takes 16.
+/// `100ms,250ms,500ms,1s,2s,4s,6s,8s,16s` takes 17.
 pub fn schedule(windows: &[Duration]) -> Vec<Duration> {
     let longest = windows.iter().max().copied().unwrap_or_default();
     let mut at: Vec<Duration> = windows
@@ -551,12 +551,13 @@ mod tests {
             ms(&[0, 100, 200, 300, 400, 3000])
         );
         assert_eq!(schedule(&ms(&[1000])), ms(&[0, 1000]));
-        // The default: 2 s adds a pass at 6 s, 6 s and 8 s none.
+        // The default: 500 ms adds a pass at 1.5 s, 2 s one at 6 s, 6 s
+        // and 8 s none.
         assert_eq!(
-            schedule(&ms(&[100, 250, 1000, 2000, 4000, 6000, 8000, 16000])),
+            schedule(&ms(&[100, 250, 500, 1000, 2000, 4000, 6000, 8000, 16000])),
             ms(&[
-                0, 100, 200, 250, 300, 400, 500, 750, 1000, 2000, 3000, 4000, 6000, 8000, 12000,
-                16000
+                0, 100, 200, 250, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000, 8000,
+                12000, 16000
             ])
         );
     }

@@ -501,7 +501,9 @@ pub fn min_bandwidth(
 pub enum Outlook {
     Converges,
     DoesNotConverge,
-    /// Converges at one end of the measured intervals and not at the other.
+    /// Converges at one end of the measured intervals and not at the
+    /// other, or with d(w) steeper or flatter between two windows than the
+    /// estimates within their intervals.
     Uncertain,
 }
 
@@ -533,7 +535,13 @@ pub struct Forecast {
 pub const TIME_SPREAD: f64 = 1.5;
 
 /// Predicts at the estimates and at both ends of their intervals: the
-/// outlook is certain when both ends agree.
+/// outlook is certain when both ends agree, and so does every curve that
+/// is steeper (or flatter) between two neighbouring windows, the points up
+/// to the first at one end of their intervals and the rest at the other.
+/// All points at one end move d(w) but hardly its slope, and what a sync
+/// adds near the threshold is the slope: a rate within a few percent of
+/// the link, or a hot set saturating between two windows, is decided by
+/// the slope alone.
 pub fn forecast(
     memory: &Memory,
     points: &[DirtyPoint],
@@ -542,11 +550,49 @@ pub fn forecast(
 ) -> Forecast {
     let at = |end| predict(memory, &DirtyCurve::through(points, end), link, costs);
     let (prediction, optimistic, pessimistic) = (at(End::Estimate), at(End::Low), at(End::High));
-    let outlook = match (optimistic.converges, pessimistic.converges) {
+    let mut outlook = match (optimistic.converges, pessimistic.converges) {
         (true, true) => Outlook::Converges,
         (false, false) => Outlook::DoesNotConverge,
         _ => Outlook::Uncertain,
     };
+    // The first pair of neighbouring windows (indices into the points)
+    // whose slope flips a certain verdict.
+    let mut slope = None;
+    if outlook != Outlook::Uncertain {
+        let converges = outlook == Outlook::Converges;
+        let mut order: Vec<usize> = (0..points.len()).collect();
+        order.sort_by(|&a, &b| {
+            points[a]
+                .window_seconds
+                .total_cmp(&points[b].window_seconds)
+        });
+        let stepped = |edge: f64, up_to: End, after: End| {
+            let p: Vec<DirtyPoint> = points
+                .iter()
+                .map(|q| DirtyPoint {
+                    dirty_bytes: q.at_end(if q.window_seconds <= edge {
+                        up_to
+                    } else {
+                        after
+                    }),
+                    ..*q
+                })
+                .collect();
+            predict(memory, &DirtyCurve::new(&p), link, costs).converges
+        };
+        slope = order
+            .windows(2)
+            .find(|pair| {
+                let edge = points[pair[0]].window_seconds;
+                [(End::Low, End::High), (End::High, End::Low)]
+                    .iter()
+                    .any(|&(a, b)| stepped(edge, a, b) != converges)
+            })
+            .map(|pair| (pair[0], pair[1]));
+        if slope.is_some() {
+            outlook = Outlook::Uncertain;
+        }
+    }
     let mut f = Forecast {
         outlook,
         leans: None,
@@ -580,16 +626,38 @@ pub fn forecast(
     } else {
         Outlook::DoesNotConverge
     });
-    // The window to measure again: one whose interval alone flips the
-    // verdict; else one whose end alone moves the estimates' verdict; else
-    // the widest interval. Among several, the one resting on the fewest
-    // changed samples.
-    let converges_with = |i: usize, end| moved(i, end).converges;
+    const MIB: f64 = 1024.0 * 1024.0;
+    let describe = |p: &DirtyPoint| {
+        format!(
+            "d({}) = {:.1} MiB ({:.1}..{:.1} MiB, {} changed samples in {} windows)",
+            seconds(p.window_seconds),
+            p.dirty_bytes / MIB,
+            p.dirty_bytes_low / MIB,
+            p.dirty_bytes_high / MIB,
+            p.changed_samples.unwrap_or(0),
+            p.windows
+        )
+    };
     let fewest = |candidates: Vec<usize>| {
         candidates
             .into_iter()
             .min_by_key(|&i| points[i].changed_samples.unwrap_or(u64::MAX))
     };
+    if let Some((a, b)) = slope {
+        // Of the slope's two windows, the one on fewer samples.
+        f.decisive = fewest(vec![a, b]);
+        f.uncertain_because = Some(format!(
+            "it depends on the slope of d(w) between {} and {}",
+            describe(&points[a]),
+            describe(&points[b])
+        ));
+        return f;
+    }
+    // The window to measure again: one whose interval alone flips the
+    // verdict; else one whose end alone moves the estimates' verdict; else
+    // the widest interval. Among several, the one resting on the fewest
+    // changed samples.
+    let converges_with = |i: usize, end| moved(i, end).converges;
     let alone = fewest(
         (0..points.len())
             .filter(|&i| converges_with(i, End::Low) != converges_with(i, End::High))
@@ -614,22 +682,15 @@ pub fn forecast(
         })
     };
     f.decisive = alone.or_else(moves).or_else(widest);
-    const MIB: f64 = 1024.0 * 1024.0;
     f.uncertain_because = f.decisive.map(|i| {
-        let p = &points[i];
         format!(
-            "{} d({}) = {:.1} MiB ({:.1}..{:.1} MiB, {} changed samples in {} windows)",
+            "{} {}",
             if alone.is_some() {
                 "it depends on"
             } else {
                 "d(w) is uncertain at several windows, most at"
             },
-            seconds(p.window_seconds),
-            p.dirty_bytes / MIB,
-            p.dirty_bytes_low / MIB,
-            p.dirty_bytes_high / MIB,
-            p.changed_samples.unwrap_or(0),
-            p.windows
+            describe(&points[i])
         )
     });
     f
