@@ -42,6 +42,8 @@ pub struct AgentOptions {
     pub spin_stacks_per_sec: u32,
     /// When `mm_page_alloc` attaches.
     pub page_alloc: PageAlloc,
+    /// Kernel BTF from a file (`--btf`) instead of sysfs.
+    pub btf: Option<std::path::PathBuf>,
     /// Migration readiness of VMs and named targets; `None`: off.
     pub readiness: Option<ReadinessOptions>,
 }
@@ -107,6 +109,7 @@ impl Agent {
             lock_types: opts.lock_types,
             spin_stacks_per_sec: opts.spin_stacks_per_sec,
             page_alloc: opts.page_alloc,
+            btf: opts.btf.clone(),
         };
         let mut probes = Probes::load(&load)?;
         // Loading parsed the kernel's BTF twice (ours and aya's): 24 MiB of

@@ -157,6 +157,19 @@ pub struct ReadinessCommand {
 pub struct CheckArgs {
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub btf: BtfArg,
+}
+
+/// Where kernel BTF comes from.
+#[derive(Args, Clone, Default)]
+pub struct BtfArg {
+    /// Kernel BTF to read offsets and tracepoint prototypes from instead of
+    /// /sys/kernel/btf/vmlinux: a file of the running kernel's BTF (btfhub style) where
+    /// sysfs does not show it (e.g. a container without /sys/kernel/btf). BTF tracepoints
+    /// still need the kernel's own BTF (CONFIG_DEBUG_INFO_BTF).
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
 }
 
 /// Labels, kernel table sizes and cost knobs of `serve` and `diagnose`.
@@ -181,6 +194,8 @@ pub struct Tuning {
     /// Per-task slots in the kernel (a power of two; more slots, fewer collisions).
     #[arg(long, default_value_t = DEFAULT_TASK_SLOTS, value_parser = number::<u32, 2, { 1 << 22 }>)]
     pub task_slots: u32,
+    #[command(flatten)]
+    pub btf: BtfArg,
 }
 
 /// Live-migration readiness of QEMU VMs (found automatically) and of named processes and

@@ -24,8 +24,10 @@ pub enum Error {
     Capabilities { reason: String },
     #[error("kernel BTF has no {what}")]
     BtfMissing { what: String },
-    #[error("kernel BTF is missing ({path}): the kernel needs CONFIG_DEBUG_INFO_BTF=y for the BTF tracepoints")]
+    #[error("kernel BTF is missing ({path}): the kernel needs CONFIG_DEBUG_INFO_BTF=y for the BTF tracepoints, or give its BTF as a file with --btf")]
     NoKernelBtf { path: PathBuf },
+    #[error("--btf {path}: {reason}: give the running kernel's BTF (e.g. from btfhub, or a copy of /sys/kernel/btf/vmlinux)")]
+    BtfFile { path: PathBuf, reason: String },
     #[error("tracefs is not mounted: mount it with `mount -t tracefs nodev /sys/kernel/tracing` (as root)")]
     NoTracefs,
     #[error("{reason}")]
@@ -123,7 +125,8 @@ impl Error {
             | Error::EmptyCgroup { .. }
             | Error::ExactTooSoon { .. }
             | Error::Migrating { .. }
-            | Error::NoSuchCgroup { .. } => 2,
+            | Error::NoSuchCgroup { .. }
+            | Error::BtfFile { .. } => 2,
             _ => 1,
         }
     }

@@ -1,9 +1,11 @@
 //! Project tasks cargo cannot do alone: set-up from zero, building with the
 //! eBPF toolchain, running, testing, benchmarking.
 
+mod arm64;
 mod bench;
+mod kernels;
+mod matrix;
 mod migration;
-mod numa;
 mod setup;
 mod soak;
 mod vm;
@@ -32,7 +34,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check and test: fmt, clippy, unit and kernel tests, the NUMA guest.
+    /// Set up, then run every check and test: fmt, clippy, unit and kernel tests, the kernel matrix.
     Test,
     /// Measure the agent's overhead on scheduler-heavy loads (see README).
     Bench(bench::BenchArgs),
@@ -81,8 +83,16 @@ enum VmTask {
         #[arg(long, default_value = "hostprobe-demo")]
         name: String,
     },
-    /// Run hostprobe in a two-node NUMA guest on Debian's 6.1 kernel and check the results.
-    Numa,
+    /// Run hostprobe in two-node NUMA guests on the kernels fleets run (Debian's 5.10, 6.1,
+    /// 6.12, 6.12-rt), check each and print a table kernel x program.
+    Matrix {
+        /// Kernels (comma-separated): 5.10, 6.1, 6.12, 6.12-rt, or all.
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        kernels: Vec<String>,
+    },
+    /// Cross-build hostprobe for aarch64 and run `check` and the scheduler test on Debian's
+    /// arm64 kernel under qemu-system-aarch64 (TCG).
+    Arm64,
 }
 
 fn main() -> Result<()> {
@@ -110,7 +120,8 @@ fn main() -> Result<()> {
         Task::Vm { task } => match task {
             VmTask::Build => migration::initramfs(&vm::prepare()?).map(drop),
             VmTask::Dirtier { rate, name } => migration::demo(rate, &name),
-            VmTask::Numa => numa::run(&build()?),
+            VmTask::Matrix { kernels } => matrix::run(&build()?, &kernels),
+            VmTask::Arm64 => arm64::run(),
         },
         Task::FaultLoad { pages } => bench::fault_load(pages),
         Task::ValidateMigration(args) => {
@@ -200,7 +211,7 @@ fn build() -> Result<PathBuf> {
 }
 
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
@@ -234,9 +245,9 @@ fn test() -> Result<()> {
         "hostprobe-probes",
     ]);
     run_ok(test)?;
-    // The second kernel: the 2-node Debian 6.1 guest (about a minute).
+    // The kernels users run, in 2-node guests, one after the other.
     let bin = build()?;
-    numa::run(&bin)?;
+    matrix::run(&bin, &[])?;
     // Readiness against three real migrations (one that converges, one
     // that does not, two vCPUs).
     migration::run(&bin, &migration::MigrationArgs::quick())?;

@@ -244,6 +244,7 @@ pub fn demo(rate: u32, name: &str) -> Result<()> {
     let machine = machine(1);
     let machine: Vec<&str> = machine.iter().map(String::as_str).collect();
     let mut vm = Qemu::start(&QemuSpec {
+        system: crate::vm::X86_64,
         name,
         kernel: &rig.kernel,
         initrd: &initrd,
@@ -372,6 +373,7 @@ fn one_run(
     let append = append(case);
     let name = format!("hp-src-{}", case.name());
     let mut src = Qemu::start(&QemuSpec {
+        system: crate::vm::X86_64,
         name: &name,
         kernel: &rig.kernel,
         initrd,
@@ -421,6 +423,7 @@ fn one_run(
         .port();
     let uri = format!("tcp:127.0.0.1:{port}");
     let dst = Qemu::start(&QemuSpec {
+        system: crate::vm::X86_64,
         name: &format!("hp-dst-{}", case.name()),
         kernel: &rig.kernel,
         initrd,

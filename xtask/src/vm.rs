@@ -43,16 +43,19 @@ fn qemu_major() -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
+/// Whether QEMU comes from bookworm-backports here (a bookworm host).
+pub fn backports() -> bool {
+    std::fs::read_to_string("/etc/os-release").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.strip_prefix("VERSION_CODENAME=") == Some("bookworm"))
+    })
+}
+
 fn ensure_qemu() -> Result<()> {
     if qemu_major().is_some_and(|m| m >= MIN_QEMU_MAJOR) {
         return Ok(());
     }
-    let codename = std::fs::read_to_string("/etc/os-release")?
-        .lines()
-        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
-        .map(str::to_string)
-        .unwrap_or_default();
-    if codename == "bookworm" && !Path::new(BACKPORTS).exists() {
+    if backports() && !Path::new(BACKPORTS).exists() {
         std::fs::write(
             BACKPORTS,
             "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
@@ -62,7 +65,7 @@ fn ensure_qemu() -> Result<()> {
     }
     let mut install = Command::new("apt-get");
     install.args(["install", "-y", "-q", "--no-install-recommends"]);
-    if codename == "bookworm" {
+    if backports() {
         install.args(["-t", "bookworm-backports"]);
     }
     install
@@ -147,13 +150,24 @@ impl Rig {
         files: &[(PathBuf, &str)],
         init_script: &str,
     ) -> Result<PathBuf> {
+        self.initramfs_with(name, Path::new("/bin/busybox"), files, init_script)
+    }
+
+    /// The same with another (e.g. arm64) static busybox.
+    pub fn initramfs_with(
+        &self,
+        name: &str,
+        busybox: &Path,
+        files: &[(PathBuf, &str)],
+        init_script: &str,
+    ) -> Result<PathBuf> {
         let stage = self.dir.join(format!("{name}.d"));
         let _ = std::fs::remove_dir_all(&stage);
         for d in ["bin", "proc", "sys", "dev", "tmp"] {
             std::fs::create_dir_all(stage.join(d))?;
         }
-        std::fs::copy("/bin/busybox", stage.join("bin/busybox"))
-            .context("copying /bin/busybox (package busybox-static)")?;
+        std::fs::copy(busybox, stage.join("bin/busybox"))
+            .with_context(|| format!("copying {} (package busybox-static)", busybox.display()))?;
         for (src, dst) in files {
             let to = stage.join(dst.trim_start_matches('/'));
             std::fs::create_dir_all(to.parent().expect("guest paths have a parent"))?;
@@ -178,6 +192,9 @@ impl Rig {
     }
 }
 
+/// The emulator of the amd64 guests.
+pub const X86_64: &str = "qemu-system-x86_64";
+
 /// A running QEMU, killed when dropped.
 pub struct Qemu {
     child: Child,
@@ -187,6 +204,8 @@ pub struct Qemu {
 }
 
 pub struct QemuSpec<'a> {
+    /// `qemu-system-x86_64` ([`X86_64`]) or another system emulator.
+    pub system: &'a str,
     pub name: &'a str,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
@@ -203,7 +222,7 @@ impl Qemu {
         let qmp_path = spec.run_dir.join(format!("{}.qmp", spec.name));
         let _ = std::fs::remove_file(&serial);
         let _ = std::fs::remove_file(&qmp_path);
-        let mut c = Command::new("qemu-system-x86_64");
+        let mut c = Command::new(spec.system);
         c.args(spec.machine)
             .arg("-kernel")
             .arg(spec.kernel)
@@ -223,7 +242,9 @@ impl Qemu {
         // migration) go to a log beside the console, not into the table.
         let log = std::fs::File::create(spec.run_dir.join(format!("{}.log", spec.name)))?;
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        let child = c.spawn().context("starting qemu-system-x86_64")?;
+        let child = c
+            .spawn()
+            .with_context(|| format!("starting {}", spec.system))?;
         Ok(Self {
             child,
             name: spec.name.to_string(),

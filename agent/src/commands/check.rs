@@ -1,11 +1,11 @@
 //! `hostprobe check`: what this kernel and this process allow, and whether
 //! each probe loads (through the verifier) and attaches.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::error::Error;
-use crate::host::btf::{Btf, VMLINUX_BTF};
+use crate::host::btf::VMLINUX_BTF;
 use crate::host::cgroup::CgroupResolver;
 use crate::host::privileges::require_privileges;
 use crate::host::topology::{Topology, SYSFS_SYSTEM};
@@ -13,17 +13,17 @@ use crate::host::{proc, tracefs};
 use crate::measure::exact;
 use crate::output;
 use crate::probes::spec::PROGRAMS;
-use crate::probes::{LoadOptions, PageAlloc, ProbeStatus, Probes};
+use crate::probes::{kernel_btf, LoadOptions, PageAlloc, ProbeStatus, Probes};
 use crate::snapshot::check::{CheckReport, Item};
 
-pub fn run(json: bool) -> ExitCode {
-    let r = report();
+pub fn run(json: bool, btf: Option<PathBuf>) -> Result<ExitCode, Error> {
+    let r = report(btf)?;
     super::print_view(&r, json, output::check::render);
-    if r.usable() {
+    Ok(if r.usable() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
+    })
 }
 
 fn item<T>(r: Result<T, Error>, ok: impl FnOnce(T) -> String) -> Item {
@@ -39,20 +39,13 @@ fn item<T>(r: Result<T, Error>, ok: impl FnOnce(T) -> String) -> Item {
     }
 }
 
-pub fn report() -> CheckReport {
-    let btf = Path::new(VMLINUX_BTF);
-    let btf_item = if btf.exists() {
-        item(Btf::from_file(btf), |b| {
-            format!("{} present ({} types)", btf.display(), b.len())
-        })
-    } else {
-        item::<()>(
-            Err(Error::NoKernelBtf {
-                path: btf.to_path_buf(),
-            }),
-            |_| String::new(),
-        )
-    };
+/// What this host allows; an error only for a `--btf` file that cannot
+/// be read.
+pub fn report(btf: Option<PathBuf>) -> Result<CheckReport, Error> {
+    let shown = btf.clone().unwrap_or_else(|| PathBuf::from(VMLINUX_BTF));
+    let btf_item = item(kernel_btf(btf.as_deref())?, |b| {
+        format!("{} present ({} types)", shown.display(), b.len())
+    });
     let tracefs_item = item(tracefs::mount_point().ok_or(Error::NoTracefs), |p| {
         format!("mounted at {}", p.display())
     });
@@ -67,6 +60,7 @@ pub fn report() -> CheckReport {
     // Every program, so that check says whether each one loads here.
     let all = LoadOptions {
         page_alloc: PageAlloc::Always,
+        btf,
         ..LoadOptions::default()
     };
     let probes = match Probes::load(&all) {
@@ -76,7 +70,7 @@ pub fn report() -> CheckReport {
             .map(|s| ProbeStatus::unavailable(s, &e.to_string()))
             .collect(),
     };
-    CheckReport {
+    Ok(CheckReport {
         kernel: proc::kernel_release(),
         btf: btf_item,
         tracefs: tracefs_item,
@@ -85,5 +79,5 @@ pub fn report() -> CheckReport {
         exact_dirty_method: exact::method().to_string(),
         topology,
         probes,
-    }
+    })
 }

@@ -18,7 +18,7 @@ use crate::model::precopy::Link;
 
 pub async fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Check(a) => Ok(check::run(a.json)),
+        Command::Check(a) => check::run(a.json, a.btf.btf),
         Command::Readiness(a) => readiness::run(a),
         Command::Serve(a) => serve::run(a).await,
         Command::Diagnose(a) => diagnose::run(a).await,
@@ -46,6 +46,7 @@ fn agent_options(filter: Filter, t: &Tuning, lock_types: u64) -> AgentOptions {
         lock_types,
         spin_stacks_per_sec: t.lock_stacks,
         page_alloc: t.numa_page_alloc,
+        btf: t.btf.btf.clone(),
         readiness: None,
     }
 }

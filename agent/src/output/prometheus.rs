@@ -104,6 +104,11 @@ pub fn render(s: &Snapshot) -> String {
         "1 if the kernel program is attached, 0 if it is disabled (see `hostprobe check` for why).",
         GAUGE,
     );
+    let mut info = Family::new(
+        "hostprobe_probe_info",
+        "How each kernel program attaches (the preferred way when it does not): attach_type tp_btf, tracepoint, or fentry/fexit (lock contention before 5.19: sleeping locks only, from their slow paths), and what it hooks.",
+        GAUGE,
+    );
     let mut enabled = Family::new(
         "hostprobe_probe_enabled",
         "0 if the kernel program is off by design (mm_page_alloc on one NUMA node or with --numa-page-alloc never), 1 if hostprobe tries to attach it.",
@@ -127,12 +132,20 @@ pub fn render(s: &Snapshot) -> String {
     for p in &s.probes {
         let l = [("probe", p.probe.as_str())];
         attached.gauge(&l, if p.attached { 1.0 } else { 0.0 });
+        info.gauge(
+            &[
+                ("probe", p.probe.as_str()),
+                ("attach_type", p.attach_type.as_str()),
+                ("hook", p.tracepoint.as_str()),
+            ],
+            1.0,
+        );
         enabled.gauge(&l, if p.enabled { 1.0 } else { 0.0 });
         events.counter(&l, p.events as f64);
         errors.counter(&l, p.errors as f64);
         missed.counter(&l, p.missed as f64);
     }
-    out.extend([attached, enabled, events, errors, missed]);
+    out.extend([attached, info, enabled, events, errors, missed]);
 
     let mut drops = Family::new("hostprobe_map_drops_total", "Updates lost because a bounded kernel map was full or a task slot was taken by another thread.", COUNTER);
     for (map, n) in &s.map_drops {
@@ -572,6 +585,7 @@ mod tests {
             "hostprobe_build_info{version=\"",
             "hostprobe_probe_attached{probe=\"sched_switch\"} 1",
             "hostprobe_probe_attached{probe=\"sched_migrate_task\"} 0",
+            "hostprobe_probe_info{probe=\"sched_switch\",attach_type=\"tp_btf\",hook=\"sched:sched_switch\"} 1",
             "hostprobe_probe_events_total{probe=\"sched_switch\"} 1000",
             "hostprobe_map_drops_total{map=\"TASK_SLOTS\"} 2",
             "hostprobe_sched_migrations_total{workload=\"/db.service\",distance=\"other_node\"} 3",

@@ -508,6 +508,23 @@ fn render_locks(o: &mut String, s: &Snapshot, stacks: bool) {
         o,
         "\nLock contention (kernel locks; like `perf lock contention`)"
     );
+    match s.probes.iter().find(|p| p.probe == "contention_begin") {
+        Some(p) if !p.attached => {
+            let _ = writeln!(
+                o,
+                "  (not measured: {})",
+                p.reason.as_deref().unwrap_or("the probe is disabled")
+            );
+            return;
+        }
+        Some(p) if p.attach_type == "fentry" => {
+            let _ = writeln!(
+                o,
+                "  (this kernel has no lock:contention_* tracepoints (5.19+): sleeping locks only, mutexes and rwsems, from their slow paths)"
+            );
+        }
+        _ => {}
+    }
     if l.callers.is_empty() {
         let _ = writeln!(o, "  (no contended kernel locks seen)");
         return;

@@ -53,13 +53,15 @@ pub fn check_object(data: &[u8]) -> Result<()> {
             .and_then(|s| s.section_index())
             .and_then(|i| file.section_by_index(i).ok())
     };
-    for way in PROGRAMS.iter().flat_map(|s| s.ways) {
-        let want = way.hook.section();
-        let found = section_of(way.program).and_then(|s| s.name().ok().map(str::to_string));
+    for (program, want) in PROGRAMS
+        .iter()
+        .flat_map(|s| s.ways)
+        .flat_map(|w| w.programs())
+    {
+        let found = section_of(program).and_then(|s| s.name().ok().map(str::to_string));
         if found.as_deref() != Some(want.as_str()) {
             return Err(bad(format!(
-                "program {} is in section {found:?}, expected {want}",
-                way.program
+                "program {program} is in section {found:?}, expected {want}"
             )));
         }
     }

@@ -9,11 +9,11 @@ pub mod offsets;
 pub mod spec;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::{
     maps::Array,
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, Program, TracePoint},
     Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
 };
 use hostprobe_common::{
@@ -29,8 +29,9 @@ use crate::host::topology::{Topology, SYSFS_SYSTEM};
 use crate::host::{proc, tracefs};
 use contract::check_object;
 use offsets::{
-    balance_pause_offset, fault_args, folio_offsets, lock_args, lock_offsets,
-    migrate_pages_offsets, migrate_reasons, page_node_bits, task_offsets,
+    balance_pause_offset, dirty_args, fault_args, folio_offsets, lock_args, lock_offsets,
+    mapping_offsets, migrate_pages_offsets, migrate_reasons, page_node_bits, sched_args,
+    task_offsets, PrevState,
 };
 use spec::{Hook, Needs, ProgramSpec, Way, PROGRAMS};
 
@@ -103,6 +104,8 @@ pub struct LoadOptions {
     /// kallsyms), which lock callers are found outside of; zeros when
     /// kallsyms hides addresses (callers are then unknown).
     pub locking_text: [(u64, u64); 2],
+    /// Kernel BTF from this file (`--btf`) instead of sysfs.
+    pub btf: Option<PathBuf>,
 }
 
 /// When `mm_page_alloc` (remote page allocations per workload) attaches.
@@ -128,6 +131,7 @@ impl Default for LoadOptions {
             spin_stacks_per_sec: lock::DEFAULT_SPIN_STACKS_PER_SEC,
             page_alloc: PageAlloc::Auto,
             locking_text: [(0, 0); 2],
+            btf: None,
         }
     }
 }
@@ -161,16 +165,12 @@ impl Probes {
         require_privileges()?;
         let topology = Topology::read(Path::new(SYSFS_SYSTEM))?;
 
-        let btf_path = Path::new(VMLINUX_BTF);
-        let btf = if btf_path.exists() {
-            Btf::from_file(btf_path)
-        } else {
-            Err(Error::NoKernelBtf {
-                path: btf_path.to_path_buf(),
-            })
-        };
+        let btf = kernel_btf(opts.btf.as_deref())?;
         let task = with_btf(&btf, task_offsets);
+        let prev_state = with_btf(&btf, |b| sched_args(b, "sched_switch"));
+        let mapping = with_btf(&btf, mapping_offsets);
         let folio = with_btf(&btf, folio_offsets);
+        let dirty_page = with_btf(&btf, |b| dirty_args(b, "writeback_dirty_page", "page"));
         let tracefs = tracefs::mount_point().ok_or(Error::NoTracefs);
         let locks = tracefs
             .as_ref()
@@ -201,13 +201,20 @@ impl Probes {
         let (mp_succeeded, mp_reason) = migrate_pages.as_ref().ok().copied().unwrap_or((0, 0));
         debug!(
             ?task,
+            ?prev_state,
             ?locks,
+            ?mapping,
             ?folio,
             ?balance,
             ?fault,
             "resolved kernel offsets"
         );
         let fo = folio.as_ref().ok().copied().unwrap_or_default();
+        let mo = mapping.as_ref().ok().copied().unwrap_or_default();
+        let state_off = match prev_state {
+            Ok(Some(p)) => p.load_time_constant(),
+            _ => PrevState::Argument.load_time_constant(),
+        };
         let balance_pause = balance.as_ref().ok().copied().unwrap_or(0);
         let l = locks.as_ref().ok().copied().unwrap_or_default();
         let windows_per_sec = (1_000_000_000 / lock::STACK_WINDOW_NS) as u32;
@@ -230,6 +237,7 @@ impl Probes {
             .override_global("TASK_PID_OFFSET", &pid_off, true)
             .override_global("TASK_TGID_OFFSET", &tgid_off, true)
             .override_global("TASK_CPU_OFFSET", &cpu_off, true)
+            .override_global("TASK_STATE_OFFSET", &state_off, true)
             .override_global("TASK_SLOTS_MASK", &mask, true)
             .override_global("WORKLOADS_MASK", &workloads_mask, true)
             .override_global("FILTER_TGID", &filter_tgid, true)
@@ -246,9 +254,9 @@ impl Probes {
             .override_global("FOLIO_FLAGS_OFFSET", &fo.flags, true)
             .override_global("FOLIO_PG_HEAD", &fo.pg_head, true)
             .override_global("FOLIO_NR_PAGES_OFFSET", &fo.nr_pages, true)
-            .override_global("MAPPING_HOST_OFFSET", &fo.mapping_host, true)
-            .override_global("INODE_SB_OFFSET", &fo.inode_sb, true)
-            .override_global("SB_DEV_OFFSET", &fo.sb_dev, true)
+            .override_global("MAPPING_HOST_OFFSET", &mo.mapping_host, true)
+            .override_global("INODE_SB_OFFSET", &mo.inode_sb, true)
+            .override_global("SB_DEV_OFFSET", &mo.sb_dev, true)
             .override_global("BALANCE_PAUSE_OFFSET", &balance_pause, true)
             .override_global("NR_NODES", &nr_nodes, true)
             .override_global("PAGE_FLAGS_OFFSET", &pa.flags, true)
@@ -302,14 +310,24 @@ impl Probes {
             let mut attached = None;
             for way in spec.ways {
                 let prerequisite = match way.needs {
-                    Needs::TaskBtf => task.as_ref().err().map(ToString::to_string),
+                    Needs::SchedBtf => task.as_ref().err().map(ToString::to_string).or_else(|| {
+                        with_btf(&btf, |b| sched_args(b, way.hook.name()))
+                            .err()
+                            .map(|e| e.to_string())
+                    }),
                     Needs::LockBtf => lock_btf.as_ref().err().map(ToString::to_string),
                     Needs::LockFormat => locks.as_ref().err().map(ToString::to_string),
-                    Needs::FolioBtf => folio.as_ref().err().map(ToString::to_string),
+                    Needs::FolioBtf => (mapping.as_ref().err())
+                        .or(folio.as_ref().err())
+                        .map(ToString::to_string),
+                    Needs::PageBtf => (mapping.as_ref().err())
+                        .or(dirty_page.as_ref().err())
+                        .map(ToString::to_string),
                     Needs::BalanceFormat => balance.as_ref().err().map(ToString::to_string),
                     Needs::FaultBtf => fault.as_ref().err().map(ToString::to_string),
                     Needs::PageAlloc => page_alloc.as_ref().err().map(ToString::to_string),
                     Needs::Nothing => None,
+                    Needs::KernelBtf => btf.as_ref().err().map(ToString::to_string),
                     Needs::MigratePagesFormat => {
                         migrate_pages.as_ref().err().map(ToString::to_string)
                     }
@@ -405,6 +423,32 @@ fn load_error(e: &str) -> String {
     format!("verifier/load: {} verifier: {tail}", head.trim())
 }
 
+/// The kernel's BTF: from `--btf` (an error if that file is unusable: the
+/// user asked for it), else from sysfs (its absence disables only what
+/// needs it).
+pub fn kernel_btf(file: Option<&Path>) -> Result<Result<Btf>> {
+    match file {
+        Some(path) => Btf::from_file(path).map(Ok).map_err(|e| Error::BtfFile {
+            path: path.to_path_buf(),
+            reason: match e {
+                Error::Btf { reason, .. } => format!("invalid BTF: {reason}"),
+                Error::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
+        }),
+        None => {
+            let path = Path::new(VMLINUX_BTF);
+            Ok(if path.exists() {
+                Btf::from_file(path)
+            } else {
+                Err(Error::NoKernelBtf {
+                    path: path.to_path_buf(),
+                })
+            })
+        }
+    }
+}
+
 /// Offsets from kernel BTF, or why there is no BTF to read them from.
 fn with_btf<T>(btf: &Result<Btf>, f: impl FnOnce(&Btf) -> Result<T>) -> Result<T> {
     match btf {
@@ -420,21 +464,66 @@ fn load_program(
     way: &Way,
     kernel_btf: Option<&AyaBtf>,
 ) -> std::result::Result<(), String> {
-    let prog = ebpf
-        .program_mut(way.program)
-        .ok_or_else(|| format!("program {} missing from the object", way.program))?;
+    fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> std::result::Result<&'a mut Program, String> {
+        ebpf.program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))
+    }
     match way.hook {
         Hook::BtfTracepoint(_, tp) => {
             let btf = kernel_btf.ok_or("kernel BTF unavailable")?;
-            let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            let p: &mut BtfTracePoint = program(ebpf, way.program)?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
             p.load(tp, btf).map_err(|e| load_error(&format!("{e:#}")))?;
             p.attach().map_err(|e| format!("attach: {e:#}"))?;
         }
         Hook::Tracepoint(cat, name) => {
-            let p: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            let p: &mut TracePoint = program(ebpf, way.program)?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
             p.load().map_err(|e| load_error(&format!("{e:#}")))?;
             p.attach(cat, name).map_err(|e| format!("attach: {e:#}"))?;
         }
+        Hook::Functions { exit, each } => {
+            let btf = kernel_btf.ok_or("kernel BTF unavailable")?;
+            let mut missing = Vec::new();
+            for &(program, function) in each {
+                if let Err(e) = attach_function(ebpf, program, function, exit, btf) {
+                    missing.push(format!("{function}: {e}"));
+                }
+            }
+            if missing.len() == each.len() {
+                return Err(missing.join("; "));
+            }
+            if !missing.is_empty() {
+                info!(missing = %missing.join("; "), "some lock slow paths are not hooked");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// fentry (or fexit) `program` on kernel function `function`.
+fn attach_function(
+    ebpf: &mut Ebpf,
+    program: &str,
+    function: &str,
+    exit: bool,
+    btf: &AyaBtf,
+) -> std::result::Result<(), String> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?;
+    if exit {
+        let p: &mut FExit = prog.try_into().map_err(|e| format!("{e}"))?;
+        p.load(function, btf)
+            .map_err(|e| load_error(&format!("{e:#}")))?;
+        p.attach().map_err(|e| format!("attach: {e:#}"))?;
+    } else {
+        let p: &mut FEntry = prog.try_into().map_err(|e| format!("{e}"))?;
+        p.load(function, btf)
+            .map_err(|e| load_error(&format!("{e:#}")))?;
+        p.attach().map_err(|e| format!("attach: {e:#}"))?;
     }
     Ok(())
 }

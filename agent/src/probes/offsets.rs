@@ -32,8 +32,7 @@ pub struct TaskOffsets {
     pub cpu: u32,
 }
 
-/// Resolves `task_struct` offsets from kernel BTF and checks that the BTF
-/// tracepoints pass the arguments the programs read.
+/// Resolves the `task_struct` offsets every scheduler program reads.
 pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
     let int4 = |member: &str| -> Result<u32> {
         match btf.member("task_struct", member)? {
@@ -50,91 +49,146 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
         (Ok((ti, _)), Ok((off, 4))) => ti + off,
         _ => int4("cpu")?,
     };
-    let offsets = TaskOffsets {
+    Ok(TaskOffsets {
         pid: int4("pid")?,
         tgid: int4("tgid")?,
         cpu,
-    };
+    })
+}
+
+/// Where `sched_switch` finds the state the outgoing task leaves in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrevState {
+    /// The tracepoint's `prev_state` argument (5.18+).
+    Argument,
+    /// `prev->__state` (5.14+) or `prev->state` (before) at this offset,
+    /// read as its low 32 bits (the states all fit).
+    TaskField(u32),
+}
+
+impl PrevState {
+    /// The program's `TASK_STATE_OFFSET`: `u32::MAX` for the argument.
+    pub fn load_time_constant(self) -> u32 {
+        match self {
+            PrevState::Argument => u32::MAX,
+            PrevState::TaskField(offset) => offset,
+        }
+    }
+}
+
+/// Checks that the BTF tracepoint of a scheduler program passes what the
+/// program reads; for `sched_switch`, also where the outgoing task's state
+/// is. Each program is checked on its own, so one prototype that differs
+/// takes down only its own program.
+pub fn sched_args(btf: &Btf, tracepoint: &str) -> Result<Option<PrevState>> {
     let task = TypeShape::Pointer {
         to: Some("task_struct".into()),
     };
-    let switch = btf.tracepoint_args("sched_switch")?;
-    // (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state): 5.18+
-    let ok = switch.len() >= 4
-        && switch[1] == task
-        && switch[2] == task
-        && matches!(switch[3], TypeShape::Int { .. });
-    if !ok {
-        return Err(Error::BadTracepointArgs {
-            tracepoint: "sched:sched_switch".into(),
-            reason: format!(
-                "expected (preempt, prev, next, prev_state) (kernel 5.18 or later), found {switch:?}"
-            ),
-        });
-    }
-    for tp in ["sched_wakeup", "sched_wakeup_new"] {
-        let args = btf.tracepoint_args(tp)?;
-        if args.first() != Some(&task) {
-            return Err(Error::BadTracepointArgs {
-                tracepoint: format!("sched:{tp}"),
-                reason: format!("expected (task_struct *p), found {args:?}"),
-            });
+    let args = btf.tracepoint_args(tracepoint)?;
+    let bad = |expected: &str| Error::BadTracepointArgs {
+        tracepoint: format!("sched:{tracepoint}"),
+        reason: format!("expected {expected}, found {args:?}"),
+    };
+    match tracepoint {
+        "sched_switch" => {
+            // (bool preempt, task_struct *prev, task_struct *next), and from
+            // 5.18 unsigned int prev_state.
+            if args.len() < 3 || args[1] != task || args[2] != task {
+                return Err(bad("(preempt, prev, next[, prev_state])"));
+            }
+            if matches!(args.get(3), Some(TypeShape::Int { .. })) {
+                return Ok(Some(PrevState::Argument));
+            }
+            let state = ["__state", "state"]
+                .iter()
+                .find_map(|m| match btf.member("task_struct", m) {
+                    Ok((off, 4 | 8)) => Some(off),
+                    _ => None,
+                })
+                .ok_or_else(|| Error::BtfMissing {
+                    what: "task_struct.__state or task_struct.state (the outgoing task's state, which sched_switch passes only from 5.18)".into(),
+                })?;
+            Ok(Some(PrevState::TaskField(state)))
+        }
+        "sched_migrate_task" => {
+            if args.len() != 2 || args[0] != task || !matches!(args[1], TypeShape::Int { .. }) {
+                return Err(bad("(task_struct *p, int dest_cpu)"));
+            }
+            Ok(None)
+        }
+        _ => {
+            if args.first() != Some(&task) {
+                return Err(bad("(task_struct *p)"));
+            }
+            Ok(None)
         }
     }
-    let migrate = btf.tracepoint_args("sched_migrate_task")?;
-    if migrate.len() != 2 || migrate[0] != task || !matches!(migrate[1], TypeShape::Int { .. }) {
-        return Err(Error::BadTracepointArgs {
-            tracepoint: "sched:sched_migrate_task".into(),
-            reason: format!("expected (task_struct *p, int dest_cpu), found {migrate:?}"),
-        });
-    }
-    Ok(offsets)
 }
 
-/// Kernel struct offsets `writeback_dirty_folio` reads: the folio's size
-/// and the device of its file's filesystem.
+/// From a dirtied page's `address_space` to its filesystem's device:
+/// `mapping->host->i_sb->s_dev`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FolioOffsets {
-    pub flags: u32,
-    pub pg_head: u32,
-    pub nr_pages: u32,
+pub struct MappingOffsets {
     pub mapping_host: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
 }
 
-pub fn folio_offsets(btf: &Btf) -> Result<FolioOffsets> {
-    let sized = |st: &str, member: &str, want: u32| -> Result<u32> {
-        match btf.member(st, member)? {
-            (off, size) if size == want => Ok(off),
-            (_, size) => Err(Error::BtfMissing {
-                what: format!("{want}-byte {st}.{member} (it has {size} bytes)"),
-            }),
-        }
-    };
-    // 6.18 calls it `_nr_pages`, 6.1 `_folio_nr_pages`.
-    let nr_pages =
-        sized("folio", "_nr_pages", 4).or_else(|_| sized("folio", "_folio_nr_pages", 4))?;
-    let pg_head = btf.enum_value("pageflags", "PG_head")?;
-    let args = btf.tracepoint_args("writeback_dirty_folio")?;
+/// How the dirtying program learns the size of what was dirtied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FolioOffsets {
+    pub flags: u32,
+    pub pg_head: u32,
+    pub nr_pages: u32,
+}
+
+fn sized(btf: &Btf, st: &str, member: &str, want: u32) -> Result<u32> {
+    match btf.member(st, member)? {
+        (off, size) if size == want => Ok(off),
+        (_, size) => Err(Error::BtfMissing {
+            what: format!("{want}-byte {st}.{member} (it has {size} bytes)"),
+        }),
+    }
+}
+
+pub fn mapping_offsets(btf: &Btf) -> Result<MappingOffsets> {
+    Ok(MappingOffsets {
+        mapping_host: sized(btf, "address_space", "host", 8)?,
+        inode_sb: sized(btf, "inode", "i_sb", 8)?,
+        sb_dev: sized(btf, "super_block", "s_dev", 4)?,
+    })
+}
+
+/// Checks that a dirtying tracepoint passes (`what` *, address_space *):
+/// `writeback_dirty_folio` (5.16+) a folio, `writeback_dirty_page` before
+/// it a page.
+pub fn dirty_args(btf: &Btf, tracepoint: &str, what: &str) -> Result<()> {
+    let args = btf.tracepoint_args(tracepoint)?;
     let ptr = |to: &str| TypeShape::Pointer {
         to: Some(to.into()),
     };
-    if args != [ptr("folio"), ptr("address_space")] {
+    if args != [ptr(what), ptr("address_space")] {
         return Err(Error::BadTracepointArgs {
-            tracepoint: "writeback:writeback_dirty_folio".into(),
-            reason: format!("expected (folio *, address_space *), found {args:?}"),
+            tracepoint: format!("writeback:{tracepoint}"),
+            reason: format!("expected ({what} *, address_space *), found {args:?}"),
         });
     }
+    Ok(())
+}
+
+/// `struct folio`'s flags, its `PG_head` bit and its page count.
+pub fn folio_offsets(btf: &Btf) -> Result<FolioOffsets> {
+    // 6.18 calls it `_nr_pages`, 6.1 `_folio_nr_pages`.
+    let nr_pages = sized(btf, "folio", "_nr_pages", 4)
+        .or_else(|_| sized(btf, "folio", "_folio_nr_pages", 4))?;
+    let pg_head = btf.enum_value("pageflags", "PG_head")?;
+    dirty_args(btf, "writeback_dirty_folio", "folio")?;
     Ok(FolioOffsets {
-        flags: sized("folio", "flags", 8)?,
+        flags: sized(btf, "folio", "flags", 8)?,
         pg_head: u32::try_from(pg_head).map_err(|_| Error::BtfMissing {
             what: format!("a small PG_head bit (found {pg_head})"),
         })?,
         nr_pages,
-        mapping_host: sized("address_space", "host", 8)?,
-        inode_sb: sized("inode", "i_sb", 8)?,
-        sb_dev: sized("super_block", "s_dev", 4)?,
     })
 }
 
@@ -237,6 +291,15 @@ pub fn balance_pause_offset(tracefs: &Path) -> Result<u32> {
 /// Checks that `page_fault_user` passes (address, regs, error_code), the
 /// third of which the program reads.
 pub fn fault_args(btf: &Btf) -> Result<()> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(Error::BadTracepointArgs {
+            tracepoint: "exceptions:page_fault_user".into(),
+            reason: format!(
+                "x86 only: {} has no user page-fault tracepoint, so write faults (new and present pages) are not counted; file dirtying and throttling are",
+                std::env::consts::ARCH
+            ),
+        });
+    }
     let args = btf.tracepoint_args("page_fault_user")?;
     let ok = args.len() == 3
         && args[0] == TypeShape::Int { size: 8 }
@@ -266,6 +329,15 @@ mod tests {
         let btf = Btf::from_file(Path::new(VMLINUX_BTF)).unwrap();
         let t = task_offsets(&btf).unwrap();
         assert_eq!(t.tgid, t.pid + 4);
+        // 6.18 passes prev_state; the others only the task.
+        assert_eq!(
+            sched_args(&btf, "sched_switch").unwrap(),
+            Some(PrevState::Argument)
+        );
+        for tp in ["sched_wakeup", "sched_wakeup_new", "sched_migrate_task"] {
+            assert_eq!(sched_args(&btf, tp).unwrap(), None, "{tp}");
+        }
+        mapping_offsets(&btf).unwrap();
         let tracefs =
             tracefs::mount_point().expect("tracefs mounted (cargo xtask setup mounts it)");
         // 6.18: thread_info (with cpu) is the first member of task_struct.
@@ -275,6 +347,8 @@ mod tests {
         lock_args(&btf).unwrap();
         let f = folio_offsets(&btf).unwrap();
         assert_eq!(f.flags, 0, "folio.flags is the first word of struct page");
+        // 6.18 has folios only.
+        assert!(dirty_args(&btf, "writeback_dirty_page", "page").is_err());
         assert!(
             f.nr_pages > 64 && f.nr_pages < 128,
             "_nr_pages in the second struct page"

@@ -156,6 +156,51 @@ fn with_unreadable_btf_lock_contention_falls_back_to_classic_tracepoints() {
 }
 
 #[test]
+fn btf_from_a_file_replaces_the_one_sysfs_does_not_show() {
+    let _k = KernelTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("vmlinux.btf");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &copy).unwrap();
+    let hide = "mount --bind /dev/null /sys/kernel/btf/vmlinux";
+    let out = in_namespace(
+        hide,
+        &format!("diagnose --duration 1s --json --btf {}", copy.display()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for name in ["sched_switch", "writeback_dirty_folio", "contention_begin"] {
+        let p = probe(&doc, name);
+        assert_eq!(
+            (&p["attached"], &p["attach_type"]),
+            (&Value::Bool(true), &Value::from("tp_btf")),
+            "{p}"
+        );
+    }
+    let check = in_namespace(hide, &format!("check --btf {}", copy.display()));
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && text.contains(&format!("{} present", copy.display())),
+        "{text}"
+    );
+    // A --btf that is not there is the user's mistake: exit 2, saying so.
+    let missing = dir.path().join("missing.btf");
+    let out = Command::new(BIN)
+        .args(["check", "--btf", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--btf") && stderr.contains("missing.btf") && stderr.contains("btfhub"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_state_directories_and_memoryless_targets_get_clear_errors() {
     let _k = KernelTest::start();
     let me = std::process::id();

@@ -40,7 +40,12 @@ pub fn run(data: &[u8]) {
         "btf" => {
             if let Ok(btf) = Btf::parse(input.to_vec()) {
                 let _ = offsets::task_offsets(&btf);
+                for tp in ["sched_switch", "sched_wakeup", "sched_migrate_task"] {
+                    let _ = offsets::sched_args(&btf, tp);
+                }
+                let _ = offsets::mapping_offsets(&btf);
                 let _ = offsets::folio_offsets(&btf);
+                let _ = offsets::dirty_args(&btf, "writeback_dirty_page", "page");
                 let _ = offsets::page_node_bits(&btf);
                 let _ = offsets::lock_args(&btf);
                 let _ = offsets::fault_args(&btf);

@@ -1,6 +1,7 @@
 //! Page dirtying per workload: file folios going from clean to dirty
 //! (`writeback:writeback_dirty_folio`, in the writer's context, with the
-//! folio's size and its filesystem's device), dirty throttling
+//! folio's size and its filesystem's device; `writeback_dirty_page`, one
+//! page each, on kernels before folios, 5.16), dirty throttling
 //! (`writeback:balance_dirty_pages` pause) and user write faults
 //! (`exceptions:page_fault_user`, new vs. already-mapped page). Struct
 //! offsets from BTF and field offsets from tracefs, both at load time.
@@ -57,7 +58,16 @@ static DIRTY_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
 
 #[btf_tracepoint(function = "writeback_dirty_folio")]
 pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> i32 {
-    if try_dirty_folio(&ctx).is_err() {
+    if try_dirty(&ctx, true).is_err() {
+        bump(&DIRTY_COUNTERS, counter::ERR_READ);
+    }
+    0
+}
+
+/// The same before folios: `(struct page *, struct address_space *)`.
+#[btf_tracepoint(function = "writeback_dirty_page")]
+pub fn writeback_dirty_page(ctx: BtfTracePointContext) -> i32 {
+    if try_dirty(&ctx, false).is_err() {
         bump(&DIRTY_COUNTERS, counter::ERR_READ);
     }
     0
@@ -89,22 +99,25 @@ fn read<T>(base: *const u8, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
 }
 
-fn try_dirty_folio(ctx: &BtfTracePointContext) -> Result<(), i32> {
+/// `folio`: the first argument is a folio (its pages counted), else a page.
+#[inline(always)]
+fn try_dirty(ctx: &BtfTracePointContext, folio: bool) -> Result<(), i32> {
     bump(&DIRTY_COUNTERS, counter::EV_DIRTY_FOLIO);
     if !selected() {
         return Ok(());
     }
-    let folio: *const u8 = ctx.arg(0);
+    let first: *const u8 = ctx.arg(0);
     let mapping: *const u8 = ctx.arg(1);
-    if folio.is_null() || mapping.is_null() {
+    if first.is_null() || mapping.is_null() {
         return Err(0);
     }
-    let flags: u64 = read(folio, FOLIO_FLAGS_OFFSET.load())?;
-    let pages = if (flags >> (FOLIO_PG_HEAD.load() & 63)) & 1 != 0 {
-        u64::from(read::<u32>(folio, FOLIO_NR_PAGES_OFFSET.load())?)
-    } else {
-        1
-    };
+    let mut pages = 1;
+    if folio {
+        let flags: u64 = read(first, FOLIO_FLAGS_OFFSET.load())?;
+        if (flags >> (FOLIO_PG_HEAD.load() & 63)) & 1 != 0 {
+            pages = u64::from(read::<u32>(first, FOLIO_NR_PAGES_OFFSET.load())?);
+        }
+    }
     let host: *const u8 = read(mapping, MAPPING_HOST_OFFSET.load())?;
     let sb: *const u8 = read(host, INODE_SB_OFFSET.load())?;
     let dev: u32 = read(sb, SB_DEV_OFFSET.load())?;

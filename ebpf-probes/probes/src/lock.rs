@@ -15,13 +15,19 @@
 //! tracing program or a map syscall runs on its CPU, and contention is rife
 //! exactly then; the classic programs (`*_tp`) are the fallback where the
 //! kernel has no BTF prototype for these tracepoints (offsets from tracefs).
+//! Before 5.19 there are no such tracepoints: where fentry is allowed, the
+//! sleeping locks' out-of-line slow paths stand in for them (`*_slowpath_*`
+//! programs): entering one means the fast path failed (a contention),
+//! leaving it ends the wait. Spinning locks have no such hook (their slow
+//! paths are inlined or run with preemption off), so only mutexes and
+//! rwsems are seen there.
 
 use aya_ebpf::{
     helpers::generated::bpf_get_stack,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fentry, fexit, map},
     maps::{Array, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
     EbpfContext, Global,
 };
 
@@ -30,8 +36,8 @@ use hostprobe_common::{
     lock::{
         counter, find_caller, AddrKey, Begin, CallerKey, CallerStat, CpuSlots, Hist, Stat,
         TaskSlot, Wait, CALLER_NOT_SAMPLED, CALLER_UNKNOWN, CPU_DEPTH, DEFAULT_ADDRS,
-        DEFAULT_CALLERS, DEFAULT_SPIN_STACKS_PER_SEC, DEFAULT_WORKLOADS, F_MUTEX, F_SPIN,
-        SEARCH_DEPTH, STACK_DEPTH, TYPES,
+        DEFAULT_CALLERS, DEFAULT_SPIN_STACKS_PER_SEC, DEFAULT_WORKLOADS, F_MUTEX, F_READ, F_SPIN,
+        F_WRITE, SEARCH_DEPTH, STACK_DEPTH, TYPES,
     },
     log2_bucket, DEFAULT_TASK_SLOTS,
 };
@@ -149,6 +155,57 @@ pub extern "C" fn contention_end_tp(ctx: *mut core::ffi::c_void) -> u32 {
     }
     1
 }
+
+/// A sleeping lock's slow path as a contention: `$enter` at its entry
+/// begins a wait of type `$flags` on its first argument, `$exit` ends it.
+macro_rules! slow_path {
+    ($function:literal, $enter:ident, $exit:ident, $flags:expr) => {
+        #[fentry(function = $function)]
+        pub fn $enter(ctx: FEntryContext) -> i32 {
+            let lock: u64 = ctx.arg(0);
+            let _ = try_begin(&ctx, lock, $flags);
+            0
+        }
+
+        #[fexit(function = $function)]
+        pub fn $exit(ctx: FExitContext) -> i32 {
+            let lock: u64 = ctx.arg(0);
+            try_end(&ctx, lock);
+            0
+        }
+    };
+}
+
+slow_path!(
+    "__mutex_lock_slowpath",
+    mutex_slowpath_enter,
+    mutex_slowpath_exit,
+    F_MUTEX
+);
+slow_path!(
+    "__mutex_lock_killable_slowpath",
+    mutex_killable_slowpath_enter,
+    mutex_killable_slowpath_exit,
+    F_MUTEX
+);
+slow_path!(
+    "__mutex_lock_interruptible_slowpath",
+    mutex_interruptible_slowpath_enter,
+    mutex_interruptible_slowpath_exit,
+    F_MUTEX
+);
+slow_path!(
+    "rwsem_down_read_slowpath",
+    rwsem_read_slowpath_enter,
+    rwsem_read_slowpath_exit,
+    F_READ
+);
+slow_path!(
+    "rwsem_down_write_slowpath",
+    rwsem_write_slowpath_enter,
+    rwsem_write_slowpath_exit,
+    F_WRITE
+);
 
 /// Spinning waits that are not a mutex's optimistic spin: per-CPU slots.
 #[inline(always)]

@@ -44,6 +44,13 @@ static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
 /// `task_struct.thread_info.cpu` (or `task_struct.cpu` on older kernels).
 #[no_mangle]
 static TASK_CPU_OFFSET: Global<u32> = Global::new(0);
+/// Where the outgoing task's state is: `u32::MAX` for `sched_switch`'s
+/// `prev_state` argument (5.18+), else the offset of `task_struct.__state`
+/// (or `.state` before 5.14). A load-time constant, so the verifier only
+/// sees the branch this kernel takes (before 5.18 there is no fourth
+/// argument to read).
+#[no_mangle]
+static TASK_STATE_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 #[map]
 static TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
@@ -107,8 +114,12 @@ fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
 fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     bump(&SCHED_COUNTERS, counter::EV_SWITCH);
     let preempt: u64 = ctx.arg(0);
+    let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
-    let prev_state: u64 = ctx.arg(3);
+    let prev_state = match TASK_STATE_OFFSET.load() {
+        u32::MAX => ctx.arg::<u64>(3) as u32,
+        offset => task_field(prev, offset),
+    };
     // SAFETY: plain helpers without arguments.
     let (now, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
 
@@ -123,7 +134,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
             flush(ctx, s, now);
             s.last_cpu = cpu;
             // A preempted task stays runnable: its wait starts now.
-            let runnable = preempt & 0xff != 0 || prev_state as u32 == 0;
+            let runnable = preempt & 0xff != 0 || prev_state == 0;
             s.queued_ns = if runnable { now } else { 0 };
         }
     }

@@ -1,9 +1,16 @@
-# /init of the NUMA guest (after /proc, /sys, /dev are mounted). Results go
-# to the serial console between "=== NAME" and "=== end NAME" markers.
+# /init of the kernel matrix's guests, one initramfs for every kernel
+# (after /proc, /sys, /dev are mounted). Results go to the serial console
+# between "=== NAME" and "=== end NAME" markers.
 echo never > /sys/kernel/mm/transparent_hugepage/enabled
 mount -t tracefs nodev /sys/kernel/tracing
 mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
 export HOME=/tmp
+# A RAM block device for the dirtying test (Debian builds every disk
+# filesystem and block driver as a module).
+insmod /lib/modules/$(uname -r)/brd.ko rd_nr=1 rd_size=32768
+echo "=== kernel"
+uname -r
+echo "=== end kernel"
 
 # Waits until hostprobe (log in $1) has attached all its probes.
 ready() {
@@ -18,6 +25,56 @@ ready() {
 echo "=== check"
 /bin/hostprobe check --json 2>/dev/null
 echo "=== end check"
+
+# The kernel's BTF from a file, with sysfs' copy hidden.
+cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
+mount -o bind /dev/null /sys/kernel/btf/vmlinux
+echo "=== check btf"
+/bin/hostprobe check --btf /tmp/vmlinux.btf --json 2>/dev/null
+echo "=== end check btf"
+umount /sys/kernel/btf/vmlinux
+
+# Page dirtying with counts the load sets exactly: 8 MiB written to a block
+# device's page cache, 4096 write faults on new pages, 4096 on present ones.
+rm -f /tmp/go /tmp/done
+/bin/dirtyload /dev/ram0 /tmp/go /tmp/done &
+load=$!
+/bin/hostprobe diagnose --pid $load --duration 120s --json --no-vm-readiness --readiness-windows 1s \
+    --log-level info >/tmp/dirty.json 2>/tmp/dirty.log &
+diag=$!
+ready /tmp/dirty.log $diag
+touch /tmp/go
+n=0; until [ -e /tmp/done ] || [ $n -gt 600 ]; do sleep 0.1; n=$((n + 1)); done
+sleep 1
+kill -INT $diag; wait $diag
+kill $load
+echo "=== dirty"
+cat /tmp/dirty.json
+echo "=== end dirty"
+echo "=== dirty log"
+grep -v 'probe ready' /tmp/dirty.log | tail -20
+echo "=== end dirty log"
+
+# Sleeping-lock contention with a count and a wait the load sets: 20 waits
+# of 50 ms for a pipe's mutex held across a userfaultfd fault.
+rm -f /tmp/go /tmp/done
+/bin/lockload 20 50 /tmp/go /tmp/done &
+load=$!
+/bin/hostprobe diagnose --pid $load --duration 120s --json --no-vm-readiness --readiness-windows 1s \
+    --log-level info >/tmp/lock.json 2>/tmp/lock.log &
+diag=$!
+ready /tmp/lock.log $diag
+touch /tmp/go
+n=0; until [ -e /tmp/done ] || [ $n -gt 600 ]; do sleep 0.1; n=$((n + 1)); done
+sleep 1
+kill -INT $diag; wait $diag
+kill $load
+echo "=== lock"
+cat /tmp/lock.json
+echo "=== end lock"
+echo "=== lock log"
+grep -v 'probe ready' /tmp/lock.log | tail -20
+echo "=== end lock log"
 
 # The foundation's scheduler test: a spinner moved between CPU 0 and CPU 1
 # exactly 20 times, counted by pid.

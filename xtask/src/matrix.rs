@@ -1,0 +1,591 @@
+//! `cargo xtask vm matrix`: hostprobe inside two-node QEMU guests running
+//! the kernels fleets run (Debian's 5.10, 6.1, 6.12 and 6.12 PREEMPT_RT),
+//! one at a time, from one initramfs. Each guest's /init runs `hostprobe
+//! check` (also with its BTF from a file), then the exact-count tests and
+//! the NUMA scenarios, and prints every result between markers on the
+//! serial console; this side checks them and prints a table kernel x
+//! program.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::kernels::{self, Kernel};
+use crate::setup;
+use crate::vm::{Qemu, QemuSpec};
+
+/// Two nodes of 1 GiB with two CPUs each, as VMRIG.md measured.
+const MACHINE: [&str; 18] = [
+    "-accel",
+    "tcg,thread=multi",
+    "-cpu",
+    "max",
+    "-smp",
+    "4",
+    "-m",
+    "2G",
+    "-object",
+    "memory-backend-ram,id=m0,size=1G",
+    "-object",
+    "memory-backend-ram,id=m1,size=1G",
+    "-numa",
+    "node,nodeid=0,cpus=0-1,memdev=m0",
+    "-numa",
+    "node,nodeid=1,cpus=2-3,memdev=m1",
+    "-numa",
+    "dist,src=0,dst=1,val=20",
+];
+
+/// Files a dynamically linked binary needs: itself and what `ldd` lists.
+fn with_libraries(bin: &Path, guest_path: &'static str) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = vec![(bin.to_path_buf(), guest_path.to_string())];
+    let ldd = setup::output(Command::new("ldd").arg(bin))?;
+    for line in ldd.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push((PathBuf::from(p), p.to_string()));
+        }
+    }
+    Ok(files)
+}
+
+const SCENARIO: &str = include_str!("../rig/matrix-init.sh");
+
+/// Probes a kernel cannot have, and why: checked to be unavailable with
+/// that reason, not merely absent.
+fn impossible(kernel: &str) -> &'static [(&'static str, &'static str)] {
+    match kernel {
+        "5.10" => &[
+            ("contention_begin", "btf_trace_contention_begin"),
+            ("contention_end", "btf_trace_contention_end"),
+        ],
+        _ => &[],
+    }
+}
+
+/// What one kernel's guest showed.
+struct Outcome {
+    kernel: String,
+    release: String,
+    boot_seconds: f64,
+    /// Probe -> how it attached (`tp_btf`, `tracepoint`) or `-`.
+    probes: BTreeMap<String, String>,
+    passed: Vec<String>,
+    failures: Vec<String>,
+}
+
+pub fn run(hostprobe: &Path, names: &[String]) -> Result<()> {
+    setup::ensure_packages(&["numactl"])?;
+    let rig = crate::vm::prepare()?;
+    let specs = if names.is_empty() || names.iter().any(|n| n == "all") {
+        kernels::MATRIX.to_vec()
+    } else {
+        names
+            .iter()
+            .map(|n| kernels::find(n))
+            .collect::<Result<_>>()?
+    };
+    let kernels: Vec<Kernel> = specs
+        .into_iter()
+        .map(kernels::fetch)
+        .collect::<Result<_>>()?;
+    let dirtier = rig.static_program("dirtier")?;
+    let mut files: Vec<(PathBuf, String)> = vec![(dirtier, "/bin/dirtier".into())];
+    for load in ["dirtyload", "lockload"] {
+        files.push((rig.static_program(load)?, format!("/bin/{load}")));
+    }
+    files.extend(with_libraries(hostprobe, "/bin/hostprobe")?);
+    files.extend(with_libraries(
+        Path::new("/usr/bin/numactl"),
+        "/bin/numactl",
+    )?);
+    for k in &kernels {
+        files.extend(k.modules.iter().cloned());
+    }
+    let refs: Vec<(PathBuf, &str)> = files.iter().map(|(p, g)| (p.clone(), g.as_str())).collect();
+    let initrd = rig.initramfs("matrix", &refs, SCENARIO)?;
+    let run_dir = std::env::temp_dir().join(format!("hostprobe-matrix-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    let mut outcomes = Vec::new();
+    for k in &kernels {
+        eprintln!("vm matrix: booting {} ({})", k.spec.name, k.release);
+        let started = Instant::now();
+        let mut vm = Qemu::start(&QemuSpec {
+            system: crate::vm::X86_64,
+            name: "hostprobe-matrix",
+            kernel: &k.vmlinuz,
+            initrd: &initrd,
+            append: "console=ttyS0 panic=-1 quiet transparent_hugepage=never",
+            machine: &MACHINE,
+            incoming: None,
+            run_dir: &run_dir,
+        })?;
+        let booted = vm.wait_for("=== end kernel", Duration::from_secs(600));
+        let boot_seconds = started.elapsed().as_secs_f64();
+        let done = booted.and_then(|()| vm.wait_for("=== done", Duration::from_secs(900)));
+        let console = vm.serial_text().replace("\r\n", "\n");
+        drop(vm);
+        let saved = run_dir.join(format!("console-{}.txt", k.spec.name));
+        std::fs::write(&saved, &console)?;
+        eprintln!(
+            "vm matrix: {} console saved in {}",
+            k.spec.name,
+            saved.display()
+        );
+        let mut o = Outcome {
+            kernel: k.spec.name.to_string(),
+            release: k.release.clone(),
+            boot_seconds,
+            probes: BTreeMap::new(),
+            passed: Vec::new(),
+            failures: Vec::new(),
+        };
+        match done {
+            Ok(()) => check(&console, &mut o)?,
+            Err(e) => o.failures.push(format!("the guest did not finish: {e:#}")),
+        }
+        outcomes.push(o);
+    }
+    let table = render(&outcomes);
+    print!("{table}");
+    let out = crate::target_dir().join("vm-matrix");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("table.md"), &table)?;
+    let failures: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| o.failures.iter().map(move |f| format!("{}: {f}", o.kernel)))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("\n"))
+    }
+}
+
+/// Markdown: kernel x program (how it attached), then the checks passed.
+fn render(outcomes: &[Outcome]) -> String {
+    let probes: Vec<&String> = outcomes
+        .iter()
+        .flat_map(|o| o.probes.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut t = String::from("| program |");
+    for o in outcomes {
+        t += &format!(" {} |", o.kernel);
+    }
+    t += "\n| --- |";
+    t += &" --- |".repeat(outcomes.len());
+    t += "\n";
+    for p in probes {
+        t += &format!("| {p} |");
+        for o in outcomes {
+            t += &format!(" {} |", o.probes.get(p).map_or("?", String::as_str));
+        }
+        t += "\n";
+    }
+    t += "\n";
+    for o in outcomes {
+        t += &format!(
+            "{} ({}, booted in {:.0} s): {} checks passed{}\n",
+            o.kernel,
+            o.release,
+            o.boot_seconds,
+            o.passed.len(),
+            if o.failures.is_empty() {
+                String::new()
+            } else {
+                format!(", {} FAILED", o.failures.len())
+            }
+        );
+        for p in &o.passed {
+            t += &format!("  ok: {p}\n");
+        }
+        for f in &o.failures {
+            t += &format!("  FAILED: {f}\n");
+        }
+    }
+    t
+}
+
+/// The text between `=== NAME` and `=== end NAME`.
+pub fn section<'a>(console: &'a str, name: &str) -> Result<&'a str> {
+    let start = format!("=== {name}\n");
+    let end = format!("=== end {name}");
+    let a = console
+        .find(&start)
+        .with_context(|| format!("no section {name} in the guest console"))?
+        + start.len();
+    let b = console[a..]
+        .find(&end)
+        .with_context(|| format!("section {name} not closed"))?;
+    Ok(&console[a..a + b])
+}
+
+pub fn json_section(console: &str, name: &str) -> Result<Value> {
+    let text = section(console, name)?;
+    serde_json::from_str(text.trim())
+        .with_context(|| format!("section {name} is not JSON:\n{text}"))
+}
+
+fn check(console: &str, o: &mut Outcome) -> Result<()> {
+    let impossible = impossible(&o.kernel);
+    for (name, flag) in [("check", ""), ("check btf", " --btf")] {
+        let doc = match json_section(console, name) {
+            Ok(d) => d,
+            Err(e) => {
+                o.failures.push(format!("hostprobe check{flag}: {e:#}"));
+                continue;
+            }
+        };
+        let mut bad = Vec::new();
+        for p in doc["probes"].as_array().context("probes")? {
+            let probe = p["probe"].as_str().unwrap_or("?").to_string();
+            let reason = p["reason"].as_str().unwrap_or("");
+            let how = if p["attached"] == true {
+                format!(
+                    "{} ({})",
+                    p["attach_type"].as_str().unwrap_or("?"),
+                    p["tracepoint"].as_str().unwrap_or("?")
+                )
+            } else {
+                "-".to_string()
+            };
+            let expected_out = impossible.iter().find(|(n, _)| *n == probe);
+            match expected_out {
+                Some((_, why)) if p["attached"] == true || !reason.contains(why) => bad.push(
+                    format!("{probe} should be unavailable (no {why}), got {how}: {reason}"),
+                ),
+                None if p["attached"] != true => bad.push(format!("{probe}: {reason}")),
+                _ => {}
+            }
+            if flag.is_empty() {
+                o.probes.insert(probe, how);
+            }
+        }
+        if bad.is_empty() {
+            o.passed.push(format!(
+                "check{flag}: {} programs attached, {} unavailable as expected",
+                o.probes.values().filter(|h| *h != "-").count(),
+                impossible.len()
+            ));
+        } else {
+            o.failures.push(format!("check{flag}: {}", bad.join("; ")));
+        }
+    }
+    match json_section(console, "sched") {
+        Ok(sched) => {
+            let moves: u64 = sched["sched"]["workloads"]
+                .as_array()
+                .context("sched.workloads")?
+                .iter()
+                .flat_map(|w| {
+                    ["same_core", "same_llc", "same_node", "other_node"]
+                        .map(|d| w["migrations"][d].as_u64().unwrap_or(0))
+                })
+                .sum();
+            if moves.abs_diff(20) > 1 {
+                o.failures.push(format!(
+                    "scheduler test: 20 moves set, hostprobe counted {moves}"
+                ));
+            } else {
+                o.passed
+                    .push(format!("scheduler: 20 moves set, {moves} counted"));
+            }
+        }
+        Err(e) => o.failures.push(format!(
+            "scheduler test: {e:#}; log:\n{}",
+            section(console, "sched log").unwrap_or("")
+        )),
+    }
+    match json_section(console, "dirty") {
+        Ok(d) => match check_dirty(&d) {
+            Ok(pass) => o.passed.push(pass),
+            Err(e) => o.failures.push(format!("{e:#}")),
+        },
+        Err(e) => o.failures.push(format!(
+            "dirtying test: {e:#}; log:\n{}",
+            section(console, "dirty log").unwrap_or("")
+        )),
+    }
+    match json_section(console, "lock") {
+        Ok(d) => match check_lock(&d) {
+            Ok(pass) => o.passed.push(pass),
+            Err(e) => o.failures.push(format!("{e:#}")),
+        },
+        Err(e) => o.failures.push(format!(
+            "lock test: {e:#}; log:\n{}",
+            section(console, "lock log").unwrap_or("")
+        )),
+    }
+    match (
+        json_section(console, "numa"),
+        json_section(console, "counters"),
+    ) {
+        (Ok(numa), Ok(counters)) => {
+            let f = check_numa(&numa, &counters)?;
+            if f.is_empty() {
+                o.passed
+                    .push("NUMA scenarios (a)-(d) against numastat and vmstat".into());
+            }
+            o.failures.extend(f);
+        }
+        (Err(e), _) | (_, Err(e)) => o.failures.push(format!(
+            "NUMA scenarios: {e:#}; log:\n{}",
+            section(console, "numa log").unwrap_or("")
+        )),
+    }
+    match json_section(console, "never") {
+        Ok(s) => {
+            let f = check_never(&s);
+            if f.is_empty() {
+                o.passed
+                    .push("--numa-page-alloc never keeps residency and the estimate".into());
+            }
+            o.failures.extend(f);
+        }
+        Err(e) => o.failures.push(format!(
+            "--numa-page-alloc never: {e:#}; log:\n{}",
+            section(console, "never log").unwrap_or("")
+        )),
+    }
+    // The exact path of readiness where the kernel has soft-dirty bits
+    // (every Debian kernel does).
+    match json_section(console, "exact") {
+        Ok(r) => {
+            let method = r["method"]["method"].as_str().unwrap_or("?");
+            let rates: Vec<f64> = r["dirty"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|p| {
+                            Some(
+                                p["dirty_bytes"].as_f64()?
+                                    / 4096.0
+                                    / p["window_seconds"].as_f64()?,
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // 32768 pages, round-robin: distinct pages per second stay at
+            // the set rate until the buffer wraps (1.6 s).
+            if method != "soft-dirty (exact)" {
+                o.failures.push(format!(
+                    "Debian's kernels have soft-dirty, readiness --exact used {method}"
+                ));
+            } else if rates.is_empty() || rates.iter().any(|r| (r - 20000.0).abs() > 0.2 * 20000.0)
+            {
+                o.failures
+                    .push(format!("soft-dirty rates {rates:.0?}, want 20000 +- 20%"));
+            } else {
+                o.passed.push(format!(
+                    "readiness --exact: soft-dirty, pages/s {rates:.0?} (set 20000)"
+                ));
+            }
+        }
+        Err(e) => o.failures.push(format!(
+            "readiness --exact: {e:#}; log:\n{}",
+            section(console, "exact log").unwrap_or("")
+        )),
+    }
+    Ok(())
+}
+
+/// The lock load's waits: 20 for a mutex (an rt-mutex on PREEMPT_RT)
+/// whose owner sleeps 50 ms in a userfaultfd fault.
+fn check_lock(s: &Value) -> Result<String> {
+    const WAITS: u64 = 20;
+    const HOLD: f64 = 0.05;
+    let types = s["lock"]["by_type"].as_array().context("lock.by_type")?;
+    let sleeping: Vec<&Value> = types
+        .iter()
+        .filter(|t| matches!(t["lock_type"].as_str(), Some("mutex" | "rt-mutex")))
+        .collect();
+    let count: u64 = sleeping
+        .iter()
+        .filter_map(|t| t["contentions"].as_u64())
+        .sum();
+    let wait: f64 = sleeping
+        .iter()
+        .filter_map(|t| t["wait_seconds"].as_f64())
+        .sum();
+    let summary = format!(
+        "sleeping locks: {count} contentions, {wait:.3} s waited (set {WAITS} of {HOLD} s: {:.1} s)",
+        WAITS as f64 * HOLD
+    );
+    let expected = WAITS as f64 * HOLD;
+    if (WAITS..=WAITS + 2).contains(&count) && (0.95 * expected..=1.3 * expected).contains(&wait) {
+        Ok(summary)
+    } else {
+        bail!("{summary}: {types:?}")
+    }
+}
+
+/// The dirtying load's exact counts: 8 MiB of a block device's page cache,
+/// 4096 write faults on new pages and 4096 on present ones.
+fn check_dirty(s: &Value) -> Result<String> {
+    const FILE_BYTES: u64 = 8 << 20;
+    const PAGES: u64 = 4096;
+    let sum = |field: &str| -> u64 {
+        s["dirty"]["workloads"]
+            .as_array()
+            .map(|w| w.iter().filter_map(|w| w[field].as_u64()).sum())
+            .unwrap_or(0)
+    };
+    let bytes = sum("file_dirtied_bytes");
+    let (new, present) = (sum("write_faults_new"), sum("write_faults_present"));
+    // diagnose's readiness sampler reads pages of the load; a read of a
+    // never-touched page maps the zero page, so its first write counts as
+    // a fault on a present page: at most as many as it read move over.
+    let read = s["readiness"]["cost"]["pages_read"].as_u64().unwrap_or(0);
+    let moved = PAGES - new.min(PAGES);
+    let summary = format!(
+        "dirtying: {bytes} bytes dirtied (wrote {FILE_BYTES}), write faults {new} new + {present} present (set {PAGES} + {PAGES}, sampler read {read})"
+    );
+    let ok = (FILE_BYTES..FILE_BYTES + 64 * 1024).contains(&bytes)
+        && moved <= read
+        && (PAGES..PAGES + 256).contains(&(new + moved))
+        && (PAGES..PAGES + 64).contains(&present.saturating_sub(moved));
+    if ok {
+        Ok(summary)
+    } else {
+        bail!("{summary}: {}", s["dirty"])
+    }
+}
+
+/// With `--numa-page-alloc never`, a busy task on node 0's CPUs whose
+/// memory is on node 1 still gets its residency and the remote-access
+/// estimate (it is ranked by the scheduler signal, not by allocations).
+fn check_never(s: &Value) -> Vec<String> {
+    let mut failures = Vec::new();
+    let page_alloc = s["probes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["probe"] == "mm_page_alloc"));
+    if page_alloc.is_none_or(|p| p["attached"] != false) {
+        failures.push(format!(
+            "--numa-page-alloc never left mm_page_alloc attached: {page_alloc:?}"
+        ));
+    }
+    let w = s["numa"]["workloads"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["workload"] == "/unranked"));
+    let estimate = w.and_then(|w| w["estimated_remote_access_ratio"].as_f64());
+    let on_node1 = w
+        .and_then(|w| w["resident_bytes_by_node"][1].as_u64())
+        .unwrap_or(0);
+    println!(
+        "  never: /unranked (CPU node 0, 32 MiB on node 1): resident on node 1 {} MiB, estimated remote access {}",
+        on_node1 >> 20,
+        estimate.map_or("missing".into(), |e| format!("{e:.3}"))
+    );
+    if on_node1 < 32 << 20 || !estimate.is_some_and(|e| e >= 0.8) {
+        failures.push(format!(
+            "--numa-page-alloc never: /unranked wants >= 32 MiB on node 1 and an estimate >= 0.8, got {w:?}"
+        ));
+    }
+    failures
+}
+
+/// Acceptance (a)-(d) of the NUMA scenarios; the failures, if any.
+fn check_numa(s: &Value, counters: &Value) -> Result<Vec<String>> {
+    let mut failures = Vec::new();
+    let workloads = s["numa"]["workloads"]
+        .as_array()
+        .context("numa.workloads")?;
+    let find = |name: &str| workloads.iter().find(|w| w["workload"] == name);
+    let ratio = |w: Option<&Value>, key: &str| w.and_then(|w| w[key].as_f64());
+    println!(
+        "NUMA scenarios in the guest ({} nodes):",
+        s["numa"]["nodes"]
+    );
+    let mut expect = |what: &str, got: Option<f64>, ok: &dyn Fn(f64) -> bool, want: &str| {
+        let shown = got.map_or("missing".to_string(), |g| format!("{g:.3}"));
+        println!("  {what:<48} {shown:>8}  (want {want})");
+        if !got.is_some_and(ok) {
+            failures.push(format!("{what}: {shown}, want {want}"));
+        }
+    };
+    let remote = find("/remote");
+    let local = find("/local");
+    expect(
+        "(a) remote task: remote allocation share",
+        ratio(remote, "remote_allocation_ratio"),
+        &|r| r >= 0.95,
+        ">= 0.95",
+    );
+    expect(
+        "(a) remote task: estimated remote access share",
+        ratio(remote, "estimated_remote_access_ratio"),
+        &|r| r >= 0.8,
+        ">= 0.8",
+    );
+    expect(
+        "(b) local task: remote allocation share",
+        ratio(local, "remote_allocation_ratio"),
+        &|r| r <= 0.05,
+        "<= 0.05",
+    );
+    expect(
+        "(b) local task: estimated remote access share",
+        ratio(local, "estimated_remote_access_ratio"),
+        &|r| r <= 0.2,
+        "<= 0.2",
+    );
+    let remote_pages: u64 = workloads
+        .iter()
+        .filter_map(|w| w["remote_pages"].as_u64())
+        .sum();
+    let other_node = counters["other_node"].as_u64().context("other_node")?;
+    println!(
+        "  (c) remote page allocations: hostprobe {remote_pages}, numastat other_node {other_node}"
+    );
+    expect(
+        "(c) hostprobe remote pages / numastat other_node",
+        (other_node > 0).then(|| remote_pages as f64 / other_node as f64),
+        &|r| (0.95..=1.05).contains(&r),
+        "1 +- 0.05",
+    );
+    let migrated = s["numa"]["pages_migrated"]["numa_misplaced"]
+        .as_u64()
+        .unwrap_or(0);
+    let vmstat = counters["numa_pages_migrated"]
+        .as_u64()
+        .context("numa_pages_migrated")?;
+    println!("  (d) pages migrated by NUMA balancing: hostprobe {migrated}, vmstat numa_pages_migrated {vmstat}");
+    expect(
+        "(d) hostprobe numa_misplaced / vmstat",
+        (vmstat > 1000).then(|| migrated as f64 / vmstat as f64),
+        &|r| (0.95..=1.05).contains(&r),
+        "1 +- 0.05, over > 1000 pages",
+    );
+    // Issue 6: the misplaced task is told to move to its memory's node.
+    let advice = s["affinity"]
+        .as_array()
+        .and_then(|a| a.iter().find(|w| w["workload"] == "/remote"))
+        .map(|w| w["recommendation"].clone())
+        .unwrap_or(Value::Null);
+    println!(
+        "  affinity advice for /remote: {}",
+        advice["text"].as_str().unwrap_or("none")
+    );
+    if advice["cpus"] != serde_json::json!([2, 3]) {
+        failures.push(format!("/remote (CPU on node 0, memory on node 1) was not told to move to node 1's CPUs 2-3: {advice}"));
+    }
+    let balance = find("/balance");
+    println!(
+        "  (d) balancing events of the moved task: {}",
+        balance.map_or("missing".into(), |b| b["balancing"].to_string())
+    );
+    Ok(failures)
+}
