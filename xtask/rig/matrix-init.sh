@@ -161,7 +161,8 @@ echo "=== numa"
 cat /tmp/numa.json
 echo "=== end numa"
 echo "=== counters"
-echo "{\"other_node\": $((other1 - other0)), \"numa_pages_migrated\": $((migrated1 - migrated0))}"
+if [ -e /proc/sys/kernel/numa_balancing ]; then balancing=true; else balancing=false; fi
+echo "{\"other_node\": $((other1 - other0)), \"numa_pages_migrated\": $((migrated1 - migrated0)), \"numa_balancing\": $balancing}"
 echo "=== end counters"
 echo "=== exact"
 cat /tmp/exact.json
