@@ -304,7 +304,7 @@ pub fn run(hostprobe: &Path, args: &MigrationArgs) -> Result<()> {
     let replay = write_replay(&results)?;
     eprintln!(
         "validate-migration: each run's evidence is in {}; the model's replay table \
-         (agent/src/model/testdata/qemu-migrations.json) from all of them is {}",
+         (agent/src/model/testdata/qemu-migrations-*.json) from all of them is {}",
         results.display(),
         replay.display()
     );

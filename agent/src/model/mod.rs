@@ -1,6 +1,7 @@
 //! Pure models over plain data: no I/O, table-tested.
 
 pub mod affinity;
+pub mod concave;
 pub mod hist;
 pub mod interval;
 pub mod precopy;
