@@ -168,7 +168,7 @@ pub struct BtfArg {
     /// /sys/kernel/btf/vmlinux: a file of the running kernel's BTF (btfhub style) where
     /// sysfs does not show it (e.g. a container without /sys/kernel/btf). BTF tracepoints
     /// still need the kernel's own BTF (CONFIG_DEBUG_INFO_BTF).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = readable_file)]
     pub btf: Option<PathBuf>,
 }
 
@@ -235,6 +235,15 @@ pub struct ReadinessArgs {
     /// Targets assessed per pass; more are counted in hostprobe_readiness_skipped_targets.
     #[arg(long, default_value_t = 16, value_parser = number::<usize, 1, 10_000>)]
     pub readiness_max_targets: usize,
+}
+
+/// A file that can be read (what is in it is checked where it is used).
+pub fn readable_file(s: &str) -> Result<PathBuf, String> {
+    std::fs::File::open(s).map(|_| PathBuf::from(s)).map_err(|e| {
+        format!(
+            "cannot read it ({e}): give the running kernel's BTF (e.g. from btfhub, or a copy of /sys/kernel/btf/vmlinux)"
+        )
+    })
 }
 
 /// A duration: `5s`, `250ms`, `2m`, `1h30m`.

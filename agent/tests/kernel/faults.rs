@@ -198,6 +198,14 @@ fn btf_from_a_file_replaces_the_one_sysfs_does_not_show() {
         stderr.contains("--btf") && stderr.contains("missing.btf") && stderr.contains("btfhub"),
         "{stderr}"
     );
+    // A file that is not BTF: the same, saying what is wrong with it.
+    let out = Command::new(BIN)
+        .args(["check", "--btf", "/proc/self/status"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid BTF"), "{stderr}");
 }
 
 #[test]
