@@ -34,6 +34,12 @@ pub enum Error {
     BtfUnusable { reason: String },
     #[error("tracepoint {tracepoint} does not exist on this kernel")]
     TracepointMissing { tracepoint: String },
+    #[error("{tracepoint} exists on x86 only: {arch} has no such tracepoint, so {lost}")]
+    X86Only {
+        tracepoint: &'static str,
+        arch: &'static str,
+        lost: &'static str,
+    },
     #[error("tracepoint {tracepoint} has an unexpected layout: {reason}")]
     BadFormat { tracepoint: String, reason: String },
     #[error("tracepoint {tracepoint} has unexpected BTF arguments: {reason}")]

@@ -245,9 +245,11 @@ fn test() -> Result<()> {
         "hostprobe-probes",
     ]);
     run_ok(test)?;
-    // The kernels users run, in 2-node guests, one after the other.
+    // The kernels users run, in 2-node guests, one after the other; then
+    // arm64 (cross-built, under TCG: about 2 minutes).
     let bin = build()?;
     matrix::run(&bin, &[])?;
+    arm64::run()?;
     // Readiness against three real migrations (one that converges, one
     // that does not, two vCPUs).
     migration::run(&bin, &migration::MigrationArgs::quick())?;

@@ -292,12 +292,10 @@ pub fn balance_pause_offset(tracefs: &Path) -> Result<u32> {
 /// third of which the program reads.
 pub fn fault_args(btf: &Btf) -> Result<()> {
     if !cfg!(target_arch = "x86_64") {
-        return Err(Error::BadTracepointArgs {
-            tracepoint: "exceptions:page_fault_user".into(),
-            reason: format!(
-                "x86 only: {} has no user page-fault tracepoint, so write faults (new and present pages) are not counted; file dirtying and throttling are",
-                std::env::consts::ARCH
-            ),
+        return Err(Error::X86Only {
+            tracepoint: "exceptions:page_fault_user",
+            arch: std::env::consts::ARCH,
+            lost: "user write faults (new and present pages) are not counted; file dirtying and throttling are",
         });
     }
     let args = btf.tracepoint_args("page_fault_user")?;
