@@ -1,30 +1,28 @@
-# /init of the kernel matrix's guests, one initramfs for every kernel
-# (after /proc, /sys, /dev are mounted). Results go to the serial console
-# between "=== NAME" and "=== end NAME" markers.
+# The rest of the kernel matrix's /init, after guest-init.sh: one initramfs
+# for every kernel.
 echo never > /sys/kernel/mm/transparent_hugepage/enabled
-mount -t tracefs nodev /sys/kernel/tracing
-mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
-export HOME=/tmp
 # A RAM block device for the dirtying test (Debian builds every disk
 # filesystem and block driver as a module).
 insmod /lib/modules/$(uname -r)/brd.ko rd_nr=1 rd_size=32768
-echo "=== kernel"
-uname -r
-echo "=== end kernel"
 
-# Waits until hostprobe (log in $1) has attached all its probes.
-ready() {
-    n=0
-    while [ "$(grep -c -e 'probe ready' -e 'probe disabled' "$1")" -lt 14 ] && [ $n -lt 600 ]; do
-        if grep -q 'probe disabled' "$1" && ! kill -0 "$2" 2>/dev/null; then break; fi
-        sleep 0.2; n=$((n + 1))
-    done
+# Runs `$2...` (a load that starts once /tmp/go exists and creates
+# /tmp/done when it is through) under `diagnose --pid`; section $1.
+exact_run() {
+    name=$1; shift
+    rm -f /tmp/go /tmp/done
+    "$@" /tmp/go /tmp/done &
+    load=$!
+    /bin/hostprobe diagnose --pid $load --duration 120s --json --no-vm-readiness --readiness-windows 1s \
+        --log-level info >/tmp/$name.json 2>/tmp/$name.log &
+    diag=$!
+    ready /tmp/$name.log $diag
+    touch /tmp/go
+    n=0; until [ -e /tmp/done ] || [ $n -gt 600 ]; do sleep 0.1; n=$((n + 1)); done
     sleep 1
+    kill -INT $diag; wait $diag
+    kill $load
+    section $name
 }
-
-echo "=== check"
-/bin/hostprobe check --json 2>/dev/null
-echo "=== end check"
 
 # The kernel's BTF from a file, with sysfs' copy hidden.
 cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
@@ -36,70 +34,11 @@ umount /sys/kernel/btf/vmlinux
 
 # Page dirtying with counts the load sets exactly: 8 MiB written to a block
 # device's page cache, 4096 write faults on new pages, 4096 on present ones.
-rm -f /tmp/go /tmp/done
-/bin/dirtyload /dev/ram0 /tmp/go /tmp/done &
-load=$!
-/bin/hostprobe diagnose --pid $load --duration 120s --json --no-vm-readiness --readiness-windows 1s \
-    --log-level info >/tmp/dirty.json 2>/tmp/dirty.log &
-diag=$!
-ready /tmp/dirty.log $diag
-touch /tmp/go
-n=0; until [ -e /tmp/done ] || [ $n -gt 600 ]; do sleep 0.1; n=$((n + 1)); done
-sleep 1
-kill -INT $diag; wait $diag
-kill $load
-echo "=== dirty"
-cat /tmp/dirty.json
-echo "=== end dirty"
-echo "=== dirty log"
-grep -v 'probe ready' /tmp/dirty.log | tail -20
-echo "=== end dirty log"
+exact_run dirty /bin/dirtyload /dev/ram0
 
 # Sleeping-lock contention with a count and a wait the load sets: 20 waits
 # of 50 ms for a pipe's mutex held across a userfaultfd fault.
-rm -f /tmp/go /tmp/done
-/bin/lockload 20 50 /tmp/go /tmp/done &
-load=$!
-/bin/hostprobe diagnose --pid $load --duration 120s --json --no-vm-readiness --readiness-windows 1s \
-    --log-level info >/tmp/lock.json 2>/tmp/lock.log &
-diag=$!
-ready /tmp/lock.log $diag
-touch /tmp/go
-n=0; until [ -e /tmp/done ] || [ $n -gt 600 ]; do sleep 0.1; n=$((n + 1)); done
-sleep 1
-kill -INT $diag; wait $diag
-kill $load
-echo "=== lock"
-cat /tmp/lock.json
-echo "=== end lock"
-echo "=== lock log"
-grep -v 'probe ready' /tmp/lock.log | tail -20
-echo "=== end lock log"
-
-# The foundation's scheduler test: a spinner moved between CPU 0 and CPU 1
-# exactly 20 times, counted by pid.
-sh -c 'while :; do :; done' &
-spin=$!
-taskset -p 1 $spin >/dev/null
-/bin/hostprobe diagnose --pid $spin --duration 120s --json --no-vm-readiness --readiness-windows 1s \
-    --log-level info >/tmp/sched.json 2>/tmp/sched.log &
-diag=$!
-ready /tmp/sched.log $diag
-i=0
-while [ $i -lt 20 ]; do
-    i=$((i + 1))
-    if [ $((i % 2)) -eq 1 ]; then taskset -p 2 $spin >/dev/null; else taskset -p 1 $spin >/dev/null; fi
-    sleep 0.3
-done
-sleep 1
-kill -INT $diag; wait $diag
-kill $spin
-echo "=== sched"
-cat /tmp/sched.json
-echo "=== end sched"
-echo "=== sched log"
-grep -v 'probe ready' /tmp/sched.log | tail -20
-echo "=== end sched log"
+exact_run lock /bin/lockload 20 50
 
 # NUMA scenarios, all inside one diagnose window.
 other_node() { cat /sys/devices/system/node/node*/numastat | awk '$1 == "other_node" { s += $2 } END { print s }'; }
@@ -151,28 +90,13 @@ steady /tmp/u.out
 /bin/hostprobe diagnose --duration 3s --json --no-vm-readiness --numa-page-alloc never \
     >/tmp/never.json 2>/tmp/never.log
 kill $u
-echo "=== never"
-cat /tmp/never.json
-echo "=== end never"
-echo "=== never log"
-grep -v 'probe ready' /tmp/never.log | tail -20
-echo "=== end never log"
-echo "=== numa"
-cat /tmp/numa.json
-echo "=== end numa"
+section never
+section numa
+section exact
 echo "=== counters"
 if [ -e /proc/sys/kernel/numa_balancing ]; then balancing=true; else balancing=false; fi
 echo "{\"other_node\": $((other1 - other0)), \"numa_pages_migrated\": $((migrated1 - migrated0)), \"numa_balancing\": $balancing}"
 echo "=== end counters"
-echo "=== exact"
-cat /tmp/exact.json
-echo "=== end exact"
-echo "=== exact log"
-cat /tmp/exact.log
-echo "=== end exact log"
-echo "=== numa log"
-grep -v 'probe ready' /tmp/numa.log | tail -20
-echo "=== end numa log"
 
 echo "=== done"
 poweroff -f

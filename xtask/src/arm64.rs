@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::Value;
 
 use crate::kernels::{image_in, Apt};
 use crate::setup;
@@ -17,45 +16,10 @@ use crate::vm::{Qemu, QemuSpec};
 const TARGET: &str = "aarch64-unknown-linux-gnu";
 const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 
-const INIT: &str = r#"
-mount -t tracefs nodev /sys/kernel/tracing
-mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
-export HOME=/tmp
-echo "=== kernel"
-uname -rm
-echo "=== end kernel"
-echo "=== check"
-/bin/hostprobe check --json 2>/dev/null
-echo "=== end check"
-sh -c 'while :; do :; done' &
-spin=$!
-taskset -p 1 $spin >/dev/null
-/bin/hostprobe diagnose --pid $spin --duration 120s --json --no-vm-readiness --readiness-windows 1s \
-    --log-level info >/tmp/sched.json 2>/tmp/sched.log &
-diag=$!
-n=0
-while [ "$(grep -c -e 'probe ready' -e 'probe disabled' /tmp/sched.log)" -lt 14 ] && [ $n -lt 600 ]; do
-    sleep 0.2; n=$((n + 1))
-done
-sleep 1
-i=0
-while [ $i -lt 20 ]; do
-    i=$((i + 1))
-    if [ $((i % 2)) -eq 1 ]; then taskset -p 2 $spin >/dev/null; else taskset -p 1 $spin >/dev/null; fi
-    sleep 0.3
-done
-sleep 1
-kill -INT $diag; wait $diag
-kill $spin
-echo "=== sched"
-cat /tmp/sched.json
-echo "=== end sched"
-echo "=== sched log"
-grep -v 'probe ready' /tmp/sched.log | tail -20
-echo "=== end sched log"
-echo "=== done"
-poweroff -f
-"#;
+const INIT: &str = concat!(
+    include_str!("../rig/guest-init.sh"),
+    "echo \"=== done\"\npoweroff -f\n"
+);
 
 pub fn run() -> Result<()> {
     setup::ensure_packages(&["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "cpio"])?;
@@ -142,7 +106,7 @@ pub fn run() -> Result<()> {
     }
     match crate::matrix::json_section(&console, "sched") {
         Ok(s) => {
-            let moves = moves(&s)?;
+            let moves = crate::matrix::moves(&s)?;
             println!("  scheduler: 20 moves set, {moves} counted");
             if moves.abs_diff(20) > 1 {
                 failures.push(format!("scheduler: 20 moves set, {moves} counted"));
@@ -158,18 +122,6 @@ pub fn run() -> Result<()> {
     } else {
         bail!("{}", failures.join("\n"))
     }
-}
-
-fn moves(s: &Value) -> Result<u64> {
-    Ok(s["sched"]["workloads"]
-        .as_array()
-        .context("sched.workloads")?
-        .iter()
-        .flat_map(|w| {
-            ["same_core", "same_llc", "same_node", "other_node"]
-                .map(|d| w["migrations"][d].as_u64().unwrap_or(0))
-        })
-        .sum())
 }
 
 /// qemu-system-aarch64 (bookworm-backports' QEMU 10 where the x86 one

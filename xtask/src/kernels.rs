@@ -169,12 +169,7 @@ pub fn fetch(spec: KernelSpec) -> Result<Kernel> {
     // Keep the image, its config and the modules the tests load.
     let boot = unpacked.join("boot");
     let image = image_in(&boot).context("the package holds no /boot/vmlinuz-*")?;
-    let release = image
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .context("vmlinuz-RELEASE")?
-        .to_string();
+    let release = release_of(&image)?;
     std::fs::rename(&image, dir.join(format!("vmlinuz-{release}")))?;
     let _ = std::fs::rename(
         boot.join(format!("config-{release}")),
@@ -216,14 +211,19 @@ pub fn image_in(dir: &Path) -> Option<PathBuf> {
         })
 }
 
-fn cached(spec: KernelSpec, dir: &Path) -> Result<Kernel> {
-    let vmlinuz = image_in(dir).context("not cached")?;
-    let release = vmlinuz
+/// `uname -r` of an image named `vmlinuz-RELEASE`.
+fn release_of(image: &Path) -> Result<String> {
+    image
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .context("vmlinuz-RELEASE")?
-        .to_string();
+        .map(str::to_string)
+        .with_context(|| format!("{} is not vmlinuz-RELEASE", image.display()))
+}
+
+fn cached(spec: KernelSpec, dir: &Path) -> Result<Kernel> {
+    let vmlinuz = image_in(dir).context("not cached")?;
+    let release = release_of(&vmlinuz)?;
     let mut modules = Vec::new();
     for m in MODULES {
         let name = Path::new(m).file_name().context("module name")?;

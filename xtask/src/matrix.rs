@@ -59,7 +59,10 @@ fn with_libraries(bin: &Path, guest_path: &'static str) -> Result<Vec<(PathBuf, 
     Ok(files)
 }
 
-const SCENARIO: &str = include_str!("../rig/matrix-init.sh");
+const SCENARIO: &str = concat!(
+    include_str!("../rig/guest-init.sh"),
+    include_str!("../rig/matrix-init.sh")
+);
 
 /// Probes that attach another way on a kernel than on the newest: checked
 /// to attach exactly that way (probe, attach type).
@@ -287,15 +290,7 @@ fn check(console: &str, o: &mut Outcome) -> Result<()> {
     }
     match json_section(console, "sched") {
         Ok(sched) => {
-            let moves: u64 = sched["sched"]["workloads"]
-                .as_array()
-                .context("sched.workloads")?
-                .iter()
-                .flat_map(|w| {
-                    ["same_core", "same_llc", "same_node", "other_node"]
-                        .map(|d| w["migrations"][d].as_u64().unwrap_or(0))
-                })
-                .sum();
+            let moves = moves(&sched)?;
             if moves.abs_diff(20) > 1 {
                 o.failures.push(format!(
                     "scheduler test: 20 moves set, hostprobe counted {moves}"
@@ -310,25 +305,17 @@ fn check(console: &str, o: &mut Outcome) -> Result<()> {
             section(console, "sched log").unwrap_or("")
         )),
     }
-    match json_section(console, "dirty") {
-        Ok(d) => match check_dirty(&d) {
+    for (name, check) in [
+        ("dirty", check_dirty as fn(&Value) -> Result<String>),
+        ("lock", check_lock),
+    ] {
+        match json_section(console, name).and_then(|d| check(&d)) {
             Ok(pass) => o.passed.push(pass),
-            Err(e) => o.failures.push(format!("{e:#}")),
-        },
-        Err(e) => o.failures.push(format!(
-            "dirtying test: {e:#}; log:\n{}",
-            section(console, "dirty log").unwrap_or("")
-        )),
-    }
-    match json_section(console, "lock") {
-        Ok(d) => match check_lock(&d) {
-            Ok(pass) => o.passed.push(pass),
-            Err(e) => o.failures.push(format!("{e:#}")),
-        },
-        Err(e) => o.failures.push(format!(
-            "lock test: {e:#}; log:\n{}",
-            section(console, "lock log").unwrap_or("")
-        )),
+            Err(e) => o.failures.push(format!(
+                "{name}: {e:#}; log:\n{}",
+                section(console, &format!("{name} log")).unwrap_or("")
+            )),
+        }
     }
     match (
         json_section(console, "numa"),
@@ -405,6 +392,19 @@ fn check(console: &str, o: &mut Outcome) -> Result<()> {
         )),
     }
     Ok(())
+}
+
+/// Migrations of the scheduler test's spinner, every distance.
+pub fn moves(s: &Value) -> Result<u64> {
+    Ok(s["sched"]["workloads"]
+        .as_array()
+        .context("sched.workloads")?
+        .iter()
+        .flat_map(|w| {
+            ["same_core", "same_llc", "same_node", "other_node"]
+                .map(|d| w["migrations"][d].as_u64().unwrap_or(0))
+        })
+        .sum())
 }
 
 /// The lock load's waits: 20 for a pipe's mutex (an rt-mutex on
