@@ -69,13 +69,21 @@ pub fn find(name: &str) -> Result<KernelSpec> {
         })
 }
 
-/// A private apt configuration for one Debian release and architecture:
-/// its own sources, lists and cache under the data directory.
+/// An apt configuration: the host's own, or a private one for one Debian
+/// release and architecture (its own sources, lists and cache under the
+/// data directory).
 pub struct Apt {
     options: Vec<String>,
 }
 
 impl Apt {
+    /// The host's sources, as they are (no update).
+    pub fn host() -> Self {
+        Self {
+            options: Vec::new(),
+        }
+    }
+
     pub fn new(suite: &str, arch: &str) -> Result<Self> {
         let dir = setup::data_dir()
             .join("kernels")

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
+use crate::kernels::Apt;
 use crate::setup;
 
 /// bookworm's QEMU 7.2 corrupts a guest that writes memory while migrating
@@ -88,32 +89,13 @@ fn guest_kernel(dir: &Path) -> Result<PathBuf> {
     if let Some(k) = find_vmlinuz(dir) {
         return Ok(k);
     }
-    let depends = setup::output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
-    let pkg = depends
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: "))
-        .filter(|p| p.starts_with("linux-image-6.1"))
-        .context("linux-image-amd64 does not depend on a 6.1 kernel: is this Debian bookworm?")?
-        .to_string();
-    let dl = dir.join("download");
-    std::fs::create_dir_all(&dl)?;
-    setup::status(
-        Command::new("apt-get")
-            .args(["download", &pkg])
-            .current_dir(&dl),
-    )?;
-    let deb = std::fs::read_dir(&dl)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    setup::status(
-        Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(dir.join("kernel")),
-    )?;
-    std::fs::remove_dir_all(&dl)?;
+    let apt = Apt::host();
+    let pkg = apt.image_of("linux-image-amd64")?;
+    anyhow::ensure!(
+        pkg.starts_with("linux-image-6.1"),
+        "linux-image-amd64 depends on {pkg}, not a 6.1 kernel: is this Debian bookworm?"
+    );
+    apt.unpack(&pkg, &dir.join("kernel"))?;
     find_vmlinuz(dir).context("the kernel package holds no /boot/vmlinuz-*")
 }
 

@@ -20,15 +20,14 @@ pub fn concave_fit(x: &[f64], y: &[f64], sigma: &[f64]) -> Vec<f64> {
     if n == 0 {
         return Vec::new();
     }
-    // Scaled to order one for the normal equations.
+    // Exact points (sigma of a byte) weigh a million times the largest
+    // value at most, so the normal equations stay solvable.
     let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+    let sigma: Vec<f64> = sigma.iter().map(|s| s.max(scale * 1e-6)).collect();
     let rows: Vec<Vec<f64>> = (0..n)
-        .map(|k| {
-            let weight = scale / sigma[k].max(scale * 1e-6);
-            (0..n).map(|m| weight * x[k.min(m)] / scale).collect()
-        })
+        .map(|k| (0..n).map(|m| x[k.min(m)] / sigma[k]).collect())
         .collect();
-    let b: Vec<f64> = (0..n).map(|k| y[k] / sigma[k].max(scale * 1e-6)).collect();
+    let b: Vec<f64> = (0..n).map(|k| y[k] / sigma[k]).collect();
     let t = nnls(&rows, &b);
     (0..n)
         .map(|k| (0..n).map(|m| t[m] * x[k.min(m)]).sum::<f64>())

@@ -167,7 +167,20 @@ impl Probes {
 
         let btf = kernel_btf(opts.btf.as_deref())?;
         let task = with_btf(&btf, task_offsets);
-        let prev_state = with_btf(&btf, |b| sched_args(b, "sched_switch"));
+        // Each scheduler program's own prototype (for sched_switch also
+        // where the outgoing task's state is), checked once.
+        let sched: BTreeMap<&str, Result<Option<PrevState>>> = PROGRAMS
+            .iter()
+            .flat_map(|s| s.ways)
+            .filter(|w| w.needs == Needs::SchedBtf)
+            .map(|w| {
+                (
+                    w.hook.name(),
+                    with_btf(&btf, |b| sched_args(b, w.hook.name())),
+                )
+            })
+            .collect();
+        let prev_state = sched.get("sched_switch");
         let mapping = with_btf(&btf, mapping_offsets);
         let folio = with_btf(&btf, folio_offsets);
         let dirty_page = with_btf(&btf, |b| dirty_args(b, "writeback_dirty_page", "page"));
@@ -212,7 +225,7 @@ impl Probes {
         let fo = folio.as_ref().ok().copied().unwrap_or_default();
         let mo = mapping.as_ref().ok().copied().unwrap_or_default();
         let state_off = match prev_state {
-            Ok(Some(p)) => p.load_time_constant(),
+            Some(Ok(Some(p))) => p.load_time_constant(),
             _ => PrevState::Argument.load_time_constant(),
         };
         let balance_pause = balance.as_ref().ok().copied().unwrap_or(0);
@@ -310,11 +323,9 @@ impl Probes {
             let mut attached = None;
             for way in spec.ways {
                 let prerequisite = match way.needs {
-                    Needs::SchedBtf => task.as_ref().err().map(ToString::to_string).or_else(|| {
-                        with_btf(&btf, |b| sched_args(b, way.hook.name()))
-                            .err()
-                            .map(|e| e.to_string())
-                    }),
+                    Needs::SchedBtf => (task.as_ref().err())
+                        .or_else(|| sched.get(way.hook.name()).and_then(|r| r.as_ref().err()))
+                        .map(ToString::to_string),
                     Needs::LockBtf => lock_btf.as_ref().err().map(ToString::to_string),
                     Needs::LockFormat => locks.as_ref().err().map(ToString::to_string),
                     Needs::FolioBtf => (mapping.as_ref().err())
