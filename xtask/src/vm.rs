@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::kernels::Apt;
+use crate::kernels::{image_in, Apt};
 use crate::setup;
 
 /// bookworm's QEMU 7.2 corrupts a guest that writes memory while migrating
@@ -100,14 +100,10 @@ fn guest_kernel(dir: &Path) -> Result<PathBuf> {
 }
 
 fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir.join("kernel/boot"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1"))
-        })
+    image_in(&dir.join("kernel/boot")).filter(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1"))
+    })
 }
 
 impl Rig {
