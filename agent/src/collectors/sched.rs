@@ -1,20 +1,26 @@
 //! Scheduler collector: reads the kernel's per-CPU maps of
 //! `ebpf-probes/probes/src/sched.rs`, turns per-cgroup cumulative values
-//! into per-workload counters with bounded labels (top-K + `other`).
+//! into per-workload counters with bounded labels (top-K + `other`), and
+//! drains the waits charged per (workload, neighbour) pair.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::Ebpf;
-use hostprobe_common::sched::{counter, SchedStats, DIST_CLASSES};
+use hostprobe_common::sched::{
+    counter, NeighbourWait, SchedStats, DIST_CLASSES, NEIGHBOUR_IDLE, NEIGHBOUR_UNKNOWN,
+};
 use hostprobe_common::HIST_BUCKETS;
 
 use super::{counter, map_err, take, Pass, WorkloadRounds};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::model::hist::Log2Hist;
-use crate::model::topk::Totals;
-use crate::snapshot::{Distances, LatencySummary, Placements, SchedSection, WorkloadSched};
+use crate::model::topk::{Labels, Totals, OTHER};
+use crate::snapshot::{
+    Distances, LatencySummary, NeighbourAttribution, NeighbourWaits, Placements, SchedSection,
+    WorkloadSched,
+};
 
 /// Per-workload totals, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -25,6 +31,10 @@ pub struct SchedTotals {
     pub oncpu_ns: u64,
     /// On-CPU time by NUMA node of the CPU (index = node).
     pub oncpu_ns_by_node: Vec<u64>,
+    pub preempted: u64,
+    pub voluntary: u64,
+    /// Run lengths; its sum is `oncpu_ns`.
+    pub slices: Log2Hist,
 }
 
 /// Adds `b` into `a` element-wise, growing `a` as needed.
@@ -58,6 +68,15 @@ impl SchedTotals {
             self.migrations[i] += v.migrations[i];
         }
         self.oncpu_ns += v.oncpu_ns;
+        self.preempted += v.preempted;
+        self.voluntary += v.voluntary;
+        if self.slices.buckets.len() < HIST_BUCKETS {
+            self.slices.buckets.resize(HIST_BUCKETS, 0);
+        }
+        for (a, b) in self.slices.buckets.iter_mut().zip(v.slice_hist.iter()) {
+            *a += b;
+        }
+        self.slices.sum_ns += v.oncpu_ns;
     }
 }
 
@@ -70,6 +89,9 @@ impl Totals for SchedTotals {
         }
         self.oncpu_ns += other.oncpu_ns;
         add_by_node(&mut self.oncpu_ns_by_node, &other.oncpu_ns_by_node);
+        self.preempted += other.preempted;
+        self.voluntary += other.voluntary;
+        self.slices.add(&other.slices);
     }
 
     /// Events in these totals: how busy the workload was, for top-K.
@@ -94,6 +116,9 @@ impl Totals for SchedTotals {
                     v.saturating_sub(earlier.oncpu_ns_by_node.get(i).copied().unwrap_or(0))
                 })
                 .collect(),
+            preempted: self.preempted.saturating_sub(earlier.preempted),
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            slices: self.slices.delta(&earlier.slices),
         }
     }
 }
@@ -113,12 +138,161 @@ impl SchedTotals {
                 .iter()
                 .map(|&ns| ns as f64 / 1e9)
                 .collect(),
+            preemptions: self.preempted,
+            voluntary_switches: self.voluntary,
+            slices: LatencySummary::from_hist(&self.slices),
         }
+    }
+}
+
+/// Run-queue wait of a victim charged to a neighbour (or, per victim, to
+/// all of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Charged {
+    pub wait_ns: u64,
+    pub waits: u64,
+}
+
+impl Totals for Charged {
+    fn activity(&self) -> u64 {
+        self.wait_ns
+    }
+
+    fn add(&mut self, o: &Self) {
+        self.wait_ns += o.wait_ns;
+        self.waits += o.waits;
+    }
+
+    /// Drained deltas are never cumulative.
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            wait_ns: self.wait_ns.saturating_sub(earlier.wait_ns),
+            waits: self.waits.saturating_sub(earlier.waits),
+        }
+    }
+}
+
+/// The label key of a (victim, neighbour) pair: NUL cannot occur in a
+/// cgroup path.
+fn pair_key(victim: &str, neighbour: &str) -> String {
+    format!("{victim}\0{neighbour}")
+}
+
+fn split_pair(key: &str) -> (String, String) {
+    match key.split_once('\0') {
+        Some((v, n)) => (v.to_string(), n.to_string()),
+        None => (OTHER.to_string(), OTHER.to_string()),
+    }
+}
+
+/// The name of a neighbour id in the pair table.
+fn neighbour_name(cgroups: &mut CgroupResolver, id: u64) -> String {
+    match id {
+        NEIGHBOUR_IDLE => "(idle)".to_string(),
+        NEIGHBOUR_UNKNOWN => "(unknown)".to_string(),
+        _ => workload_name(cgroups, id),
+    }
+}
+
+fn workload_name(cgroups: &mut CgroupResolver, id: u64) -> String {
+    cgroups
+        .path(id)
+        .or_else(|| cgroups.removed_path(id).map(str::to_string))
+        .unwrap_or_else(|| format!("(cgroup {id})"))
+}
+
+/// The drained `SCHED_NEIGHBOURS` table: its two halves and the labels its
+/// deltas fold into, by pair and by victim.
+struct Neighbours {
+    map: PerCpuArray<MapData, NeighbourWait>,
+    pairs: Labels<Charged>,
+    victims: Labels<Charged>,
+}
+
+impl Neighbours {
+    /// Every used entry of half `b` summed over CPUs by (victim, neighbour)
+    /// id; with `clear`, each is zeroed once read (the half is quiescent).
+    fn read(&mut self, b: usize, clear: bool) -> Result<HashMap<(u64, u64), Charged>> {
+        let half = self.map.len() / 2;
+        let mut out: HashMap<(u64, u64), Charged> = HashMap::new();
+        for index in b as u32 * half..(b as u32 + 1) * half {
+            let per_cpu = self
+                .map
+                .get(&index, 0)
+                .map_err(map_err("SCHED_NEIGHBOURS"))?;
+            let mut used = false;
+            for e in per_cpu.iter().filter(|e| e.victim != 0) {
+                used = true;
+                let c = out.entry((e.victim, e.neighbour)).or_default();
+                c.wait_ns += e.wait_ns;
+                c.waits += e.waits;
+            }
+            if used && clear {
+                let zeros = vec![NeighbourWait::default(); per_cpu.len()];
+                let zeros = aya::maps::PerCpuValues::try_from(zeros).map_err(|io_error| {
+                    map_err("SCHED_NEIGHBOURS")(aya::maps::MapError::SyscallError(
+                        aya::sys::SyscallError {
+                            call: "nr_cpus",
+                            io_error,
+                        },
+                    ))
+                })?;
+                self.map
+                    .set(index, zeros, 0)
+                    .map_err(map_err("SCHED_NEIGHBOURS"))?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Folds what a round drained (or previews, for a peek, both halves
+    /// as they are) into the pair and victim labels.
+    fn collect(&mut self, cgroups: &mut CgroupResolver, pass: Pass) -> Result<NeighbourWaits> {
+        let read = match pass {
+            Pass::Round { drain: Some(b), .. } => self.read(b, true)?,
+            Pass::Round { drain: None, .. } => HashMap::new(),
+            Pass::Peek => {
+                let mut all = self.read(0, false)?;
+                for (k, v) in self.read(1, false)? {
+                    all.entry(k).or_default().add(&v);
+                }
+                all
+            }
+        };
+        let mut pairs: Vec<(String, Charged)> = Vec::new();
+        let mut victims: BTreeMap<String, Charged> = BTreeMap::new();
+        for ((victim, neighbour), c) in read {
+            let v = workload_name(cgroups, victim);
+            let n = neighbour_name(cgroups, neighbour);
+            victims.entry(v.clone()).or_default().add(&c);
+            pairs.push((pair_key(&v, &n), c));
+        }
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let victims: Vec<(String, Charged)> = victims.into_iter().collect();
+        let (pairs, victims) = match pass {
+            Pass::Round { elapsed, .. } => {
+                self.pairs.round(&pairs, &[], elapsed);
+                self.victims.round(&victims, &[], elapsed);
+                (self.pairs.view(), self.victims.view())
+            }
+            Pass::Peek => (self.pairs.preview(&pairs), self.victims.preview(&victims)),
+        };
+        Ok(NeighbourWaits::new(
+            pairs
+                .into_iter()
+                .map(|(k, c)| {
+                    let (v, n) = split_pair(&k);
+                    (v, n, c.wait_ns, c.waits)
+                })
+                .collect(),
+            victims.into_iter().map(|(v, c)| (v, c.wait_ns)).collect(),
+        ))
     }
 }
 
 pub struct SchedCollector {
     workloads: PerCpuArray<MapData, SchedStats>,
+    neighbours: Neighbours,
     counters: PerCpuArray<MapData, u64>,
     rounds: WorkloadRounds<SchedTotals>,
     /// NUMA node of each CPU (per-CPU values come in CPU order).
@@ -150,8 +324,15 @@ impl SchedCollector {
             .map_err(map_err("SCHED_WORKLOADS"))?;
         let counters = PerCpuArray::try_from(take(ebpf, "SCHED_COUNTERS")?)
             .map_err(map_err("SCHED_COUNTERS"))?;
+        let neighbours = PerCpuArray::try_from(take(ebpf, "SCHED_NEIGHBOURS")?)
+            .map_err(map_err("SCHED_NEIGHBOURS"))?;
         Ok(Self {
             workloads,
+            neighbours: Neighbours {
+                map: neighbours,
+                pairs: Labels::new(top_k),
+                victims: Labels::new(top_k),
+            },
             counters,
             rounds: WorkloadRounds::new(top_k),
             cpu_node,
@@ -222,6 +403,7 @@ impl SchedCollector {
             self.cpu_runq_ref = (cpu_runq, std::time::Instant::now());
         }
         let view = self.rounds.fold(cgroups, now, &present, pass);
+        let neighbours = self.neighbours.collect(cgroups, pass)?;
 
         let c = |i: u32| counter(&self.counters, "SCHED_COUNTERS", i);
         let mut migrations = [0u64; DIST_CLASSES];
@@ -247,6 +429,10 @@ impl SchedCollector {
                     "TASK_SLOTS".to_string(),
                     c(counter::DROP_TASK_SLOT_COLLISION)?,
                 ),
+                (
+                    "SCHED_NEIGHBOURS".to_string(),
+                    c(counter::DROP_NEIGHBOUR_MAP_FULL)?,
+                ),
             ]),
         };
         let section = SchedSection {
@@ -254,6 +440,12 @@ impl SchedCollector {
             host_migrated_switch_ins: counters.host_migrated_switch_ins,
             workloads: view.into_iter().map(|(label, t)| t.view(label)).collect(),
             cpu_runqueue_p99_seconds: self.cpu_runq_p99.clone(),
+            neighbours,
+            neighbour_attribution: NeighbourAttribution {
+                direct_seconds: c(counter::NEIGHBOUR_DIRECT_NS)? as f64 / 1e9,
+                moved_seconds: c(counter::NEIGHBOUR_MOVED_NS)? as f64 / 1e9,
+                unknown_seconds: c(counter::NEIGHBOUR_UNKNOWN_NS)? as f64 / 1e9,
+            },
         };
         Ok((section, counters))
     }

@@ -207,8 +207,27 @@ pub fn render(s: &Snapshot) -> String {
         "Time from becoming runnable (wakeup or preemption) to running, by workload.",
         HISTOGRAM,
     );
+    let mut switches = Family::new(
+        "hostprobe_sched_context_switches_total",
+        "Switch-outs of the workload's tasks: involuntary (preempted while runnable) or voluntary (to sleep or wait), as nonvoluntary_ctxt_switches and voluntary_ctxt_switches in /proc/PID/status.",
+        COUNTER,
+    );
+    let mut slices = Family::new(
+        "hostprobe_sched_slice_seconds",
+        "On-CPU run lengths (switch-in to switch-out) of the workload's tasks.",
+        HISTOGRAM,
+    );
     for w in &s.sched.workloads {
         let wl = w.workload.as_str();
+        switches.counter(
+            &[("workload", wl), ("type", "involuntary")],
+            w.preemptions as f64,
+        );
+        switches.counter(
+            &[("workload", wl), ("type", "voluntary")],
+            w.voluntary_switches as f64,
+        );
+        histogram(&mut slices, &[("workload", wl)], &w.slices);
         for (d, n) in w.migrations.labeled() {
             mig.counter(&[("workload", wl), ("distance", d)], n as f64);
         }
@@ -239,7 +258,36 @@ pub fn render(s: &Snapshot) -> String {
             1.0,
         );
     }
-    out.extend([mig, sw, oncpu, runq, info]);
+    out.extend([mig, sw, oncpu, runq, switches, slices, info]);
+
+    let mut by_neighbour = Family::new(
+        "hostprobe_runqueue_wait_by_neighbour_seconds_total",
+        "Run-queue wait of the workload's tasks charged to the workload that held the CPU meanwhile (neighbour: a cgroup path, (idle) while the CPU woke from idle, (unknown) beyond the per-CPU history); top-K (workload, neighbour) pairs + other.",
+        COUNTER,
+    );
+    for p in &s.sched.neighbours.pairs {
+        by_neighbour.counter(
+            &[
+                ("workload", p.workload.as_str()),
+                ("neighbour", p.neighbour.as_str()),
+            ],
+            p.wait_seconds,
+        );
+    }
+    let mut charged = Family::new(
+        "hostprobe_runqueue_wait_charged_seconds_total",
+        "Run-queue wait charged to neighbours, by how exactly: from the history of the CPU it was spent on (direct), of the CPU the task ran on after it moved while waiting (moved, an approximation), or older than that history (unknown).",
+        COUNTER,
+    );
+    let a = &s.sched.neighbour_attribution;
+    for (how, v) in [
+        ("direct", a.direct_seconds),
+        ("moved", a.moved_seconds),
+        ("unknown", a.unknown_seconds),
+    ] {
+        charged.counter(&[("how", how)], v);
+    }
+    out.extend([by_neighbour, charged]);
 
     let mut contentions = Family::new(
         "hostprobe_lock_contentions_total",
@@ -590,6 +638,11 @@ mod tests {
             "hostprobe_map_drops_total{map=\"TASK_SLOTS\"} 2",
             "hostprobe_sched_migrations_total{workload=\"/db.service\",distance=\"other_node\"} 3",
             "hostprobe_sched_switch_ins_total{workload=\"other\",placement=\"same_cpu\"} 7",
+            "hostprobe_sched_context_switches_total{workload=\"/db.service\",type=\"involuntary\"} 4",
+            "hostprobe_sched_context_switches_total{workload=\"/db.service\",type=\"voluntary\"} 1",
+            "hostprobe_sched_slice_seconds_count{workload=\"/db.service\"} 5",
+            "hostprobe_runqueue_wait_by_neighbour_seconds_total{workload=\"/db.service\",neighbour=\"/batch.slice\"} 0.0012",
+            "hostprobe_runqueue_wait_charged_seconds_total{how=\"direct\"} 0.0015",
             "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"0.000001024\"} 0",
             "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"0.000004096\"} 4",
             "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"+Inf\"} 5",

@@ -124,20 +124,7 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
     for w in &s.sched.workloads {
         let p = &w.switch_ins;
         let total = p.total();
-        let name = if w.workload.chars().count() > 40 {
-            let tail: String = w
-                .workload
-                .chars()
-                .rev()
-                .take(39)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            format!("…{tail}")
-        } else {
-            w.workload.clone()
-        };
+        let name = tail(&w.workload, 40);
         let r = &w.runqueue_latency;
         let _ = writeln!(
             o,
@@ -160,6 +147,7 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
         "  same-cpu/llc/nod: share of switch-ins on the CPU / another CPU of the LLC / of the node where the task last ran;\n  rq-pNN: run-queue latency percentiles (log2 histogram, exact to a factor of 2)."
     );
 
+    render_delays(&mut o, s);
     render_locks(&mut o, s, stacks);
     render_dirty(&mut o, s);
     render_numa(&mut o, s);
@@ -272,6 +260,81 @@ pub fn render_readiness(r: &crate::snapshot::ReadinessReport) -> String {
 
 /// The top problems first: workloads with a placement recommendation,
 /// worst affinity first, each with its evidence and the command.
+/// `name` cut to its last `width` characters (a cgroup path's end names it).
+fn tail(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
+        return name.to_string();
+    }
+    let end: Vec<char> = name.chars().rev().take(width - 1).collect();
+    format!("…{}", end.into_iter().rev().collect::<String>())
+}
+
+/// Preemptions and slices per workload, then who delayed whom.
+fn render_delays(o: &mut String, s: &Snapshot) {
+    let _ = writeln!(o, "\nPreemption and slices");
+    let _ = writeln!(
+        o,
+        "  {:<40} {:>9} {:>10} {:>10} {:>7} {:>9} {:>9}",
+        "workload", "rq-wait", "preempted", "voluntary", "preempt", "slice-p50", "slice-p99"
+    );
+    for w in &s.sched.workloads {
+        let outs = w.preemptions + w.voluntary_switches;
+        let _ = writeln!(
+            o,
+            "  {:<40} {:>9} {:>10} {:>10} {:>7} {:>9} {:>9}",
+            tail(&w.workload, 40),
+            fmt_seconds(w.runqueue_latency.sum_seconds),
+            w.preemptions,
+            w.voluntary_switches,
+            pct(w.preemptions, outs),
+            opt_seconds(w.slices.p50_seconds),
+            opt_seconds(w.slices.p99_seconds),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  rq-wait: total run-queue wait; preempted: switched out while runnable (nonvoluntary_ctxt_switches); preempt: their share."
+    );
+
+    let n = &s.sched.neighbours;
+    let _ = writeln!(
+        o,
+        "\nWho delays whom (run-queue wait charged to what held the CPU meanwhile)"
+    );
+    if n.pairs.is_empty() {
+        let _ = writeln!(o, "  (no waits charged)");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  {:<36} {:<36} {:>9} {:>8} {:>9}",
+        "workload (waiting)", "neighbour (running)", "wait", "share", "waits"
+    );
+    for p in n.pairs.iter().take(NEIGHBOUR_ROWS) {
+        let _ = writeln!(
+            o,
+            "  {:<36} {:<36} {:>9} {:>8} {:>9}",
+            tail(&p.workload, 36),
+            tail(&p.neighbour, 36),
+            fmt_seconds(p.wait_seconds),
+            p.share_of_wait
+                .map_or("-".to_string(), |x| format!("{:.0}%", x * 100.0)),
+            p.waits,
+        );
+    }
+    let a = &s.sched.neighbour_attribution;
+    let all = a.direct_seconds + a.moved_seconds + a.unknown_seconds;
+    if all > 0.0 {
+        let _ = writeln!(
+            o,
+            "  share: of the workload's charged wait. Charged from the CPU's own history: {:.1}%; after the task moved while waiting (approximate): {:.1}%; older than the per-CPU history, (unknown): {:.1}%.",
+            100.0 * a.direct_seconds / all,
+            100.0 * a.moved_seconds / all,
+            100.0 * a.unknown_seconds / all
+        );
+    }
+}
+
 fn render_summary(o: &mut String, s: &Snapshot) {
     let problems: Vec<_> = s
         .affinity
@@ -501,6 +564,8 @@ fn render_migration_readiness(o: &mut String, s: &Snapshot) {
 
 /// Rows of the lock report shown (the snapshot keeps more).
 const LOCK_ROWS: usize = 10;
+/// (workload, neighbour) rows of "who delays whom".
+const NEIGHBOUR_ROWS: usize = 15;
 
 fn render_locks(o: &mut String, s: &Snapshot, stacks: bool) {
     let l = &s.lock;

@@ -17,7 +17,9 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
 };
 use hostprobe_common::{
-    lock, sched::CpuTopo, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, WORKLOAD_PROBES,
+    lock,
+    sched::{CpuTopo, NEIGHBOURS_PER_WORKLOAD},
+    DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, WORKLOAD_PROBES,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -29,9 +31,9 @@ use crate::host::topology::{Topology, SYSFS_SYSTEM};
 use crate::host::{proc, tracefs};
 use contract::check_object;
 use offsets::{
-    balance_pause_offset, dirty_args, fault_args, folio_offsets, lock_args, lock_offsets,
-    mapping_offsets, migrate_pages_offsets, migrate_reasons, page_node_bits, sched_args,
-    task_offsets, PrevState,
+    balance_pause_offset, cgroup_offsets, dirty_args, fault_args, folio_offsets, lock_args,
+    lock_offsets, mapping_offsets, migrate_pages_offsets, migrate_reasons, page_node_bits,
+    sched_args, task_offsets, CgroupOffsets, PrevState,
 };
 use spec::{Hook, Needs, ProgramSpec, Way, PROGRAMS};
 
@@ -181,6 +183,7 @@ impl Probes {
             })
             .collect();
         let prev_state = sched.get("sched_switch");
+        let cgroup_links = with_btf(&btf, cgroup_offsets);
         let mapping = with_btf(&btf, mapping_offsets);
         let folio = with_btf(&btf, folio_offsets);
         let dirty_page = with_btf(&btf, |b| dirty_args(b, "writeback_dirty_page", "page"));
@@ -215,6 +218,7 @@ impl Probes {
         debug!(
             ?task,
             ?prev_state,
+            ?cgroup_links,
             ?locks,
             ?mapping,
             ?folio,
@@ -222,6 +226,16 @@ impl Probes {
             ?fault,
             "resolved kernel offsets"
         );
+        let co = match &cgroup_links {
+            Ok(c) => *c,
+            Err(e) => {
+                warn!("run-queue waits are not charged to neighbours: {e}");
+                CgroupOffsets {
+                    task_cgroups: u32::MAX,
+                    ..Default::default()
+                }
+            }
+        };
         let fo = folio.as_ref().ok().copied().unwrap_or_default();
         let mo = mapping.as_ref().ok().copied().unwrap_or_default();
         let state_off = match prev_state {
@@ -238,6 +252,8 @@ impl Probes {
         let mask = slots - 1;
         let workloads = opts.max_workloads.max(WORKLOAD_PROBES).next_power_of_two();
         let workloads_mask = workloads - 1;
+        let neighbour_pairs = workloads * NEIGHBOURS_PER_WORKLOAD;
+        let neighbours_mask = neighbour_pairs - 1;
         let (pid_off, tgid_off, cpu_off) = (
             t.map_or(0, |t| t.pid),
             t.map_or(0, |t| t.tgid),
@@ -253,6 +269,11 @@ impl Probes {
             .override_global("TASK_STATE_OFFSET", &state_off, true)
             .override_global("TASK_SLOTS_MASK", &mask, true)
             .override_global("WORKLOADS_MASK", &workloads_mask, true)
+            .override_global("TASK_CGROUPS_OFFSET", &co.task_cgroups, true)
+            .override_global("CSS_SET_DFL_CGRP_OFFSET", &co.css_set_dfl_cgrp, true)
+            .override_global("CGROUP_KN_OFFSET", &co.cgroup_kn, true)
+            .override_global("KERNFS_NODE_ID_OFFSET", &co.kernfs_node_id, true)
+            .override_global("NEIGHBOURS_MASK", &neighbours_mask, true)
             .override_global("FILTER_TGID", &filter_tgid, true)
             .override_global("FILTER_CGROUP", &filter_cgroup, true)
             .override_global("LOCK_BEGIN_ADDR_OFFSET", &l.begin_lock, true)
@@ -281,6 +302,7 @@ impl Probes {
             .map_max_entries("TASK_SLOTS", slots)
             .map_max_entries("CPU_TOPO", ncpus)
             .map_max_entries("SCHED_WORKLOADS", workloads)
+            .map_max_entries("SCHED_NEIGHBOURS", 2 * neighbour_pairs)
             .map_max_entries("DIRTY_WORKLOADS", workloads)
             .map_max_entries("DIRTY_FILES", 2 * workloads)
             .map_max_entries("NUMA_WORKLOADS", workloads)

@@ -56,6 +56,27 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
     })
 }
 
+/// The links from a task to its cgroup v2 id:
+/// `task->cgroups->dfl_cgrp->kn->id`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CgroupOffsets {
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+}
+
+/// Resolves the chain `sched_switch` follows to name the workload of the
+/// task it switches in (it can ask the kernel only about `current`).
+pub fn cgroup_offsets(btf: &Btf) -> Result<CgroupOffsets> {
+    Ok(CgroupOffsets {
+        task_cgroups: sized(btf, "task_struct", "cgroups", 8)?,
+        css_set_dfl_cgrp: sized(btf, "css_set", "dfl_cgrp", 8)?,
+        cgroup_kn: sized(btf, "cgroup", "kn", 8)?,
+        kernfs_node_id: sized(btf, "kernfs_node", "id", 8)?,
+    })
+}
+
 /// Where `sched_switch` finds the state the outgoing task leaves in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrevState {

@@ -35,6 +35,9 @@ pub(crate) fn sample() -> Snapshot {
         runqueue_latency: LatencySummary::from_hist(&hist),
         oncpu_seconds: 1.5,
         oncpu_seconds_by_node: vec![1.5, 0.0],
+        preemptions: 4,
+        voluntary_switches: 1,
+        slices: LatencySummary::from_hist(&hist),
     };
     let other = WorkloadSched {
         workload: "other".into(),
@@ -47,6 +50,9 @@ pub(crate) fn sample() -> Snapshot {
         runqueue_latency: LatencySummary::from_hist(&Log2Hist::default()),
         oncpu_seconds: 0.0,
         oncpu_seconds_by_node: vec![],
+        preemptions: 0,
+        voluntary_switches: 0,
+        slices: LatencySummary::from_hist(&Log2Hist::default()),
     };
     let probe = |name: &str, attached: bool| ProbeStatus {
         probe: name.into(),
@@ -92,6 +98,18 @@ pub(crate) fn sample() -> Snapshot {
             host_migrated_switch_ins: 6,
             workloads: vec![db, other],
             cpu_runqueue_p99_seconds: vec![Some(0.001), None],
+            neighbours: NeighbourWaits::new(
+                vec![
+                    ("/db.service".into(), "/batch.slice".into(), 1_200_000, 40),
+                    ("/db.service".into(), "(idle)".into(), 300_000, 9),
+                ],
+                vec![("/db.service".into(), 1_500_000)],
+            ),
+            neighbour_attribution: NeighbourAttribution {
+                direct_seconds: 0.0015,
+                moved_seconds: 0.0,
+                unknown_seconds: 0.0,
+            },
         },
         lock: LockSection {
             by_type: vec![LockTypeStats {

@@ -1,5 +1,6 @@
 //! The scheduler section: migrations by distance, placement at switch-in,
-//! run-queue latency and on-CPU time per workload.
+//! run-queue latency, on-CPU time, slices and preemptions per workload, and
+//! who delayed whom.
 
 use hostprobe_common::sched::{
     DIST_CLASSES, DIST_OTHER_NODE, DIST_SAME_CORE, DIST_SAME_CPU, DIST_SAME_LLC, DIST_SAME_NODE,
@@ -21,6 +22,73 @@ pub struct SchedSection {
     /// p99 run-queue latency of all tasks per CPU over the last second or
     /// more (`None`: none measured there).
     pub cpu_runqueue_p99_seconds: Vec<Option<f64>>,
+    /// Run-queue waits charged to the workloads that held the CPU.
+    pub neighbours: NeighbourWaits,
+    /// How exactly the waits were charged (self-metric of the method).
+    pub neighbour_attribution: NeighbourAttribution,
+}
+
+/// Who delayed whom: each workload's run-queue wait charged to what ran on
+/// the CPU meanwhile, top-K (victim, neighbour) pairs, then `other`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NeighbourWaits {
+    pub pairs: Vec<NeighbourPair>,
+    /// Wait charged to any neighbour, per top-K victim (then `other`).
+    pub victims: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NeighbourPair {
+    /// The waiting workload.
+    pub workload: String,
+    /// The workload that held the CPU, `(idle)` for the idle task (waking
+    /// the CPU), `(unknown)` for waits older than the per-CPU history.
+    pub neighbour: String,
+    pub wait_seconds: f64,
+    /// Waits of the workload during which the neighbour ran.
+    pub waits: u64,
+    /// Share of the workload's charged wait (when the workload is itself
+    /// among the top-K victims).
+    pub share_of_wait: Option<f64>,
+}
+
+impl NeighbourWaits {
+    /// From (victim, neighbour, wait ns, waits) pairs and (victim, wait ns).
+    pub fn new(pairs: Vec<(String, String, u64, u64)>, victims: Vec<(String, u64)>) -> Self {
+        let total = |v: &str| {
+            victims
+                .iter()
+                .find(|(w, ns)| w == v && *ns > 0 && v != crate::model::topk::OTHER)
+                .map(|(_, ns)| *ns as f64)
+        };
+        Self {
+            pairs: pairs
+                .iter()
+                .map(|(v, n, ns, waits)| NeighbourPair {
+                    workload: v.clone(),
+                    neighbour: n.clone(),
+                    wait_seconds: *ns as f64 / 1e9,
+                    waits: *waits,
+                    share_of_wait: total(v).map(|t| (*ns as f64 / t).min(1.0)),
+                })
+                .collect(),
+            victims: victims
+                .into_iter()
+                .map(|(v, ns)| (v, ns as f64 / 1e9))
+                .collect(),
+        }
+    }
+}
+
+/// Run-queue wait charged to neighbours, by how: from the history of the
+/// CPU the task waited on (`direct`), from the CPU it was switched in on
+/// after it moved while waiting (`moved`: an approximation), or beyond the
+/// per-CPU history (`unknown`, charged to `(unknown)`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct NeighbourAttribution {
+    pub direct_seconds: f64,
+    pub moved_seconds: f64,
+    pub unknown_seconds: f64,
 }
 
 /// Migrations by topology distance between source and destination CPU.
@@ -122,6 +190,12 @@ pub struct WorkloadSched {
     pub oncpu_seconds: f64,
     /// On-CPU time by NUMA node (index = node).
     pub oncpu_seconds_by_node: Vec<f64>,
+    /// Switch-outs while runnable: `nonvoluntary_ctxt_switches`.
+    pub preemptions: u64,
+    /// Switch-outs to wait: `voluntary_ctxt_switches`.
+    pub voluntary_switches: u64,
+    /// On-CPU run lengths, switch-in to switch-out.
+    pub slices: LatencySummary,
 }
 
 #[cfg(test)]
@@ -146,6 +220,24 @@ mod tests {
             (0.5, 0.8, 0.9)
         );
         assert_eq!(Placements::default().ratios(), None);
+    }
+
+    #[test]
+    fn shares_are_of_the_victims_own_charged_wait() {
+        let n = NeighbourWaits::new(
+            vec![
+                ("/a".into(), "/hog".into(), 3_000_000_000, 30),
+                ("/a".into(), "(idle)".into(), 1_000_000_000, 2),
+                ("other".into(), "other".into(), 5_000_000_000, 9),
+            ],
+            vec![
+                ("/a".into(), 4_000_000_000),
+                ("other".into(), 5_000_000_000),
+            ],
+        );
+        let shares: Vec<Option<f64>> = n.pairs.iter().map(|p| p.share_of_wait).collect();
+        assert_eq!(shares, [Some(0.75), Some(0.25), None]);
+        assert_eq!(n.pairs[0].wait_seconds, 3.0);
     }
 
     #[test]

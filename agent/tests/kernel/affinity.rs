@@ -1,27 +1,12 @@
 //! The affinity model on real placements: a pinned workload scores high, a
 //! bouncing one gets a recommendation.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::common::*;
-
-/// Builds a C helper from `agent/tests/helpers/` into `dir`.
-fn helper(name: &str, dir: &std::path::Path) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/helpers/{name}.c"));
-    let out = dir.join(name);
-    let status = Command::new("gcc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc (cargo xtask setup installs it)");
-    assert!(status.success(), "building {name}");
-    out
-}
 
 /// Pins the threads of `pid` to CPUs `first`, `first + 1`, ... (mod 2),
 /// so that two threads run side by side.

@@ -168,6 +168,20 @@ pub fn finish_with_log(diag: Diagnose) -> (Value, Vec<String>) {
     (json(&out), diag.stderr.join().unwrap())
 }
 
+/// Builds a C helper from `agent/tests/helpers/` into `dir`.
+pub fn helper(name: &str, dir: &std::path::Path) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/helpers/{name}.c"));
+    let out = dir.join(name);
+    let status = Command::new("gcc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc (cargo xtask setup installs it)");
+    assert!(status.success(), "building {name}");
+    out
+}
+
 /// A process that spins on one CPU; `sh` builtins only, so it never forks.
 pub struct Spinner(pub KillOnDrop);
 

@@ -1,6 +1,6 @@
 //! Scheduler signal (`sched:sched_switch`, `sched_wakeup[_new]`,
 //! `sched_migrate_task`): CPU topology, per-task slots, per-workload
-//! statistics and host-wide counters.
+//! statistics, who ran while a workload waited, and host-wide counters.
 
 use crate::HIST_BUCKETS;
 
@@ -71,12 +71,16 @@ pub struct TaskSlot {
     pub pending_lat_ns: u64,
     /// Placement class of the last switch-in, `NO_PENDING_PLACE` when none.
     pub pending_place: u32,
-    /// Explicit padding so the layout has no hidden holes.
-    pub _pad: u32,
+    /// `SLOT_*` flags.
+    pub flags: u32,
     /// Migrations of this task by distance class, not yet attributed.
     pub pending_migrations: [u16; DIST_CLASSES],
     pub _pad2: [u16; 3],
 }
+
+/// The task moved to another CPU while it waited in a run queue: its wait
+/// is charged to what ran on the CPU it was switched in on, for all of it.
+pub const SLOT_MOVED_WHILE_QUEUED: u32 = 1;
 
 pub const NO_CPU: u32 = u32::MAX;
 pub const NO_PENDING: u64 = u64::MAX;
@@ -101,6 +105,13 @@ pub struct SchedStats {
     pub migrations: [u64; DIST_CLASSES],
     /// Nanoseconds on CPU, from switch-in to switch-out.
     pub oncpu_ns: u64,
+    /// Switch-outs while still runnable (preempted, or yielding): the
+    /// kernel's `nonvoluntary_ctxt_switches`.
+    pub preempted: u64,
+    /// Switch-outs to sleep or wait: `voluntary_ctxt_switches`.
+    pub voluntary: u64,
+    /// On-CPU run lengths (slices), switch-in to switch-out, log2 ns.
+    pub slice_hist: [u64; HIST_BUCKETS],
 }
 
 impl Default for SchedStats {
@@ -112,8 +123,62 @@ impl Default for SchedStats {
             switch_ins: [0; DIST_CLASSES],
             migrations: [0; DIST_CLASSES],
             oncpu_ns: 0,
+            preempted: 0,
+            voluntary: 0,
+            slice_hist: [0; HIST_BUCKETS],
         }
     }
+}
+
+/// Intervals of `RunRing` per CPU (a power of two): how far back a wait can
+/// be charged to what ran meanwhile.
+pub const RUN_RING: usize = 16;
+
+/// What ran on one CPU lately: the last `RUN_RING` intervals of one
+/// workload each (consecutive runs of one workload are one interval), as
+/// (cgroup of the tasks that ran, end time); an interval starts where the
+/// one before ended. Written by that CPU only, at
+/// every switch, and read by it when a task it switches in has waited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunRing {
+    /// Intervals written since start; the newest is at `(head - 1) % RUN_RING`.
+    pub head: u64,
+    pub end_ns: [u64; RUN_RING],
+    /// cgroup v2 id, or `NEIGHBOUR_IDLE` for the idle task.
+    pub cgroup: [u64; RUN_RING],
+}
+
+/// Neighbour of waits spent while the CPU ran its idle task (waking it up
+/// from idle, or the wake-up's IPI): no workload held the CPU.
+pub const NEIGHBOUR_IDLE: u64 = 0;
+/// Neighbour of the part of a wait older than the CPU's `RunRing`.
+pub const NEIGHBOUR_UNKNOWN: u64 = u64::MAX;
+
+/// Run-queue wait of one workload (the victim) charged to one neighbour
+/// (the workload that held the CPU meanwhile) on one CPU: an entry of the
+/// drained per-CPU table `SCHED_NEIGHBOURS`, open-addressed by the pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighbourWait {
+    /// cgroup v2 id of the waiting task's workload; 0 when free.
+    pub victim: u64,
+    /// cgroup v2 id, `NEIGHBOUR_IDLE` or `NEIGHBOUR_UNKNOWN`.
+    pub neighbour: u64,
+    pub wait_ns: u64,
+    /// Waits of the victim during which the neighbour ran (a wait through
+    /// several separate runs of one neighbour counts once per run).
+    pub waits: u64,
+}
+
+/// Pair entries per CPU of each of the two buffers of `SCHED_NEIGHBOURS`,
+/// per entry of `SCHED_WORKLOADS` (each workload can be delayed by a few).
+pub const NEIGHBOURS_PER_WORKLOAD: u32 = 4;
+
+/// First table index probed for a (victim, neighbour) pair.
+#[inline(always)]
+pub fn pair_index(victim: u64, neighbour: u64, mask: u32) -> u32 {
+    crate::workload_index(victim ^ neighbour.rotate_left(32), mask)
 }
 
 /// Indexes of the per-CPU `SCHED_COUNTERS` array: host-wide counters that
@@ -139,7 +204,17 @@ pub mod counter {
     /// A migration named a CPU outside the topology table: the tracepoint
     /// layout is not what the agent read from tracefs.
     pub const ERR_BAD_CPU: u32 = DROP_TASK_SLOT_COLLISION + 1;
-    pub const COUNT: u32 = ERR_BAD_CPU + 1;
+    /// A (victim, neighbour) pair found its probe sequence in
+    /// `SCHED_NEIGHBOURS` full on that CPU; its wait is not charged.
+    pub const DROP_NEIGHBOUR_MAP_FULL: u32 = ERR_BAD_CPU + 1;
+    /// Nanoseconds of run-queue wait charged to neighbours, by how exact
+    /// the charge is: what ran on the CPU of the wait (`_DIRECT`), on the
+    /// CPU the task was switched in on after it moved while waiting
+    /// (`_MOVED`), and the part older than the run ring (`_UNKNOWN`).
+    pub const NEIGHBOUR_DIRECT_NS: u32 = DROP_NEIGHBOUR_MAP_FULL + 1;
+    pub const NEIGHBOUR_MOVED_NS: u32 = NEIGHBOUR_DIRECT_NS + 1;
+    pub const NEIGHBOUR_UNKNOWN_NS: u32 = NEIGHBOUR_MOVED_NS + 1;
+    pub const COUNT: u32 = NEIGHBOUR_UNKNOWN_NS + 1;
 }
 
 #[cfg(feature = "user")]
@@ -149,6 +224,8 @@ mod pod {
     unsafe impl aya::Pod for super::CpuTopo {}
     unsafe impl aya::Pod for super::TaskSlot {}
     unsafe impl aya::Pod for super::SchedStats {}
+    unsafe impl aya::Pod for super::RunRing {}
+    unsafe impl aya::Pod for super::NeighbourWait {}
 }
 
 #[cfg(test)]
@@ -162,7 +239,16 @@ mod tests {
         assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 8);
         assert_eq!(
             size_of::<SchedStats>(),
-            8 * (1 + HIST_BUCKETS + 1 + DIST_CLASSES * 2 + 1)
+            8 * (1 + HIST_BUCKETS + 1 + DIST_CLASSES * 2 + 1 + 2 + HIST_BUCKETS)
         );
+        assert_eq!(size_of::<RunRing>(), 8 * (1 + 2 * RUN_RING));
+        assert_eq!(size_of::<NeighbourWait>(), 32);
+    }
+
+    #[test]
+    fn a_pair_and_its_reverse_probe_apart() {
+        let mask = 1023;
+        assert_ne!(pair_index(5, 9, mask), pair_index(9, 5, mask));
+        assert_ne!(pair_index(5, NEIGHBOUR_IDLE, mask), pair_index(5, 6, mask));
     }
 }

@@ -10,6 +10,13 @@
 //! skipped it whenever another tracing program or a map syscall (the agent
 //! reading its maps) was running on that CPU, e.g. load balancing in a
 //! softirq on that CPU; a BTF tracepoint only skips its own recursion.
+//!
+//! Who delayed whom: every switch appends the interval that just ended
+//! (the outgoing task's cgroup, the time) to its CPU's `SCHED_RUN_RING`.
+//! When a task that waited is switched in, its wait is split over the
+//! intervals it overlaps on that CPU and charged per (its workload, the
+//! workload that ran) to the drained per-CPU table `SCHED_NEIGHBOURS`: all
+//! state is this CPU's, no shared hash is touched.
 
 use aya_ebpf::{
     helpers::{
@@ -25,14 +32,15 @@ use aya_log_ebpf::warn;
 
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
 use crate::tables;
-use crate::util::{bump, first_time};
+use crate::util::{add, bump, first_time};
 use hostprobe_common::{
     log2_bucket,
     sched::{
-        counter, CpuTopo, SchedStats, TaskSlot, DIST_CLASSES, DIST_SAME_CPU, NO_CPU, NO_PENDING,
-        NO_PENDING_PLACE,
+        counter, pair_index, CpuTopo, NeighbourWait, RunRing, SchedStats, TaskSlot, DIST_CLASSES,
+        DIST_SAME_CPU, NEIGHBOURS_PER_WORKLOAD, NEIGHBOUR_IDLE, NEIGHBOUR_UNKNOWN, NO_CPU,
+        NO_PENDING, NO_PENDING_PLACE, RUN_RING, SLOT_MOVED_WHILE_QUEUED,
     },
-    DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, MAX_CPUS,
+    DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, MAX_CPUS, WORKLOAD_PROBES,
 };
 
 // Load-time constants, set by the agent (aya freezes .rodata, so the
@@ -51,6 +59,21 @@ static TASK_CPU_OFFSET: Global<u32> = Global::new(0);
 /// argument to read).
 #[no_mangle]
 static TASK_STATE_OFFSET: Global<u32> = Global::new(u32::MAX);
+/// A task's cgroup v2 id, `task->cgroups->dfl_cgrp->kn->id` (what
+/// `bpf_get_current_cgroup_id` reads of `current`), for the task switched
+/// in; `u32::MAX` when BTF lacks a link (no neighbour charges then).
+#[no_mangle]
+static TASK_CGROUPS_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[no_mangle]
+static CSS_SET_DFL_CGRP_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static CGROUP_KN_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static KERNFS_NODE_ID_OFFSET: Global<u32> = Global::new(0);
+/// Entries - 1 of each buffer of `SCHED_NEIGHBOURS` (a power of two).
+#[no_mangle]
+static NEIGHBOURS_MASK: Global<u32> =
+    Global::new(DEFAULT_MAX_WORKLOADS * NEIGHBOURS_PER_WORKLOAD - 1);
 
 #[map]
 static TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
@@ -61,6 +84,13 @@ static SCHED_WORKLOADS: PerCpuArray<SchedStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_WORKLOADS, 0);
 #[map]
 static SCHED_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static SCHED_RUN_RING: PerCpuArray<RunRing> = PerCpuArray::with_max_entries(1, 0);
+/// Two buffers (see `tables::drained`): entries `[0, mask]` and
+/// `[mask + 1, 2 * mask + 1]`.
+#[map]
+static SCHED_NEIGHBOURS: PerCpuArray<NeighbourWait> =
+    PerCpuArray::with_max_entries(2 * DEFAULT_MAX_WORKLOADS * NEIGHBOURS_PER_WORKLOAD, 0);
 /// One flag per rare condition, so each is logged once, not per event.
 #[map]
 static SCHED_LOGGED: Array<u32> = Array::with_max_entries(counter::COUNT, 0);
@@ -123,19 +153,28 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     // SAFETY: plain helpers without arguments.
     let (now, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
 
-    // `current` is still `prev` here.
+    // `current` is still `prev` here; the idle task has pid 0.
     let pid_tgid = bpf_get_current_pid_tgid();
     let prev_tid = pid_tgid as u32;
+    let prev_cgroup = if prev_tid == 0 {
+        NEIGHBOUR_IDLE
+    } else {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_get_current_cgroup_id() }
+    };
+    record_run(prev_cgroup, now);
     let filter = FILTER_TGID.load();
     if prev_tid != 0 && (filter == 0 || filter == (pid_tgid >> 32) as u32) {
         if let Some(slot) = claim_slot(prev_tid) {
             // SAFETY: map value pointer from a successful lookup.
             let s = unsafe { &mut *slot };
-            flush(ctx, s, now);
-            s.last_cpu = cpu;
-            // A preempted task stays runnable: its wait starts now.
+            // Still runnable (preempted, or yielding): its wait starts now.
+            // The kernel's own test for `nivcsw` vs `nvcsw`.
             let runnable = preempt & 0xff != 0 || prev_state == 0;
+            flush(ctx, s, now, prev_cgroup, runnable);
+            s.last_cpu = cpu;
             s.queued_ns = if runnable { now } else { 0 };
+            s.flags = 0;
         }
     }
 
@@ -146,10 +185,13 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let slot = claim_slot(next_tid).ok_or(())?;
     // SAFETY: map value pointer from a successful lookup.
     let s = unsafe { &mut *slot };
-    if s.queued_ns != 0 && now >= s.queued_ns {
+    if s.queued_ns != 0 && now > s.queued_ns {
         s.pending_lat_ns = now - s.queued_ns;
+        let moved = s.flags & SLOT_MOVED_WHILE_QUEUED != 0;
+        charge_neighbours(ctx, next, s.queued_ns, now, moved);
     }
     s.queued_ns = 0;
+    s.flags = 0;
     // Migrations are attributed at switch-out, so any pending now happened
     // since the task last ran.
     if s.pending_migrations.iter().any(|&n| n != 0) {
@@ -162,6 +204,122 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     }
     s.oncpu_since_ns = now;
     Ok(())
+}
+
+/// Appends to this CPU's run ring the interval that ends now: the outgoing
+/// task's (`cgroup`) run since the previous switch. A run of the workload
+/// that ran just before extends its interval instead, so that the ring
+/// holds the last `RUN_RING` changes of workload, however short the runs
+/// (a ping-pong inside one workload switches every few microseconds).
+#[inline(always)]
+fn record_run(cgroup: u64, now: u64) {
+    if let Some(r) = SCHED_RUN_RING.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+        let r = unsafe { &mut *r };
+        if r.head > 0 {
+            let last = (r.head - 1) as usize & (RUN_RING - 1);
+            if r.cgroup[last] == cgroup {
+                r.end_ns[last] = now;
+                return;
+            }
+        }
+        let i = r.head as usize & (RUN_RING - 1);
+        r.end_ns[i] = now;
+        r.cgroup[i] = cgroup;
+        r.head += 1;
+    }
+}
+
+/// Charges the wait `[since, now]` of `task`, switched in now, to what ran
+/// on this CPU meanwhile, interval by interval from the newest; what is
+/// older than the ring goes to `NEIGHBOUR_UNKNOWN`.
+fn charge_neighbours<C: EbpfContext>(ctx: &C, task: *const u8, since: u64, now: u64, moved: bool) {
+    let cgroups = TASK_CGROUPS_OFFSET.load();
+    if cgroups == u32::MAX {
+        return;
+    }
+    let victim = task_cgroup(task, cgroups);
+    let filter = FILTER_CGROUP.load();
+    if victim == 0 || (filter != 0 && filter != victim) {
+        return;
+    }
+    let Some(ring) = SCHED_RUN_RING.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+    let ring = unsafe { &*ring };
+    let head = ring.head;
+    // Start of the oldest interval looked at: the wait before it is unknown.
+    let mut known_from = now;
+    tables::drained(|second| {
+        // Interval `head - k` starts where `head - k - 1` ended.
+        let mut k = 1u64;
+        while k < RUN_RING as u64 && k < head {
+            let i = (head - k) as usize & (RUN_RING - 1);
+            let j = (head - k - 1) as usize & (RUN_RING - 1);
+            let (start, end) = (ring.end_ns[j], ring.end_ns[i]);
+            let lo = if start > since { start } else { since };
+            let hi = if end < now { end } else { now };
+            if hi > lo {
+                charge(ctx, second, victim, ring.cgroup[i], hi - lo);
+            }
+            known_from = start;
+            if start <= since {
+                break;
+            }
+            k += 1;
+        }
+        if known_from > since {
+            charge(ctx, second, victim, NEIGHBOUR_UNKNOWN, known_from - since);
+        }
+    });
+    let unknown = known_from.saturating_sub(since);
+    add(&SCHED_COUNTERS, counter::NEIGHBOUR_UNKNOWN_NS, unknown);
+    let known = now - since - unknown;
+    let exactness = if moved {
+        counter::NEIGHBOUR_MOVED_NS
+    } else {
+        counter::NEIGHBOUR_DIRECT_NS
+    };
+    add(&SCHED_COUNTERS, exactness, known);
+}
+
+/// Adds `ns` of `victim`'s wait behind `neighbour` to this CPU's entry of
+/// the pair in the buffer being written.
+#[inline(always)]
+fn charge<C: EbpfContext>(ctx: &C, second: bool, victim: u64, neighbour: u64, ns: u64) {
+    let mask = NEIGHBOURS_MASK.load();
+    let base = if second { mask + 1 } else { 0 };
+    let first = pair_index(victim, neighbour, mask);
+    for i in 0..WORKLOAD_PROBES {
+        let Some(e) = SCHED_NEIGHBOURS.get_ptr_mut(base + ((first + i) & mask)) else {
+            return;
+        };
+        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+        let e = unsafe { &mut *e };
+        if e.victim == 0 {
+            *e = NeighbourWait {
+                victim,
+                neighbour,
+                wait_ns: ns,
+                waits: 1,
+            };
+            return;
+        }
+        if e.victim == victim && e.neighbour == neighbour {
+            e.wait_ns += ns;
+            e.waits += 1;
+            return;
+        }
+    }
+    bump(&SCHED_COUNTERS, counter::DROP_NEIGHBOUR_MAP_FULL);
+    if first_time(&SCHED_LOGGED, counter::DROP_NEIGHBOUR_MAP_FULL) {
+        warn!(
+            ctx,
+            "SCHED_NEIGHBOURS is full on a CPU: waits of cgroup {} are not charged to every neighbour this round (raise --max-workloads)",
+            victim
+        );
+    }
 }
 
 fn count_migration(ctx: &BtfTracePointContext) {
@@ -199,22 +357,16 @@ fn count_migration(ctx: &BtfTracePointContext) {
         if let Some(n) = s.pending_migrations.get_mut(d) {
             *n = n.saturating_add(1);
         }
+        if s.queued_ns != 0 {
+            s.flags |= SLOT_MOVED_WHILE_QUEUED;
+        }
     }
 }
 
-/// Attribute what `s` measured since its last switch-in to the cgroup of
-/// `current` (the task switching out).
-fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64) {
-    let has_migrations = s.pending_migrations.iter().any(|&n| n != 0);
-    if s.pending_lat_ns == NO_PENDING
-        && s.pending_place == NO_PENDING_PLACE
-        && s.oncpu_since_ns == 0
-        && !has_migrations
-    {
-        return;
-    }
-    // SAFETY: helper without arguments.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+/// Attributes what `s` measured since its last switch-in, and this
+/// switch-out (`runnable`: involuntary), to `cgroup`, that of `current`
+/// (the task switching out).
+fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64, cgroup: u64, runnable: bool) {
     let filter = FILTER_CGROUP.load();
     if filter == 0 || filter == cgroup {
         if let Some(stats) = workload_stats(ctx, cgroup) {
@@ -234,7 +386,16 @@ fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64) {
                 st.migrations[i] += u64::from(s.pending_migrations[i]);
             }
             if s.oncpu_since_ns != 0 && now >= s.oncpu_since_ns {
-                st.oncpu_ns += now - s.oncpu_since_ns;
+                let slice = now - s.oncpu_since_ns;
+                st.oncpu_ns += slice;
+                if let Some(b) = st.slice_hist.get_mut(log2_bucket(slice)) {
+                    *b += 1;
+                }
+            }
+            if runnable {
+                st.preempted += 1;
+            } else {
+                st.voluntary += 1;
             }
         }
     }
@@ -276,6 +437,11 @@ impl tables::Entry for SchedStats {
             self.migrations[i] = 0;
         }
         self.oncpu_ns = 0;
+        self.preempted = 0;
+        self.voluntary = 0;
+        for b in self.slice_hist.iter_mut() {
+            *b = 0;
+        }
     }
 }
 
@@ -299,7 +465,7 @@ fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
             oncpu_since_ns: 0,
             pending_lat_ns: NO_PENDING,
             pending_place: NO_PENDING_PLACE,
-            _pad: 0,
+            flags: 0,
             pending_migrations: [0; DIST_CLASSES],
             _pad2: [0; 3],
         };
@@ -319,6 +485,23 @@ fn distance(a: u32, b: u32) -> Option<usize> {
 fn task_selected(task: *const u8) -> bool {
     let filter = FILTER_TGID.load();
     filter == 0 || task_field(task, TASK_TGID_OFFSET.load()) == filter
+}
+
+/// The cgroup v2 id of `task` (`cgroups` is `TASK_CGROUPS_OFFSET`): a
+/// chain of direct loads from a trusted BTF pointer, each offset checked
+/// by the verifier against the kernel's types (a NULL link reads 0).
+#[inline(always)]
+fn task_cgroup(task: *const u8, cgroups: u32) -> u64 {
+    let link = |p: *const u8, offset: u32| -> *const u8 {
+        // SAFETY: `p` is a BTF pointer and `offset` names a pointer member
+        // of its type; the verifier rejects the program otherwise.
+        unsafe { core::ptr::read_volatile(p.add(offset as usize).cast::<*const u8>()) }
+    };
+    let css_set = link(task, cgroups);
+    let cgroup = link(css_set, CSS_SET_DFL_CGRP_OFFSET.load());
+    let kn = link(cgroup, CGROUP_KN_OFFSET.load());
+    // SAFETY: as above; `kernfs_node.id` is a u64.
+    unsafe { core::ptr::read_volatile(kn.add(KERNFS_NODE_ID_OFFSET.load() as usize).cast::<u64>()) }
 }
 
 /// Reads a 32-bit field of a `task_struct` handed over by a BTF tracepoint.

@@ -13,6 +13,14 @@ pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
     }
 }
 
+#[inline(always)]
+pub fn add(counters: &PerCpuArray<u64>, index: u32, v: u64) {
+    if let Some(c) = counters.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *c += v };
+    }
+}
+
 /// True the first time a rare condition is seen (per flag), so that it is
 /// logged once rather than on every event. Not atomic across CPUs: at most
 /// one log line per CPU.
