@@ -10,19 +10,22 @@ use std::collections::{BTreeMap, HashMap};
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::{Ebpf, Pod};
 use hostprobe_common::lock::{
-    counter, AddrKey, CallerKey, CallerStat, Hist, Stat, CALLER_NOT_SAMPLED, CALLER_UNKNOWN, TYPES,
+    counter, AddrKey, CallerKey, CallerStat, Hist, OwnerKey, Stat, CALLER_NOT_SAMPLED,
+    CALLER_UNKNOWN, OWNER_PREEMPTED, OWNER_RUNNING, OWNER_SLEEPING, TYPES,
 };
 use hostprobe_common::HIST_BUCKETS;
 
-use super::{counter, fold_workload_deltas, map_err, name_deltas, take, Pass, ProbeCounters};
+use super::{
+    counter, fold_workload_deltas, map_err, name_deltas, take, workload_name, Pass, ProbeCounters,
+};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::host::kallsyms::Kallsyms;
 use crate::model::hist::Log2Hist;
-use crate::model::topk::{Labels, TopTable, Totals};
+use crate::model::topk::{Labels, TopTable, Totals, OTHER};
 use crate::probes::lock_types;
 use crate::snapshot::{
-    LatencySummary, LockCaller, LockObject, LockSection, LockTotal, LockTypeStats,
+    LatencySummary, LockCaller, LockObject, LockOwnerWaits, LockSection, LockTotal, LockTypeStats,
 };
 
 /// Entries of each report table kept in the snapshot (the report shows
@@ -158,6 +161,7 @@ pub struct LockCollector {
     by_caller: Buffers<CallerKey, CallerStat>,
     by_addr: Buffers<AddrKey, Stat>,
     workloads: Buffers<u64, Stat>,
+    owners: Buffers<OwnerKey, Stat>,
     hist: PerCpuArray<MapData, Hist>,
     counters: PerCpuArray<MapData, u64>,
     kallsyms: Kallsyms,
@@ -174,6 +178,18 @@ struct Folded {
     /// Callers aggregated by (type, calling function): the metric labels.
     caller_labels: Labels<Waits>,
     workload_labels: Labels<Waits>,
+    /// (waiter's workload, owner's workload, owner's state).
+    owner_labels: Labels<Waits>,
+}
+
+/// The name of an `OWNER_*` state.
+fn owner_state(state: u32) -> &'static str {
+    match state {
+        OWNER_RUNNING => "running",
+        OWNER_PREEMPTED => "preempted",
+        OWNER_SLEEPING => "sleeping",
+        _ => "unknown",
+    }
 }
 
 impl LockCollector {
@@ -184,6 +200,7 @@ impl LockCollector {
             by_caller: Buffers::new(ebpf, ["LOCK_BY_CALLER_0", "LOCK_BY_CALLER_1"])?,
             by_addr: Buffers::new(ebpf, ["LOCK_BY_ADDR_0", "LOCK_BY_ADDR_1"])?,
             workloads: Buffers::new(ebpf, ["LOCK_WORKLOADS_0", "LOCK_WORKLOADS_1"])?,
+            owners: Buffers::new(ebpf, ["LOCK_OWNERS_0", "LOCK_OWNERS_1"])?,
             hist: PerCpuArray::try_from(take(ebpf, "LOCK_HIST")?).map_err(map_err("LOCK_HIST"))?,
             counters: PerCpuArray::try_from(take(ebpf, "LOCK_COUNTERS")?)
                 .map_err(map_err("LOCK_COUNTERS"))?,
@@ -193,6 +210,7 @@ impl LockCollector {
                 locks: TopTable::new(LOCK_ROWS),
                 caller_labels: Labels::new(top_k),
                 workload_labels: Labels::new(top_k),
+                owner_labels: Labels::new(top_k),
             },
         })
     }
@@ -227,6 +245,17 @@ impl LockCollector {
         let callers = self.by_caller.take(pass)?;
         let locks = self.by_addr.take(pass)?;
         let workloads = self.workloads.take(pass)?;
+        let mut by_owner: BTreeMap<String, Waits> = BTreeMap::new();
+        for (k, v) in self.owners.take(pass)? {
+            let label = format!(
+                "{}\u{1f}{}\u{1f}{}",
+                workload_name(cgroups, k.waiter),
+                workload_name(cgroups, k.owner),
+                owner_state(k.state)
+            );
+            by_owner.entry(label).or_default().add(&sum(&v));
+        }
+        let by_owner: Vec<(String, Waits)> = by_owner.into_iter().collect();
         let mut by_function: BTreeMap<String, Waits> = BTreeMap::new();
         let mut caller_rows = Vec::with_capacity(callers.len());
         for (key, per_cpu) in callers {
@@ -255,16 +284,17 @@ impl LockCollector {
         for (id, v) in workloads {
             by_cgroup.entry(id).or_default().add(&sum(&v));
         }
-        let (folded, caller_totals, workload_totals) = match pass {
+        let (folded, caller_totals, workload_totals, owner_totals) = match pass {
             Pass::Round { elapsed, .. } => {
                 let f = &mut self.state;
                 f.callers.add(caller_rows);
                 f.locks.add(lock_rows);
                 f.caller_labels.round(&by_function, &[], elapsed);
                 fold_workload_deltas(&mut f.workload_labels, cgroups, by_cgroup, elapsed);
+                f.owner_labels.round(&by_owner, &[], elapsed);
                 let callers = f.caller_labels.view();
                 let workloads = f.workload_labels.view();
-                (None, callers, workloads)
+                (None, callers, workloads, f.owner_labels.view())
             }
             Pass::Peek => {
                 let mut ahead = self.state.clone();
@@ -273,7 +303,8 @@ impl LockCollector {
                 let callers = self.state.caller_labels.preview(&by_function);
                 let named = name_deltas(cgroups, by_cgroup).0;
                 let workloads = self.state.workload_labels.preview(&named);
-                (Some(ahead), callers, workloads)
+                let owners = self.state.owner_labels.preview(&by_owner);
+                (Some(ahead), callers, workloads, owners)
             }
         };
         let folded = folded.as_ref().unwrap_or(&self.state);
@@ -336,6 +367,7 @@ impl LockCollector {
                     c(counter::DROP_TASK_SLOT_COLLISION)?,
                 ),
                 ("LOCK_STACKS".to_string(), c(counter::STACK_ERRORS)?),
+                ("LOCK_OWNERS".to_string(), c(counter::DROP_OWNER_MAP_FULL)?),
             ]),
         };
         let totals = |view: Vec<(String, Waits)>| -> Vec<LockTotal> {
@@ -392,6 +424,20 @@ impl LockCollector {
                 })
                 .collect(),
             workloads: totals(workload_totals),
+            owners: owner_totals
+                .into_iter()
+                .map(|(label, t)| {
+                    let mut f = label.split('\u{1f}');
+                    let mut next = || f.next().unwrap_or(OTHER).to_string();
+                    LockOwnerWaits {
+                        workload: next(),
+                        owner: next(),
+                        owner_state: next(),
+                        contentions: t.count,
+                        wait_seconds: t.total_ns as f64 / 1e9,
+                    }
+                })
+                .collect(),
             spin_waits_without_stack: c(counter::STACKS_NOT_SAMPLED)?,
         };
         Ok((section, counters))

@@ -216,6 +216,15 @@ impl<T: Totals + Clone> WorkloadRounds<T> {
     }
 }
 
+/// The path of a cgroup id, its last path if it was removed, else
+/// `(cgroup ID)`.
+fn workload_name(cgroups: &mut CgroupResolver, id: u64) -> String {
+    cgroups
+        .path(id)
+        .or_else(|| cgroups.removed_path(id).map(str::to_string))
+        .unwrap_or_else(|| format!("(cgroup {id})"))
+}
+
 /// Each cgroup's delta under its path; a cgroup that no longer exists under
 /// its last path (or `(cgroup ID)` if it was never resolved). Also returns
 /// the ids of those removed cgroups, and their paths where no live cgroup

@@ -12,7 +12,7 @@ use hostprobe_common::sched::{
 };
 use hostprobe_common::HIST_BUCKETS;
 
-use super::{counter, map_err, take, Pass, WorkloadRounds};
+use super::{counter, map_err, take, workload_name, Pass, WorkloadRounds};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::model::hist::Log2Hist;
@@ -192,13 +192,6 @@ fn neighbour_name(cgroups: &mut CgroupResolver, id: u64) -> String {
         NEIGHBOUR_UNKNOWN => "(unknown)".to_string(),
         _ => workload_name(cgroups, id),
     }
-}
-
-fn workload_name(cgroups: &mut CgroupResolver, id: u64) -> String {
-    cgroups
-        .path(id)
-        .or_else(|| cgroups.removed_path(id).map(str::to_string))
-        .unwrap_or_else(|| format!("(cgroup {id})"))
 }
 
 /// The drained `SCHED_NEIGHBOURS` table: its two halves and the labels its

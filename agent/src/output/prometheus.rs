@@ -323,6 +323,26 @@ pub fn render(s: &Snapshot) -> String {
     for w in &s.lock.workloads {
         by_workload.counter(&[("workload", w.name.as_str())], w.wait_seconds);
     }
+    let mut by_owner = Family::new(
+        "hostprobe_lock_wait_by_owner_seconds_total",
+        "Time waited on contended mutexes and rwsems held for writing, by the waiter's workload, the owner's workload and what the owner was doing when the wait began (running, preempted: runnable without a CPU, sleeping); top-K + other.",
+        COUNTER,
+    );
+    let mut by_owner_n = Family::new(
+        "hostprobe_lock_contentions_by_owner_total",
+        "Contended acquisitions of mutexes and rwsems held for writing, by the waiter's workload, the owner's workload and the owner's state; top-K + other.",
+        COUNTER,
+    );
+    for w in &s.lock.owners {
+        let l = [
+            ("workload", w.workload.as_str()),
+            ("owner", w.owner.as_str()),
+            ("owner_state", w.owner_state.as_str()),
+        ];
+        by_owner.counter(&l, w.wait_seconds);
+        by_owner_n.counter(&l, w.contentions as f64);
+    }
+    out.extend([by_owner, by_owner_n]);
     let mut unsampled = Family::new("hostprobe_lock_spin_waits_without_stack_total", "Spinning lock waits counted without their stack because the per-CPU stack budget (--lock-stacks) was spent; their caller label is \"(stack not sampled)\".", COUNTER);
     unsampled.counter(&[], s.lock.spin_waits_without_stack as f64);
     out.extend([contentions, wait, by_caller, by_workload, unsampled]);
@@ -643,6 +663,7 @@ mod tests {
             "hostprobe_sched_slice_seconds_count{workload=\"/db.service\"} 5",
             "hostprobe_runqueue_wait_by_neighbour_seconds_total{workload=\"/db.service\",neighbour=\"/batch.slice\"} 0.0012",
             "hostprobe_runqueue_wait_charged_seconds_total{how=\"direct\"} 0.0015",
+            "hostprobe_lock_wait_by_owner_seconds_total{workload=\"/db.service\",owner=\"/batch.slice\",owner_state=\"preempted\"} 0.0012",
             "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"0.000001024\"} 0",
             "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"0.000004096\"} 4",
             "hostprobe_runqueue_latency_seconds_bucket{workload=\"/db.service\",le=\"+Inf\"} 5",

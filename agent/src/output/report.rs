@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::model::precopy::Outlook;
+use crate::model::topk::OTHER;
 use crate::snapshot::Snapshot;
 
 /// Formats seconds with a unit that keeps 2-3 significant digits.
@@ -657,6 +658,39 @@ fn render_locks(o: &mut String, s: &Snapshot, stacks: bool) {
             w.contentions,
             fmt_seconds(w.wait_seconds),
             w.name
+        );
+    }
+    if l.owners.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n  by owner (mutexes, rwsems held for writing; what the owner did when the wait began):"
+    );
+    for w in &l.owners {
+        let _ = writeln!(
+            o,
+            "  {:>10} {:>12}   waiters in {} behind an owner in {} that was {}",
+            w.contentions,
+            fmt_seconds(w.wait_seconds),
+            w.workload,
+            w.owner,
+            w.owner_state
+        );
+    }
+    let preempted = l
+        .owners
+        .iter()
+        .filter(|w| w.owner_state == "preempted" && w.workload != OTHER)
+        .max_by(|a, b| a.wait_seconds.total_cmp(&b.wait_seconds));
+    if let Some(w) = preempted {
+        let _ = writeln!(
+            o,
+            "  lock-holder preemption: waiters in {} waited {} behind a preempted owner in {} ({} waits): the owner was runnable but had no CPU",
+            w.workload,
+            fmt_seconds(w.wait_seconds),
+            w.owner,
+            w.contentions
         );
     }
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// Maps the collectors and the loader use, with the value size the agent
 /// expects: the kernel and user sides must agree on every record type.
-pub const MAP_CONTRACT: [(&str, usize); 24] = [
+pub const MAP_CONTRACT: [(&str, usize); 26] = [
     ("TASK_SLOTS", size_of::<TaskSlot>()),
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
@@ -29,6 +29,8 @@ pub const MAP_CONTRACT: [(&str, usize); 24] = [
     ("LOCK_BY_ADDR_1", size_of::<lock::Stat>()),
     ("LOCK_WORKLOADS_0", size_of::<lock::Stat>()),
     ("LOCK_WORKLOADS_1", size_of::<lock::Stat>()),
+    ("LOCK_OWNERS_0", size_of::<lock::Stat>()),
+    ("LOCK_OWNERS_1", size_of::<lock::Stat>()),
     ("LOCK_HIST", size_of::<lock::Hist>()),
     ("LOCK_COUNTERS", size_of::<u64>()),
     ("LOCK_TASK_SLOTS", size_of::<lock::TaskSlot>()),

@@ -32,8 +32,8 @@ use crate::host::{proc, tracefs};
 use contract::check_object;
 use offsets::{
     balance_pause_offset, cgroup_offsets, dirty_args, fault_args, folio_offsets, lock_args,
-    lock_offsets, mapping_offsets, migrate_pages_offsets, migrate_reasons, page_node_bits,
-    sched_args, task_offsets, CgroupOffsets, PrevState,
+    lock_offsets, mapping_offsets, migrate_pages_offsets, migrate_reasons, owner_offsets,
+    page_node_bits, sched_args, task_offsets, CgroupOffsets, OwnerOffsets, PrevState,
 };
 use spec::{Hook, Needs, ProgramSpec, Way, PROGRAMS};
 
@@ -184,6 +184,7 @@ impl Probes {
             .collect();
         let prev_state = sched.get("sched_switch");
         let cgroup_links = with_btf(&btf, cgroup_offsets);
+        let owners = btf.as_ref().ok().map(owner_offsets);
         let mapping = with_btf(&btf, mapping_offsets);
         let folio = with_btf(&btf, folio_offsets);
         let dirty_page = with_btf(&btf, |b| dirty_args(b, "writeback_dirty_page", "page"));
@@ -219,6 +220,7 @@ impl Probes {
             ?task,
             ?prev_state,
             ?cgroup_links,
+            ?owners,
             ?locks,
             ?mapping,
             ?folio,
@@ -236,6 +238,12 @@ impl Probes {
                 }
             }
         };
+        let ow = owners.unwrap_or(OwnerOffsets {
+            mutex_owner: u32::MAX,
+            rwsem_owner: u32::MAX,
+            task_state: u32::MAX,
+            task_on_cpu: u32::MAX,
+        });
         let fo = folio.as_ref().ok().copied().unwrap_or_default();
         let mo = mapping.as_ref().ok().copied().unwrap_or_default();
         let state_off = match prev_state {
@@ -274,6 +282,10 @@ impl Probes {
             .override_global("CGROUP_KN_OFFSET", &co.cgroup_kn, true)
             .override_global("KERNFS_NODE_ID_OFFSET", &co.kernfs_node_id, true)
             .override_global("NEIGHBOURS_MASK", &neighbours_mask, true)
+            .override_global("TASK_STATE_FIELD_OFFSET", &ow.task_state, true)
+            .override_global("TASK_ON_CPU_OFFSET", &ow.task_on_cpu, true)
+            .override_global("MUTEX_OWNER_OFFSET", &ow.mutex_owner, true)
+            .override_global("RWSEM_OWNER_OFFSET", &ow.rwsem_owner, true)
             .override_global("FILTER_TGID", &filter_tgid, true)
             .override_global("FILTER_CGROUP", &filter_cgroup, true)
             .override_global("LOCK_BEGIN_ADDR_OFFSET", &l.begin_lock, true)

@@ -77,6 +77,34 @@ pub fn cgroup_offsets(btf: &Btf) -> Result<CgroupOffsets> {
     })
 }
 
+/// What the lock program reads of a sleeping lock's owner; `u32::MAX`
+/// for what this kernel's BTF lacks (that lock type's owner is not read).
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerOffsets {
+    pub mutex_owner: u32,
+    pub rwsem_owner: u32,
+    pub task_state: u32,
+    pub task_on_cpu: u32,
+}
+
+/// Resolves the owner offsets, each on its own (PREEMPT_RT's mutexes have
+/// no `owner` word: an `rt_mutex_base` instead).
+pub fn owner_offsets(btf: &Btf) -> OwnerOffsets {
+    let or_none = |r: Result<u32>| r.unwrap_or(u32::MAX);
+    OwnerOffsets {
+        mutex_owner: or_none(sized(btf, "mutex", "owner", 8)),
+        rwsem_owner: or_none(sized(btf, "rw_semaphore", "owner", 8)),
+        task_state: ["__state", "state"]
+            .iter()
+            .find_map(|m| match btf.member("task_struct", m) {
+                Ok((off, 4 | 8)) => Some(off),
+                _ => None,
+            })
+            .unwrap_or(u32::MAX),
+        task_on_cpu: or_none(sized(btf, "task_struct", "on_cpu", 4)),
+    }
+}
+
 /// Where `sched_switch` finds the state the outgoing task leaves in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrevState {

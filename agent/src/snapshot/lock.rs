@@ -17,6 +17,10 @@ pub struct LockSection {
     pub locks: Vec<LockObject>,
     /// Per workload (cgroup of the waiter), top-K + `other`.
     pub workloads: Vec<LockTotal>,
+    /// Waits on sleeping locks whose owner was known (mutexes, rwsems held
+    /// for writing), per (waiter's workload, owner's workload, what the
+    /// owner was doing when the wait began); top-K + `other`.
+    pub owners: Vec<LockOwnerWaits>,
     /// Spinning waits counted without walking their stack (the per-CPU
     /// budget `--lock-stacks` was spent); their callers read
     /// `(stack not sampled)`.
@@ -62,6 +66,20 @@ pub struct LockTotal {
     pub lock_type: String,
     /// Calling function, workload path, or `other`.
     pub name: String,
+    pub contentions: u64,
+    pub wait_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockOwnerWaits {
+    /// The waiter's workload, or `other`.
+    pub workload: String,
+    /// The lock owner's workload.
+    pub owner: String,
+    /// `running` (on a CPU), `preempted` (runnable, not on a CPU: the
+    /// waiter waits for the scheduler as much as for the lock) or
+    /// `sleeping`, when the wait began.
+    pub owner_state: String,
     pub contentions: u64,
     pub wait_seconds: f64,
 }

@@ -148,6 +148,13 @@ pub(crate) fn sample() -> Snapshot {
                 contentions: 5,
                 wait_seconds: 0.002,
             }],
+            owners: vec![LockOwnerWaits {
+                workload: "/db.service".into(),
+                owner: "/batch.slice".into(),
+                owner_state: "preempted".into(),
+                contentions: 3,
+                wait_seconds: 0.0012,
+            }],
             spin_waits_without_stack: 7,
         },
         dirty: DirtySection {

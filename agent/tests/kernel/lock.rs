@@ -196,3 +196,65 @@ fn caller_waits(w: &Window) -> Vec<(String, f64)> {
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     v
 }
+
+/// Wait on locks whose owner (in `workload`) was preempted, by waiters of
+/// `workload`, from a `diagnose --json` document: (waits, seconds).
+fn behind_a_preempted_owner(s: &serde_json::Value, workload: &str) -> (u64, f64) {
+    s["lock"]["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| {
+            o["workload"] == workload && o["owner"] == workload && o["owner_state"] == "preempted"
+        })
+        .fold((0, 0.0), |(n, t), o| {
+            (
+                n + o["contentions"].as_u64().unwrap(),
+                t + o["wait_seconds"].as_f64().unwrap(),
+            )
+        })
+}
+
+#[test]
+fn waits_behind_a_preempted_owner_come_with_a_hog_on_its_cpu() {
+    assert!(two_cpus(), "this test needs two CPUs");
+    let _k = KernelTest::start();
+    let bin = tempfile::tempdir().unwrap();
+    let writers = helper("inode_writers", bin.path());
+    let (cg, hog_cg) = (TestCgroup::new("writers"), TestCgroup::new("lock-hog"));
+    let path = cg.path();
+    // Two writers of one file, one per CPU: each waits for the inode's
+    // rwsem while the other holds it. With a hog on CPU 0, the writer
+    // there is often preempted while it holds the lock.
+    let measure = |hog: bool| {
+        let w = KillOnDrop::spawn(&mut Command::new(&writers));
+        cg.add(w.0.id());
+        let spinner = hog.then(|| {
+            let s = Spinner::start();
+            hog_cg.add(s.pid());
+            s.move_to(0);
+            s
+        });
+        let s = finish(start_diagnose(&["--duration", "3s", "--cgroup", &path]));
+        drop(spinner);
+        drop(w);
+        behind_a_preempted_owner(&s, &path)
+    };
+    let (with_hog, alone) = (measure(true), measure(false));
+    eprintln!(
+        "behind a preempted owner: {} waits, {:.3} s with the hog; {} waits, {:.3} s without",
+        with_hog.0, with_hog.1, alone.0, alone.1
+    );
+    assert!(
+        with_hog.0 >= 20 && with_hog.1 >= 0.1,
+        "with a hog on the owner's CPU: only {} waits, {:.3} s behind a preempted owner",
+        with_hog.0,
+        with_hog.1
+    );
+    assert!(
+        alone.1 <= 0.15 * with_hog.1,
+        "without the hog, still {:.3} s behind a preempted owner (with it: {:.3} s)",
+        alone.1,
+        with_hog.1
+    );
+}

@@ -25,6 +25,29 @@ pub struct Wait {
     /// code), or `CALLER_UNKNOWN` / `CALLER_NOT_SAMPLED`.
     pub caller: u64,
     pub flags: u32,
+    /// What the lock's owner was doing when the wait began (`OWNER_*`).
+    pub owner: u32,
+    /// The owner's cgroup v2 id, when `owner` is known.
+    pub owner_cgroup: u64,
+}
+
+/// The owner of a sleeping lock (mutex, rwsem held for writing) when a
+/// waiter began to wait: unknown (another lock type, a reader-owned rwsem,
+/// released meanwhile), on a CPU, runnable but not on a CPU (preempted),
+/// or asleep (holding the lock across I/O or another wait).
+pub const OWNER_UNKNOWN: u32 = 0;
+pub const OWNER_RUNNING: u32 = 1;
+pub const OWNER_PREEMPTED: u32 = 2;
+pub const OWNER_SLEEPING: u32 = 3;
+
+/// Aggregation key of waits whose owner was known: the waiter's workload,
+/// the owner's, and what the owner was doing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OwnerKey {
+    pub waiter: u64,
+    pub owner: u64,
+    pub state: u32,
     pub _pad: u32,
 }
 
@@ -55,7 +78,8 @@ impl Wait {
             since_ns: now,
             caller,
             flags,
-            _pad: 0,
+            owner: OWNER_UNKNOWN,
+            owner_cgroup: 0,
         };
         outcome
     }
@@ -239,7 +263,8 @@ pub mod counter {
     pub const DROP_TASK_SLOT_COLLISION: u32 = 9;
     /// Spinning waits counted without a stack (budget spent).
     pub const STACKS_NOT_SAMPLED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    pub const DROP_OWNER_MAP_FULL: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Frames kept of a caller's example stack, from the first frame of the
@@ -258,6 +283,7 @@ mod pod {
     unsafe impl aya::Pod for super::CallerStat {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::Stat {}
+    unsafe impl aya::Pod for super::OwnerKey {}
     unsafe impl aya::Pod for super::Hist {}
 }
 
@@ -314,9 +340,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Wait>(), 32);
-        assert_eq!(size_of::<TaskSlot>(), 40);
-        assert_eq!(size_of::<CpuSlots>(), 16 + 32 * CPU_DEPTH);
+        assert_eq!(size_of::<Wait>(), 40);
+        assert_eq!(size_of::<TaskSlot>(), 48);
+        assert_eq!(size_of::<CpuSlots>(), 16 + 40 * CPU_DEPTH);
+        assert_eq!(size_of::<OwnerKey>(), 24);
         assert_eq!(size_of::<AddrKey>(), 16);
         assert_eq!(size_of::<CallerKey>(), 16);
         assert_eq!(size_of::<CallerStat>(), 24 + 8 * STACK_DEPTH as usize);

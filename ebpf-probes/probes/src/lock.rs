@@ -9,7 +9,10 @@
 //! so waits aggregate by call site, not by stack id. Everything is
 //! aggregated in the kernel: per (type, caller), per lock address and per
 //! workload in drained tables (see `tables.rs`), and a histogram, sum and
-//! maximum per type.
+//! maximum per type. For sleeping locks whose owner the lock names (a
+//! mutex, an rwsem held for writing), what the owner was doing when the
+//! wait began (on a CPU, preempted, asleep) and its workload, per (waiter's
+//! workload, owner's workload, owner's state).
 //!
 //! BTF tracepoints: a classic tracepoint program is skipped whenever another
 //! tracing program or a map syscall runs on its CPU, and contention is rife
@@ -34,16 +37,18 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use hostprobe_common::{
     lock::{
-        counter, find_caller, AddrKey, Begin, CallerKey, CallerStat, CpuSlots, Hist, Stat,
-        TaskSlot, Wait, CALLER_NOT_SAMPLED, CALLER_UNKNOWN, CPU_DEPTH, DEFAULT_ADDRS,
-        DEFAULT_CALLERS, DEFAULT_SPIN_STACKS_PER_SEC, DEFAULT_WORKLOADS, F_MUTEX, F_READ, F_SPIN,
-        F_WRITE, SEARCH_DEPTH, STACK_DEPTH, TYPES,
+        counter, find_caller, AddrKey, Begin, CallerKey, CallerStat, CpuSlots, Hist, OwnerKey,
+        Stat, TaskSlot, Wait, CALLER_NOT_SAMPLED, CALLER_UNKNOWN, CPU_DEPTH, DEFAULT_ADDRS,
+        DEFAULT_CALLERS, DEFAULT_SPIN_STACKS_PER_SEC, DEFAULT_WORKLOADS, F_MUTEX, F_PERCPU, F_READ,
+        F_RT, F_SPIN, F_WRITE, OWNER_PREEMPTED, OWNER_RUNNING, OWNER_SLEEPING, OWNER_UNKNOWN,
+        SEARCH_DEPTH, STACK_DEPTH, TYPES,
     },
     log2_bucket, DEFAULT_TASK_SLOTS,
 };
 
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
 use crate::tables::drained;
+use crate::task;
 use crate::util::{bump, first_time, selected};
 
 /// Offsets in the classic tracepoints' records (tracefs), for the fallback.
@@ -68,6 +73,12 @@ static LOCK_TEXT_END: Global<u64> = Global::new(0);
 static SCHED_TEXT_START: Global<u64> = Global::new(0);
 #[no_mangle]
 static SCHED_TEXT_END: Global<u64> = Global::new(0);
+/// `mutex.owner` and `rw_semaphore.owner`: the owning task's address in
+/// the bits above the flags; `u32::MAX` when BTF lacks them.
+#[no_mangle]
+static MUTEX_OWNER_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[no_mangle]
+static RWSEM_OWNER_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 #[map]
 static LOCK_TASK_SLOTS: Array<TaskSlot> = Array::with_max_entries(DEFAULT_TASK_SLOTS, 0);
@@ -93,6 +104,12 @@ static LOCK_WORKLOADS_0: PerCpuHashMap<u64, Stat> =
     PerCpuHashMap::with_max_entries(DEFAULT_WORKLOADS, 0);
 #[map]
 static LOCK_WORKLOADS_1: PerCpuHashMap<u64, Stat> =
+    PerCpuHashMap::with_max_entries(DEFAULT_WORKLOADS, 0);
+#[map]
+static LOCK_OWNERS_0: PerCpuHashMap<OwnerKey, Stat> =
+    PerCpuHashMap::with_max_entries(DEFAULT_WORKLOADS, 0);
+#[map]
+static LOCK_OWNERS_1: PerCpuHashMap<OwnerKey, Stat> =
     PerCpuHashMap::with_max_entries(DEFAULT_WORKLOADS, 0);
 #[map]
 static LOCK_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(TYPES, 0);
@@ -270,10 +287,49 @@ fn try_begin<C: EbpfContext>(ctx: &C, lock: u64, flags: u32) -> Result<(), i32> 
         }
         &mut slot.wait
     };
-    if wait.begin(lock, flags, caller, now) == Begin::Replaced {
+    let outcome = wait.begin(lock, flags, caller, now);
+    if outcome == Begin::Replaced {
         bump(&LOCK_COUNTERS, counter::REPLACED);
     }
+    if outcome != Begin::Continued && !spins(flags) {
+        if let Some((state, cgroup)) = owner_of(lock, flags) {
+            wait.owner = state;
+            wait.owner_cgroup = cgroup;
+        }
+    }
     Ok(())
+}
+
+/// What the owner of a sleeping lock is doing now, and its workload: the
+/// owner is in the lock word of a mutex and of an rwsem held for writing
+/// (bit 0 of an rwsem's word marks readers, whose word names only the
+/// last of them: not an owner), above the low three flag bits.
+fn owner_of(lock: u64, flags: u32) -> Option<(u32, u64)> {
+    let offset = if flags & F_MUTEX != 0 {
+        MUTEX_OWNER_OFFSET.load()
+    } else if flags & (F_READ | F_WRITE) != 0 && flags & (F_RT | F_PERCPU | F_SPIN) == 0 {
+        RWSEM_OWNER_OFFSET.load()
+    } else {
+        return None;
+    };
+    if offset == u32::MAX {
+        return None;
+    }
+    let word: u64 = task::read(lock, offset)?;
+    if flags & F_MUTEX == 0 && word & 1 != 0 {
+        return None;
+    }
+    let owner = word & !7;
+    if owner == 0 {
+        return None;
+    }
+    let (on_cpu, state) = task::state_untrusted(owner)?;
+    let state = match (on_cpu, state) {
+        (true, _) => OWNER_RUNNING,
+        (false, 0) => OWNER_PREEMPTED,
+        (false, _) => OWNER_SLEEPING,
+    };
+    Some((state, task::cgroup_of_untrusted(owner)?))
 }
 
 /// Walks the waiter's stack for its caller; the first time a (type,
@@ -425,6 +481,15 @@ fn account<C: EbpfContext>(ctx: &C, done: &Wait, lock: u64) {
                 wait_ns,
                 counter::DROP_WORKLOAD_MAP_FULL,
             );
+            if let Some(k) = owner_key(done, cgroup) {
+                add(
+                    ctx,
+                    &LOCK_OWNERS_1,
+                    &k,
+                    wait_ns,
+                    counter::DROP_OWNER_MAP_FULL,
+                );
+            }
         } else {
             add_caller(ctx, &LOCK_BY_CALLER_0, &caller, wait_ns);
             add(
@@ -441,8 +506,27 @@ fn account<C: EbpfContext>(ctx: &C, done: &Wait, lock: u64) {
                 wait_ns,
                 counter::DROP_WORKLOAD_MAP_FULL,
             );
+            if let Some(k) = owner_key(done, cgroup) {
+                add(
+                    ctx,
+                    &LOCK_OWNERS_0,
+                    &k,
+                    wait_ns,
+                    counter::DROP_OWNER_MAP_FULL,
+                );
+            }
         }
     });
+}
+
+#[inline(always)]
+fn owner_key(done: &Wait, waiter: u64) -> Option<OwnerKey> {
+    (done.owner != OWNER_UNKNOWN).then_some(OwnerKey {
+        waiter,
+        owner: done.owner_cgroup,
+        state: done.owner,
+        _pad: 0,
+    })
 }
 
 fn add_caller<C: EbpfContext>(

@@ -10,6 +10,7 @@ mod lock;
 mod numa;
 mod sched;
 mod tables;
+mod task;
 mod util;
 
 #[cfg(not(test))]

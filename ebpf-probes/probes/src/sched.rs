@@ -32,6 +32,7 @@ use aya_log_ebpf::warn;
 
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
 use crate::tables;
+use crate::task;
 use crate::util::{add, bump, first_time};
 use hostprobe_common::{
     log2_bucket,
@@ -59,17 +60,6 @@ static TASK_CPU_OFFSET: Global<u32> = Global::new(0);
 /// argument to read).
 #[no_mangle]
 static TASK_STATE_OFFSET: Global<u32> = Global::new(u32::MAX);
-/// A task's cgroup v2 id, `task->cgroups->dfl_cgrp->kn->id` (what
-/// `bpf_get_current_cgroup_id` reads of `current`), for the task switched
-/// in; `u32::MAX` when BTF lacks a link (no neighbour charges then).
-#[no_mangle]
-static TASK_CGROUPS_OFFSET: Global<u32> = Global::new(u32::MAX);
-#[no_mangle]
-static CSS_SET_DFL_CGRP_OFFSET: Global<u32> = Global::new(0);
-#[no_mangle]
-static CGROUP_KN_OFFSET: Global<u32> = Global::new(0);
-#[no_mangle]
-static KERNFS_NODE_ID_OFFSET: Global<u32> = Global::new(0);
 /// Entries - 1 of each buffer of `SCHED_NEIGHBOURS` (a power of two).
 #[no_mangle]
 static NEIGHBOURS_MASK: Global<u32> =
@@ -234,11 +224,9 @@ fn record_run(cgroup: u64, now: u64) {
 /// on this CPU meanwhile, interval by interval from the newest; what is
 /// older than the ring goes to `NEIGHBOUR_UNKNOWN`.
 fn charge_neighbours<C: EbpfContext>(ctx: &C, task: *const u8, since: u64, now: u64, moved: bool) {
-    let cgroups = TASK_CGROUPS_OFFSET.load();
-    if cgroups == u32::MAX {
+    let Some(victim) = task::cgroup_of(task) else {
         return;
-    }
-    let victim = task_cgroup(task, cgroups);
+    };
     let filter = FILTER_CGROUP.load();
     if victim == 0 || (filter != 0 && filter != victim) {
         return;
@@ -485,23 +473,6 @@ fn distance(a: u32, b: u32) -> Option<usize> {
 fn task_selected(task: *const u8) -> bool {
     let filter = FILTER_TGID.load();
     filter == 0 || task_field(task, TASK_TGID_OFFSET.load()) == filter
-}
-
-/// The cgroup v2 id of `task` (`cgroups` is `TASK_CGROUPS_OFFSET`): a
-/// chain of direct loads from a trusted BTF pointer, each offset checked
-/// by the verifier against the kernel's types (a NULL link reads 0).
-#[inline(always)]
-fn task_cgroup(task: *const u8, cgroups: u32) -> u64 {
-    let link = |p: *const u8, offset: u32| -> *const u8 {
-        // SAFETY: `p` is a BTF pointer and `offset` names a pointer member
-        // of its type; the verifier rejects the program otherwise.
-        unsafe { core::ptr::read_volatile(p.add(offset as usize).cast::<*const u8>()) }
-    };
-    let css_set = link(task, cgroups);
-    let cgroup = link(css_set, CSS_SET_DFL_CGRP_OFFSET.load());
-    let kn = link(cgroup, CGROUP_KN_OFFSET.load());
-    // SAFETY: as above; `kernfs_node.id` is a u64.
-    unsafe { core::ptr::read_volatile(kn.add(KERNFS_NODE_ID_OFFSET.load() as usize).cast::<u64>()) }
 }
 
 /// Reads a 32-bit field of a `task_struct` handed over by a BTF tracepoint.
