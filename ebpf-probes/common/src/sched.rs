@@ -136,14 +136,17 @@ pub const RUN_RING: usize = 16;
 
 /// What ran on one CPU lately: the last `RUN_RING` intervals of one
 /// workload each (consecutive runs of one workload are one interval), as
-/// (cgroup of the tasks that ran, end time); an interval starts where the
-/// one before ended. Written by that CPU only, at
+/// (start, end, cgroup of the tasks that ran). Written by that CPU only, at
 /// every switch, and read by it when a task it switches in has waited.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunRing {
     /// Intervals written since start; the newest is at `(head - 1) % RUN_RING`.
     pub head: u64,
+    /// The last switch on this CPU (the start of the current run), 0 before
+    /// the first.
+    pub last_switch_ns: u64,
+    pub start_ns: [u64; RUN_RING],
     pub end_ns: [u64; RUN_RING],
     /// cgroup v2 id, or `NEIGHBOUR_IDLE` for the idle task.
     pub cgroup: [u64; RUN_RING],
@@ -241,7 +244,7 @@ mod tests {
             size_of::<SchedStats>(),
             8 * (1 + HIST_BUCKETS + 1 + DIST_CLASSES * 2 + 1 + 2 + HIST_BUCKETS)
         );
-        assert_eq!(size_of::<RunRing>(), 8 * (1 + 2 * RUN_RING));
+        assert_eq!(size_of::<RunRing>(), 8 * (2 + 3 * RUN_RING));
         assert_eq!(size_of::<NeighbourWait>(), 32);
     }
 

@@ -203,32 +203,46 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
 /// (a ping-pong inside one workload switches every few microseconds).
 #[inline(always)]
 fn record_run(cgroup: u64, now: u64) {
-    if let Some(r) = SCHED_RUN_RING.get_ptr_mut(0) {
-        // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
-        let r = unsafe { &mut *r };
-        if r.head > 0 {
-            let last = (r.head - 1) as usize & (RUN_RING - 1);
-            if r.cgroup[last] == cgroup {
-                r.end_ns[last] = now;
-                return;
-            }
+    let Some(r) = SCHED_RUN_RING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+    let r = unsafe { &mut *r };
+    let start = if r.last_switch_ns == 0 {
+        now
+    } else {
+        r.last_switch_ns
+    };
+    r.last_switch_ns = now;
+    if r.head > 0 {
+        let last = (r.head - 1) as usize & (RUN_RING - 1);
+        if r.cgroup[last] == cgroup && r.end_ns[last] == start {
+            r.end_ns[last] = now;
+            return;
         }
-        let i = r.head as usize & (RUN_RING - 1);
-        r.end_ns[i] = now;
-        r.cgroup[i] = cgroup;
-        r.head += 1;
     }
+    let i = r.head as usize & (RUN_RING - 1);
+    r.start_ns[i] = start;
+    r.end_ns[i] = now;
+    r.cgroup[i] = cgroup;
+    r.head += 1;
 }
 
 /// Charges the wait `[since, now]` of `task`, switched in now, to what ran
 /// on this CPU meanwhile, interval by interval from the newest; what is
 /// older than the ring goes to `NEIGHBOUR_UNKNOWN`.
-fn charge_neighbours<C: EbpfContext>(ctx: &C, task: *const u8, since: u64, now: u64, moved: bool) {
+fn charge_neighbours<C: EbpfContext>(
+    ctx: &C,
+    task: *const u8,
+    since: u64,
+    now: u64,
+    moved: bool,
+) {
     let Some(victim) = task::cgroup_of(task) else {
         return;
     };
     let filter = FILTER_CGROUP.load();
-    if victim == 0 || (filter != 0 && filter != victim) {
+    if filter != 0 && filter != victim {
         return;
     }
     let Some(ring) = SCHED_RUN_RING.get_ptr(0) else {
@@ -240,12 +254,10 @@ fn charge_neighbours<C: EbpfContext>(ctx: &C, task: *const u8, since: u64, now: 
     // Start of the oldest interval looked at: the wait before it is unknown.
     let mut known_from = now;
     tables::drained(|second| {
-        // Interval `head - k` starts where `head - k - 1` ended.
         let mut k = 1u64;
-        while k < RUN_RING as u64 && k < head {
+        while k <= RUN_RING as u64 && k <= head {
             let i = (head - k) as usize & (RUN_RING - 1);
-            let j = (head - k - 1) as usize & (RUN_RING - 1);
-            let (start, end) = (ring.end_ns[j], ring.end_ns[i]);
+            let (start, end) = (ring.start_ns[i], ring.end_ns[i]);
             let lo = if start > since { start } else { since };
             let hi = if end < now { end } else { now };
             if hi > lo {
