@@ -18,8 +18,8 @@ use crate::host::cgroup::CgroupResolver;
 use crate::model::hist::Log2Hist;
 use crate::model::topk::{Labels, Totals, OTHER};
 use crate::snapshot::{
-    Distances, LatencySummary, NeighbourAttribution, NeighbourWaits, Placements, SchedSection,
-    WorkloadSched,
+    Distances, Gang, LatencySummary, NeighbourAttribution, NeighbourWaits, Placements,
+    SchedSection, WorkloadSched,
 };
 
 /// Per-workload totals, summed over CPUs.
@@ -35,6 +35,8 @@ pub struct SchedTotals {
     pub voluntary: u64,
     /// Run lengths; its sum is `oncpu_ns`.
     pub slices: Log2Hist,
+    pub gang_together_ns: u64,
+    pub gang_split_ns: u64,
 }
 
 /// Adds `b` into `a` element-wise, growing `a` as needed.
@@ -77,6 +79,8 @@ impl SchedTotals {
             *a += b;
         }
         self.slices.sum_ns += v.oncpu_ns;
+        self.gang_together_ns += v.gang_together_ns;
+        self.gang_split_ns += v.gang_split_ns;
     }
 }
 
@@ -92,6 +96,8 @@ impl Totals for SchedTotals {
         self.preempted += other.preempted;
         self.voluntary += other.voluntary;
         self.slices.add(&other.slices);
+        self.gang_together_ns += other.gang_together_ns;
+        self.gang_split_ns += other.gang_split_ns;
     }
 
     /// Events in these totals: how busy the workload was, for top-K.
@@ -119,6 +125,10 @@ impl Totals for SchedTotals {
             preempted: self.preempted.saturating_sub(earlier.preempted),
             voluntary: self.voluntary.saturating_sub(earlier.voluntary),
             slices: self.slices.delta(&earlier.slices),
+            gang_together_ns: self
+                .gang_together_ns
+                .saturating_sub(earlier.gang_together_ns),
+            gang_split_ns: self.gang_split_ns.saturating_sub(earlier.gang_split_ns),
         }
     }
 }
@@ -141,6 +151,7 @@ impl SchedTotals {
             preemptions: self.preempted,
             voluntary_switches: self.voluntary,
             slices: LatencySummary::from_hist(&self.slices),
+            gang: Gang::new(self.gang_together_ns, self.gang_split_ns),
         }
     }
 }
@@ -409,6 +420,7 @@ impl SchedCollector {
                 ("sched_wakeup", c(counter::EV_WAKEUP)?),
                 ("sched_wakeup_new", c(counter::EV_WAKEUP_NEW)?),
                 ("sched_migrate_task", c(counter::EV_MIGRATE)?),
+                ("gang_sample", c(counter::EV_GANG_SAMPLE)?),
             ]),
             errors: BTreeMap::from([("sched_migrate_task", c(counter::ERR_BAD_CPU)?)]),
             host_migrations: Distances::from_classes(&migrations),
@@ -426,6 +438,7 @@ impl SchedCollector {
                     "SCHED_NEIGHBOURS".to_string(),
                     c(counter::DROP_NEIGHBOUR_MAP_FULL)?,
                 ),
+                ("GANG_SLOTS".to_string(), c(counter::DROP_GANG_SLOT_BUSY)?),
             ]),
         };
         let section = SchedSection {

@@ -217,6 +217,11 @@ pub fn render(s: &Snapshot) -> String {
         "On-CPU run lengths (switch-in to switch-out) of the workload's tasks.",
         HISTOGRAM,
     );
+    let mut gang = Family::new(
+        "hostprobe_sched_gang_seconds_total",
+        "Sampled time during which two or more threads of one of the workload's processes (or a VM's vCPU threads) were runnable and one or more ran: all of them on CPUs (together) or some waiting while a sibling ran (split). Co-scheduling ratio: together / (together + split).",
+        COUNTER,
+    );
     for w in &s.sched.workloads {
         let wl = w.workload.as_str();
         switches.counter(
@@ -228,6 +233,14 @@ pub fn render(s: &Snapshot) -> String {
             w.voluntary_switches as f64,
         );
         histogram(&mut slices, &[("workload", wl)], &w.slices);
+        gang.counter(
+            &[("workload", wl), ("state", "together")],
+            w.gang.together_seconds,
+        );
+        gang.counter(
+            &[("workload", wl), ("state", "split")],
+            w.gang.split_seconds,
+        );
         for (d, n) in w.migrations.labeled() {
             mig.counter(&[("workload", wl), ("distance", d)], n as f64);
         }
@@ -258,7 +271,7 @@ pub fn render(s: &Snapshot) -> String {
             1.0,
         );
     }
-    out.extend([mig, sw, oncpu, runq, switches, slices, info]);
+    out.extend([mig, sw, oncpu, runq, switches, slices, gang, info]);
 
     let mut by_neighbour = Family::new(
         "hostprobe_runqueue_wait_by_neighbour_seconds_total",
@@ -661,6 +674,7 @@ mod tests {
             "hostprobe_sched_context_switches_total{workload=\"/db.service\",type=\"involuntary\"} 4",
             "hostprobe_sched_context_switches_total{workload=\"/db.service\",type=\"voluntary\"} 1",
             "hostprobe_sched_slice_seconds_count{workload=\"/db.service\"} 5",
+            "hostprobe_sched_gang_seconds_total{workload=\"/db.service\",state=\"split\"} 0.1",
             "hostprobe_runqueue_wait_by_neighbour_seconds_total{workload=\"/db.service\",neighbour=\"/batch.slice\"} 0.0012",
             "hostprobe_runqueue_wait_charged_seconds_total{how=\"direct\"} 0.0015",
             "hostprobe_lock_wait_by_owner_seconds_total{workload=\"/db.service\",owner=\"/batch.slice\",owner_state=\"preempted\"} 0.0012",

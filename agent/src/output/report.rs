@@ -275,14 +275,21 @@ fn render_delays(o: &mut String, s: &Snapshot) {
     let _ = writeln!(o, "\nPreemption and slices");
     let _ = writeln!(
         o,
-        "  {:<40} {:>9} {:>10} {:>10} {:>7} {:>9} {:>9}",
-        "workload", "rq-wait", "preempted", "voluntary", "preempt", "slice-p50", "slice-p99"
+        "  {:<40} {:>9} {:>10} {:>10} {:>7} {:>9} {:>9} {:>8}",
+        "workload",
+        "rq-wait",
+        "preempted",
+        "voluntary",
+        "preempt",
+        "slice-p50",
+        "slice-p99",
+        "co-sched"
     );
     for w in &s.sched.workloads {
         let outs = w.preemptions + w.voluntary_switches;
         let _ = writeln!(
             o,
-            "  {:<40} {:>9} {:>10} {:>10} {:>7} {:>9} {:>9}",
+            "  {:<40} {:>9} {:>10} {:>10} {:>7} {:>9} {:>9} {:>8}",
             tail(&w.workload, 40),
             fmt_seconds(w.runqueue_latency.sum_seconds),
             w.preemptions,
@@ -290,11 +297,14 @@ fn render_delays(o: &mut String, s: &Snapshot) {
             pct(w.preemptions, outs),
             opt_seconds(w.slices.p50_seconds),
             opt_seconds(w.slices.p99_seconds),
+            w.gang
+                .coscheduled_ratio
+                .map_or("-".to_string(), |r| format!("{:.0}%", 100.0 * r)),
         );
     }
     let _ = writeln!(
         o,
-        "  rq-wait: total run-queue wait; preempted: switched out while runnable (nonvoluntary_ctxt_switches); preempt: their share."
+        "  rq-wait: total run-queue wait; preempted: switched out while runnable (nonvoluntary_ctxt_switches); preempt: their share;\n  co-sched: of the time two or more threads of a process were runnable and one ran, the share with all of them on CPUs (sampled)."
     );
 
     let n = &s.sched.neighbours;

@@ -5,7 +5,7 @@ use std::mem::size_of;
 
 use hostprobe_common::{
     dirty, lock, numa,
-    sched::{CpuTopo, NeighbourWait, RunRing, SchedStats, TaskSlot},
+    sched::{CpuTopo, GangSlot, NeighbourWait, RunRing, SchedStats, TaskSlot},
 };
 
 use super::spec::PROGRAMS;
@@ -13,12 +13,13 @@ use crate::error::{Error, Result};
 
 /// Maps the collectors and the loader use, with the value size the agent
 /// expects: the kernel and user sides must agree on every record type.
-pub const MAP_CONTRACT: [(&str, usize); 26] = [
+pub const MAP_CONTRACT: [(&str, usize); 27] = [
     ("TASK_SLOTS", size_of::<TaskSlot>()),
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
     ("SCHED_COUNTERS", size_of::<u64>()),
     ("SCHED_RUN_RING", size_of::<RunRing>()),
+    ("GANG_SLOTS", size_of::<GangSlot>()),
     ("SCHED_NEIGHBOURS", size_of::<NeighbourWait>()),
     ("DEAD_CGROUPS", size_of::<u8>()),
     ("DRAIN_GEN", size_of::<u32>()),

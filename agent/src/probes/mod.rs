@@ -18,7 +18,7 @@ use aya::{
 };
 use hostprobe_common::{
     lock,
-    sched::{CpuTopo, NEIGHBOURS_PER_WORKLOAD},
+    sched::{CpuTopo, GANG_SAMPLE_PERIOD_NS, NEIGHBOURS_PER_WORKLOAD},
     DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, WORKLOAD_PROBES,
 };
 use serde::Serialize;
@@ -260,12 +260,16 @@ impl Probes {
         let mask = slots - 1;
         let workloads = opts.max_workloads.max(WORKLOAD_PROBES).next_power_of_two();
         let workloads_mask = workloads - 1;
+        // A gang per process: fewer than threads.
+        let gang_slots = (slots / 4).max(1024);
+        let gang_mask = gang_slots - 1;
         let neighbour_pairs = workloads * NEIGHBOURS_PER_WORKLOAD;
         let neighbours_mask = neighbour_pairs - 1;
-        let (pid_off, tgid_off, cpu_off) = (
+        let (pid_off, tgid_off, cpu_off, comm_off) = (
             t.map_or(0, |t| t.pid),
             t.map_or(0, |t| t.tgid),
             t.map_or(0, |t| t.cpu),
+            t.map_or(0, |t| t.comm),
         );
         let filter_tgid = opts.pid.unwrap_or(0);
         let filter_cgroup = opts.cgroup_id.unwrap_or(0);
@@ -282,6 +286,8 @@ impl Probes {
             .override_global("CGROUP_KN_OFFSET", &co.cgroup_kn, true)
             .override_global("KERNFS_NODE_ID_OFFSET", &co.kernfs_node_id, true)
             .override_global("NEIGHBOURS_MASK", &neighbours_mask, true)
+            .override_global("GANG_SLOTS_MASK", &gang_mask, true)
+            .override_global("TASK_COMM_OFFSET", &comm_off, true)
             .override_global("TASK_STATE_FIELD_OFFSET", &ow.task_state, true)
             .override_global("TASK_ON_CPU_OFFSET", &ow.task_on_cpu, true)
             .override_global("MUTEX_OWNER_OFFSET", &ow.mutex_owner, true)
@@ -312,6 +318,7 @@ impl Probes {
             .override_global("MIGRATE_REASON_OFFSET", &mp_reason, true)
             .map_max_entries("LOCK_TASK_SLOTS", slots)
             .map_max_entries("TASK_SLOTS", slots)
+            .map_max_entries("GANG_SLOTS", gang_slots)
             .map_max_entries("CPU_TOPO", ncpus)
             .map_max_entries("SCHED_WORKLOADS", workloads)
             .map_max_entries("SCHED_NEIGHBOURS", 2 * neighbour_pairs)
@@ -376,6 +383,7 @@ impl Probes {
                     Needs::MigratePagesFormat => {
                         migrate_pages.as_ref().err().map(ToString::to_string)
                     }
+                    Needs::SchedState => task.as_ref().err().map(ToString::to_string),
                 };
                 // A classic tracepoint is found (its id) through tracefs.
                 let prerequisite = prerequisite.or_else(|| match (way.hook, &tracefs) {
@@ -542,6 +550,26 @@ fn load_program(
             }
             if !missing.is_empty() {
                 info!(missing = %missing.join("; "), "some lock slow paths are not hooked");
+            }
+        }
+        Hook::CpuClock => {
+            use aya::programs::perf_event::{
+                PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+            };
+            let p: &mut PerfEvent = program(ebpf, way.program)?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| load_error(&format!("{e:#}")))?;
+            let cpus =
+                aya::util::online_cpus().map_err(|(what, e)| format!("reading {what}: {e}"))?;
+            for cpu in cpus {
+                p.attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(GANG_SAMPLE_PERIOD_NS),
+                    false,
+                )
+                .map_err(|e| format!("attach on CPU {cpu}: {e:#}"))?;
             }
         }
     }

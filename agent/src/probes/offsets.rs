@@ -30,6 +30,8 @@ pub struct TaskOffsets {
     /// The task's CPU: `thread_info.cpu` (5.16+ with THREAD_INFO_IN_TASK),
     /// else `task_struct.cpu`.
     pub cpu: u32,
+    /// `task_struct.comm`, the thread's name (16 bytes).
+    pub comm: u32,
 }
 
 /// Resolves the `task_struct` offsets every scheduler program reads.
@@ -53,6 +55,14 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
         pid: int4("pid")?,
         tgid: int4("tgid")?,
         cpu,
+        comm: match btf.array_len("task_struct", "comm")? {
+            16 => btf.member("task_struct", "comm")?.0,
+            n => {
+                return Err(Error::BtfMissing {
+                    what: format!("task_struct.comm of 16 bytes (it has {n})"),
+                })
+            }
+        },
     })
 }
 

@@ -15,6 +15,9 @@ pub enum Hook {
         exit: bool,
         each: &'static [(&'static str, &'static str)],
     },
+    /// A software `cpu-clock` perf event on every online CPU, sampling
+    /// every `GANG_SAMPLE_PERIOD_NS`.
+    CpuClock,
 }
 
 /// What a program needs resolved from the running kernel before it loads.
@@ -45,6 +48,9 @@ pub enum Needs {
     KernelBtf,
     /// The migrate:mm_migrate_pages format.
     MigratePagesFormat,
+    /// The `task_struct` offsets of the scheduler programs, whose state it
+    /// reads.
+    SchedState,
 }
 
 /// One way to attach a probe: a kernel program of the object, its hook,
@@ -128,14 +134,16 @@ const SLOW_PATHS_EXIT: [(&str, &str); 5] = [
     ("rwsem_write_slowpath_exit", "rwsem_down_write_slowpath"),
 ];
 
-/// Every probe of the object: the scheduler signal (`sched.rs`), lock
+/// Every probe of the object: the scheduler signal (`sched.rs`, with its
+/// co-scheduling sampler), lock
 /// contention (`lock.rs`), page dirtying (`dirty.rs`), NUMA (`numa.rs`).
 #[rustfmt::skip]
-pub const PROGRAMS: [ProgramSpec; 14] = [
+pub const PROGRAMS: [ProgramSpec; 15] = [
     spec("sched_switch", &[way("sched_switch", Hook::BtfTracepoint("sched", "sched_switch"), Needs::SchedBtf)]),
     spec("sched_wakeup", &[way("sched_wakeup", Hook::BtfTracepoint("sched", "sched_wakeup"), Needs::SchedBtf)]),
     spec("sched_wakeup_new", &[way("sched_wakeup_new", Hook::BtfTracepoint("sched", "sched_wakeup_new"), Needs::SchedBtf)]),
     spec("sched_migrate_task", &[way("sched_migrate_task", Hook::BtfTracepoint("sched", "sched_migrate_task"), Needs::SchedBtf)]),
+    spec("gang_sample", &[way("gang_sample", Hook::CpuClock, Needs::SchedState)]),
     spec("contention_begin", &[
         way("contention_begin", Hook::BtfTracepoint("lock", "contention_begin"), Needs::LockBtf),
         way("contention_begin_tp", Hook::Tracepoint("lock", "contention_begin"), Needs::LockFormat),
@@ -168,6 +176,7 @@ impl Hook {
             Hook::Functions { exit, each } => {
                 format!("{}/{}", if *exit { "fexit" } else { "fentry" }, each[0].1)
             }
+            Hook::CpuClock => "perf_event".to_string(),
         }
     }
 
@@ -176,6 +185,7 @@ impl Hook {
         match self {
             Hook::BtfTracepoint(_, n) | Hook::Tracepoint(_, n) => n,
             Hook::Functions { each, .. } => each[0].1,
+            Hook::CpuClock => "cpu-clock",
         }
     }
 
@@ -188,6 +198,7 @@ impl Hook {
                 each[0].1,
                 each.len().saturating_sub(1)
             ),
+            Hook::CpuClock => "software:cpu-clock".to_string(),
         }
     }
 
@@ -197,6 +208,7 @@ impl Hook {
             Hook::Tracepoint(..) => "tracepoint",
             Hook::Functions { exit: false, .. } => "fentry",
             Hook::Functions { exit: true, .. } => "fexit",
+            Hook::CpuClock => "perf_event",
         }
     }
 }

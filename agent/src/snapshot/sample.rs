@@ -38,6 +38,7 @@ pub(crate) fn sample() -> Snapshot {
         preemptions: 4,
         voluntary_switches: 1,
         slices: LatencySummary::from_hist(&hist),
+        gang: Gang::new(900_000_000, 100_000_000),
     };
     let other = WorkloadSched {
         workload: "other".into(),
@@ -53,6 +54,7 @@ pub(crate) fn sample() -> Snapshot {
         preemptions: 0,
         voluntary_switches: 0,
         slices: LatencySummary::from_hist(&Log2Hist::default()),
+        gang: Gang::default(),
     };
     let probe = |name: &str, attached: bool| ProbeStatus {
         probe: name.into(),

@@ -196,6 +196,31 @@ pub struct WorkloadSched {
     pub voluntary_switches: u64,
     /// On-CPU run lengths, switch-in to switch-out.
     pub slices: LatencySummary,
+    /// How its processes' threads got the CPUs together.
+    pub gang: Gang,
+}
+
+/// Co-scheduling of a group of threads (a process's, or a VM's vCPUs),
+/// sampled: of the time two or more of them were runnable and one or more
+/// ran, `together` is when every runnable one was on a CPU, `split` when
+/// some waited while a sibling ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Gang {
+    pub together_seconds: f64,
+    pub split_seconds: f64,
+    /// together / (together + split); `None` without such time.
+    pub coscheduled_ratio: Option<f64>,
+}
+
+impl Gang {
+    pub fn new(together_ns: u64, split_ns: u64) -> Self {
+        let all = together_ns + split_ns;
+        Self {
+            together_seconds: together_ns as f64 / 1e9,
+            split_seconds: split_ns as f64 / 1e9,
+            coscheduled_ratio: (all > 0).then(|| together_ns as f64 / all as f64),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +245,13 @@ mod tests {
             (0.5, 0.8, 0.9)
         );
         assert_eq!(Placements::default().ratios(), None);
+    }
+
+    #[test]
+    fn the_coscheduled_ratio_needs_time_with_two_runnable() {
+        assert_eq!(Gang::new(0, 0).coscheduled_ratio, None);
+        let g = Gang::new(3_000_000_000, 1_000_000_000);
+        assert_eq!((g.together_seconds, g.coscheduled_ratio), (3.0, Some(0.75)));
     }
 
     #[test]

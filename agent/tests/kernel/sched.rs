@@ -502,3 +502,68 @@ fn a_noisy_neighbour_is_charged_with_the_wait_it_causes() {
         apart.charged[0]
     );
 }
+
+/// Two spinning threads of one process: pinned to one CPU they can never
+/// run together (co-scheduling ratio near 0), on two CPUs they nearly
+/// always can (near 1; the agent and the kernel's threads interrupt one
+/// now and then). Either way two are runnable all the time, so the sampled
+/// time adds up to the window between two scrapes, which the test times.
+#[test]
+fn two_threads_on_one_cpu_never_run_together_and_on_two_always() {
+    assert!(two_cpus(), "this test needs two CPUs");
+    let _k = KernelTest::start();
+    let bin = tempfile::tempdir().unwrap();
+    let spin_threads = helper("spin_threads", bin.path());
+    let cg = TestCgroup::new("gang");
+    let path = cg.path();
+    let server = Server::start_with(19493, &[], &[]);
+    let gang = |body: &str, state: &str| {
+        samples(body)
+            .get(&format!(
+                "hostprobe_sched_gang_seconds_total{{workload=\"{path}\",state=\"{state}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let measure = |cpus: [&str; 2]| {
+        let mut p = KillOnDrop::spawn(
+            Command::new(&spin_threads)
+                .args(["2", cpus[0], cpus[1]])
+                .stdout(Stdio::piped()),
+        );
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(p.0.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        cg.add(p.0.id());
+        std::thread::sleep(Duration::from_millis(300));
+        let (b0, t0) = (server.get("/metrics").unwrap().1, std::time::Instant::now());
+        std::thread::sleep(Duration::from_secs(3));
+        let (b1, t1) = (server.get("/metrics").unwrap().1, std::time::Instant::now());
+        drop(p);
+        let together = gang(&b1, "together") - gang(&b0, "together");
+        let split = gang(&b1, "split") - gang(&b0, "split");
+        eprintln!("threads on CPUs {cpus:?}: together {together:.2} s, split {split:.2} s");
+        (together, split, (t1 - t0).as_secs_f64())
+    };
+    let (t1, s1, w1) = measure(["0", "0"]);
+    let (t2, s2, w2) = measure(["0", "1"]);
+    assert!(server.stop().success());
+    for (t, s, w) in [(t1, s1, w1), (t2, s2, w2)] {
+        assert!(
+            (t + s - w).abs() <= 0.15 * w,
+            "two threads runnable all the window ({w:.2} s): sampled {:.2} s",
+            t + s
+        );
+    }
+    assert!(
+        t1 / (t1 + s1) <= 0.05,
+        "on one CPU: together {t1} s, split {s1} s"
+    );
+    assert!(
+        t2 / (t2 + s2) >= 0.8,
+        "on two CPUs: together {t2} s, split {s2} s"
+    );
+}

@@ -75,12 +75,49 @@ pub struct TaskSlot {
     pub flags: u32,
     /// Migrations of this task by distance class, not yet attributed.
     pub pending_migrations: [u16; DIST_CLASSES],
-    pub _pad2: [u16; 3],
+    pub _pad2: u16,
+    /// The gang (`GangSlot`) the task is counted in while `SLOT_RUNNABLE`
+    /// or `SLOT_RUNNING` is set.
+    pub gang: u32,
 }
 
 /// The task moved to another CPU while it waited in a run queue: its wait
 /// is charged to what ran on the CPU it was switched in on, for all of it.
 pub const SLOT_MOVED_WHILE_QUEUED: u32 = 1;
+/// The task is counted runnable (running or queued) in its gang.
+pub const SLOT_RUNNABLE: u32 = 2;
+/// The task is counted running in its gang.
+pub const SLOT_RUNNING: u32 = 4;
+
+/// Threads scheduled as a group: the threads of one process (the gang id
+/// is the tgid), or the vCPU threads of one QEMU process (threads named
+/// `CPU n/KVM` or `CPU n/TCG`: tgid | `GANG_VCPU`; pids stay below 2^22).
+pub const GANG_VCPU: u32 = 1 << 31;
+/// Sampling period of the co-scheduling sampler (per CPU, 100 Hz).
+pub const GANG_SAMPLE_PERIOD_NS: u64 = 10_000_000;
+/// Entries of `GANG_SLOTS` (a power of two).
+pub const DEFAULT_GANG_SLOTS: u32 = 1 << 13;
+
+/// One gang's threads now and its sampled co-scheduling: an entry of the
+/// direct-mapped array `GANG_SLOTS`, indexed by `gang & (slots - 1)`. The
+/// counts move with atomic adds from every CPU's scheduler programs; the
+/// sampler adds to the times (atomic too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GangSlot {
+    /// Owner of the slot; taken over only while its counts are zero.
+    pub gang: u32,
+    /// Threads running or waiting in a run queue.
+    pub runnable: u32,
+    /// Threads on a CPU.
+    pub running: u32,
+    pub _pad: u32,
+    /// Sampled time with two or more threads runnable, all of them on CPUs.
+    pub together_ns: u64,
+    /// Sampled time with two or more runnable, one or more on a CPU and
+    /// one or more waiting.
+    pub split_ns: u64,
+}
 
 pub const NO_CPU: u32 = u32::MAX;
 pub const NO_PENDING: u64 = u64::MAX;
@@ -112,6 +149,9 @@ pub struct SchedStats {
     pub voluntary: u64,
     /// On-CPU run lengths (slices), switch-in to switch-out, log2 ns.
     pub slice_hist: [u64; HIST_BUCKETS],
+    /// The workload's gangs' sampled co-scheduling (`GangSlot`'s times).
+    pub gang_together_ns: u64,
+    pub gang_split_ns: u64,
 }
 
 impl Default for SchedStats {
@@ -126,6 +166,8 @@ impl Default for SchedStats {
             preempted: 0,
             voluntary: 0,
             slice_hist: [0; HIST_BUCKETS],
+            gang_together_ns: 0,
+            gang_split_ns: 0,
         }
     }
 }
@@ -217,7 +259,12 @@ pub mod counter {
     pub const NEIGHBOUR_DIRECT_NS: u32 = DROP_NEIGHBOUR_MAP_FULL + 1;
     pub const NEIGHBOUR_MOVED_NS: u32 = NEIGHBOUR_DIRECT_NS + 1;
     pub const NEIGHBOUR_UNKNOWN_NS: u32 = NEIGHBOUR_MOVED_NS + 1;
-    pub const COUNT: u32 = NEIGHBOUR_UNKNOWN_NS + 1;
+    /// Samples taken by the co-scheduling sampler.
+    pub const EV_GANG_SAMPLE: u32 = NEIGHBOUR_UNKNOWN_NS + 1;
+    /// A gang found its `GANG_SLOTS` entry held by another gang with
+    /// threads counted: its threads are not counted until it is free.
+    pub const DROP_GANG_SLOT_BUSY: u32 = EV_GANG_SAMPLE + 1;
+    pub const COUNT: u32 = DROP_GANG_SLOT_BUSY + 1;
 }
 
 #[cfg(feature = "user")]
@@ -228,6 +275,7 @@ mod pod {
     unsafe impl aya::Pod for super::TaskSlot {}
     unsafe impl aya::Pod for super::SchedStats {}
     unsafe impl aya::Pod for super::RunRing {}
+    unsafe impl aya::Pod for super::GangSlot {}
     unsafe impl aya::Pod for super::NeighbourWait {}
 }
 
@@ -239,11 +287,12 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<CpuTopo>(), 16);
-        assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 8);
+        assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 6 + 4);
         assert_eq!(
             size_of::<SchedStats>(),
-            8 * (1 + HIST_BUCKETS + 1 + DIST_CLASSES * 2 + 1 + 2 + HIST_BUCKETS)
+            8 * (1 + HIST_BUCKETS + 1 + DIST_CLASSES * 2 + 1 + 2 + HIST_BUCKETS + 2)
         );
+        assert_eq!(size_of::<GangSlot>(), 32);
         assert_eq!(size_of::<RunRing>(), 8 * (2 + 3 * RUN_RING));
         assert_eq!(size_of::<NeighbourWait>(), 32);
     }

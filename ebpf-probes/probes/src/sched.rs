@@ -11,6 +11,13 @@
 //! reading its maps) was running on that CPU, e.g. load balancing in a
 //! softirq on that CPU; a BTF tracepoint only skips its own recursion.
 //!
+//! Gangs: each thread is counted runnable and running in its gang (its
+//! process, or its QEMU process's vCPUs) with atomic adds in `GANG_SLOTS`;
+//! a 100 Hz per-CPU sampler (`gang_sample`) reads the gang of the task it
+//! interrupts and adds its period, split over the gang's running threads,
+//! to "together" (all runnable threads on CPUs) or "split" (some waiting
+//! while a sibling runs) when two or more are runnable.
+//!
 //! Who delayed whom: every switch appends the interval that just ended
 //! (the outgoing task's cgroup, the time) to its CPU's `SCHED_RUN_RING`.
 //! When a task that waited is switched in, its wait is split over the
@@ -23,9 +30,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
         bpf_ktime_get_ns,
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, map, perf_event},
     maps::{Array, PerCpuArray},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, PerfEventContext},
     EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
@@ -33,13 +40,14 @@ use aya_log_ebpf::warn;
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
 use crate::tables;
 use crate::task;
-use crate::util::{add, bump, first_time};
+use crate::util::{add, atomic_add_u32, atomic_add_u64, bump, first_time, selected};
 use hostprobe_common::{
     log2_bucket,
     sched::{
-        counter, pair_index, CpuTopo, NeighbourWait, RunRing, SchedStats, TaskSlot, DIST_CLASSES,
-        DIST_SAME_CPU, NEIGHBOURS_PER_WORKLOAD, NEIGHBOUR_IDLE, NEIGHBOUR_UNKNOWN, NO_CPU,
-        NO_PENDING, NO_PENDING_PLACE, RUN_RING, SLOT_MOVED_WHILE_QUEUED,
+        counter, pair_index, CpuTopo, GangSlot, NeighbourWait, RunRing, SchedStats, TaskSlot,
+        DEFAULT_GANG_SLOTS, DIST_CLASSES, DIST_SAME_CPU, GANG_SAMPLE_PERIOD_NS, GANG_VCPU,
+        NEIGHBOURS_PER_WORKLOAD, NEIGHBOUR_IDLE, NEIGHBOUR_UNKNOWN, NO_CPU, NO_PENDING,
+        NO_PENDING_PLACE, RUN_RING, SLOT_MOVED_WHILE_QUEUED, SLOT_RUNNABLE, SLOT_RUNNING,
     },
     DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, MAX_CPUS, WORKLOAD_PROBES,
 };
@@ -60,6 +68,12 @@ static TASK_CPU_OFFSET: Global<u32> = Global::new(0);
 /// argument to read).
 #[no_mangle]
 static TASK_STATE_OFFSET: Global<u32> = Global::new(u32::MAX);
+/// `task_struct.comm`, whose first four bytes tell vCPU threads.
+#[no_mangle]
+static TASK_COMM_OFFSET: Global<u32> = Global::new(0);
+/// Entries - 1 of `GANG_SLOTS` (a power of two).
+#[no_mangle]
+static GANG_SLOTS_MASK: Global<u32> = Global::new(DEFAULT_GANG_SLOTS - 1);
 /// Entries - 1 of each buffer of `SCHED_NEIGHBOURS` (a power of two).
 #[no_mangle]
 static NEIGHBOURS_MASK: Global<u32> =
@@ -74,6 +88,8 @@ static SCHED_WORKLOADS: PerCpuArray<SchedStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_WORKLOADS, 0);
 #[map]
 static SCHED_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static GANG_SLOTS: Array<GangSlot> = Array::with_max_entries(DEFAULT_GANG_SLOTS, 0);
 #[map]
 static SCHED_RUN_RING: PerCpuArray<RunRing> = PerCpuArray::with_max_entries(1, 0);
 /// Two buffers (see `tables::drained`): entries `[0, mask]` and
@@ -126,6 +142,7 @@ fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
         s.pending_place = NO_PENDING_PLACE;
         s.pending_migrations = [0; DIST_CLASSES];
     }
+    count_in_gang(s, task, true, s.flags & SLOT_RUNNING != 0);
     // SAFETY: helper without arguments.
     s.queued_ns = unsafe { bpf_ktime_get_ns() };
     Ok(())
@@ -164,7 +181,8 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
             flush(ctx, s, now, prev_cgroup, runnable);
             s.last_cpu = cpu;
             s.queued_ns = if runnable { now } else { 0 };
-            s.flags = 0;
+            s.flags &= !SLOT_MOVED_WHILE_QUEUED;
+            count_in_gang(s, prev, runnable, false);
         }
     }
 
@@ -181,7 +199,8 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
         charge_neighbours(ctx, next, s.queued_ns, now, moved);
     }
     s.queued_ns = 0;
-    s.flags = 0;
+    s.flags &= !SLOT_MOVED_WHILE_QUEUED;
+    count_in_gang(s, next, true, true);
     // Migrations are attributed at switch-out, so any pending now happened
     // since the task last ran.
     if s.pending_migrations.iter().any(|&n| n != 0) {
@@ -231,13 +250,7 @@ fn record_run(cgroup: u64, now: u64) {
 /// Charges the wait `[since, now]` of `task`, switched in now, to what ran
 /// on this CPU meanwhile, interval by interval from the newest; what is
 /// older than the ring goes to `NEIGHBOUR_UNKNOWN`.
-fn charge_neighbours<C: EbpfContext>(
-    ctx: &C,
-    task: *const u8,
-    since: u64,
-    now: u64,
-    moved: bool,
-) {
+fn charge_neighbours<C: EbpfContext>(ctx: &C, task: *const u8, since: u64, now: u64, moved: bool) {
     let Some(victim) = task::cgroup_of(task) else {
         return;
     };
@@ -442,6 +455,8 @@ impl tables::Entry for SchedStats {
         for b in self.slice_hist.iter_mut() {
             *b = 0;
         }
+        self.gang_together_ns = 0;
+        self.gang_split_ns = 0;
     }
 }
 
@@ -458,6 +473,13 @@ fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
         {
             bump(&SCHED_COUNTERS, counter::DROP_TASK_SLOT_COLLISION);
         }
+        // The thread that held the slot leaves its gang's counts with it.
+        gang_add(
+            s.gang,
+            s.flags & SLOT_RUNNABLE != 0,
+            s.flags & SLOT_RUNNING != 0,
+            u32::MAX,
+        );
         *s = TaskSlot {
             tid,
             last_cpu: NO_CPU,
@@ -467,10 +489,145 @@ fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
             pending_place: NO_PENDING_PLACE,
             flags: 0,
             pending_migrations: [0; DIST_CLASSES],
-            _pad2: [0; 3],
+            _pad2: 0,
+            gang: 0,
         };
     }
     Some(slot)
+}
+
+/// Moves the task of slot `s` to the state (`runnable`, `running`) in its
+/// gang's counts, changing only what differs from what is counted. A task
+/// not counted at all joins the gang its name and process say now.
+fn count_in_gang(s: &mut TaskSlot, task: *const u8, runnable: bool, running: bool) {
+    let (was_runnable, was_running) = (s.flags & SLOT_RUNNABLE != 0, s.flags & SLOT_RUNNING != 0);
+    if was_runnable == runnable && was_running == running {
+        return;
+    }
+    if !was_runnable && !was_running {
+        s.gang = gang_of(task);
+    }
+    let (up_r, down_r) = (runnable && !was_runnable, !runnable && was_runnable);
+    let (up_n, down_n) = (running && !was_running, !running && was_running);
+    if up_r || up_n {
+        if !gang_add(s.gang, up_r, up_n, 1) {
+            return;
+        }
+    }
+    if down_r || down_n {
+        gang_add(s.gang, down_r, down_n, u32::MAX);
+    }
+    s.flags = (s.flags & !(SLOT_RUNNABLE | SLOT_RUNNING))
+        | if runnable { SLOT_RUNNABLE } else { 0 }
+        | if running { SLOT_RUNNING } else { 0 };
+}
+
+/// The gang of a task: its process, or its QEMU process's vCPUs (threads
+/// whose name starts with `CPU `).
+#[inline(always)]
+fn gang_of(task: *const u8) -> u32 {
+    let tgid = task_field(task, TASK_TGID_OFFSET.load());
+    if task_field(task, TASK_COMM_OFFSET.load()) == u32::from_le_bytes(*b"CPU ") {
+        tgid | GANG_VCPU
+    } else {
+        tgid
+    }
+}
+
+/// Adds `delta` (1, or `u32::MAX` for -1) to the runnable and/or running
+/// count of `gang`; false when its slot is held by another gang.
+fn gang_add(gang: u32, runnable: bool, running: bool, delta: u32) -> bool {
+    if gang == 0 || !(runnable || running) {
+        return true;
+    }
+    let Some(slot) = GANG_SLOTS.get_ptr_mut(gang & GANG_SLOTS_MASK.load()) else {
+        return false;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let g = unsafe { &mut *slot };
+    if g.gang != gang {
+        // SAFETY: plain loads of counts other CPUs may be changing: a
+        // stale zero only lets two gangs share the slot's times briefly.
+        let busy = unsafe {
+            core::ptr::read_volatile(&g.runnable) != 0 || core::ptr::read_volatile(&g.running) != 0
+        };
+        if busy || delta != 1 {
+            bump(&SCHED_COUNTERS, counter::DROP_GANG_SLOT_BUSY);
+            return false;
+        }
+        *g = GangSlot {
+            gang,
+            ..GangSlot::default()
+        };
+    }
+    if runnable {
+        atomic_add_u32(&mut g.runnable, delta);
+    }
+    if running {
+        atomic_add_u32(&mut g.running, delta);
+    }
+    true
+}
+
+/// The co-scheduling sampler: on each CPU every `GANG_SAMPLE_PERIOD_NS`,
+/// the interrupted task's gang, if two or more of its threads are
+/// runnable, gets the period divided by its running threads (each of them
+/// is sampled on its own CPU) as together or split time.
+#[perf_event]
+pub fn gang_sample(_ctx: PerfEventContext) -> u32 {
+    let _ = try_gang_sample();
+    0
+}
+
+fn try_gang_sample() -> Result<(), ()> {
+    bump(&SCHED_COUNTERS, counter::EV_GANG_SAMPLE);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if tid == 0 || !selected() {
+        return Ok(());
+    }
+    let slot = TASK_SLOTS.get_ptr(tid & TASK_SLOTS_MASK.load()).ok_or(())?;
+    // SAFETY: map value pointer from a successful lookup.
+    let s = unsafe { &*slot };
+    if s.tid != tid || s.flags & SLOT_RUNNING == 0 {
+        return Ok(());
+    }
+    let gang = GANG_SLOTS
+        .get_ptr_mut(s.gang & GANG_SLOTS_MASK.load())
+        .ok_or(())?;
+    // SAFETY: map value pointer from a successful lookup.
+    let g = unsafe { &mut *gang };
+    // SAFETY: plain loads of counts other CPUs may be changing.
+    let (owner, runnable, running) = unsafe {
+        (
+            core::ptr::read_volatile(&g.gang),
+            core::ptr::read_volatile(&g.runnable),
+            core::ptr::read_volatile(&g.running),
+        )
+    };
+    if owner != s.gang || runnable < 2 || running == 0 || running > runnable {
+        return Ok(());
+    }
+    let share = GANG_SAMPLE_PERIOD_NS / u64::from(running);
+    let together = running == runnable;
+    atomic_add_u64(
+        if together {
+            &mut g.together_ns
+        } else {
+            &mut g.split_ns
+        },
+        share,
+    );
+    let counted = tables::update(&SCHED_WORKLOADS, |st: &mut SchedStats| {
+        if together {
+            st.gang_together_ns += share;
+        } else {
+            st.gang_split_ns += share;
+        }
+    });
+    if counted.is_err() {
+        bump(&SCHED_COUNTERS, counter::DROP_WORKLOAD_MAP_FULL);
+    }
+    Ok(())
 }
 
 /// Topology distance class between two CPUs, `None` if either is unknown.

@@ -50,3 +50,19 @@ pub fn selected() -> bool {
     // SAFETY: helper without arguments.
     cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cgroup
 }
+
+/// `*p += v` as one locked instruction: for values several CPUs update.
+/// The target has no Rust atomic read-modify-write, hence the instruction.
+#[inline(always)]
+pub fn atomic_add_u64(p: *mut u64, v: u64) {
+    // SAFETY: the caller passes a pointer into a map value, 8-byte aligned.
+    unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v) };
+}
+
+/// `*p += v` (wrapping: `u32::MAX` subtracts one) as one locked
+/// instruction.
+#[inline(always)]
+pub fn atomic_add_u32(p: *mut u32, v: u32) {
+    // SAFETY: the caller passes a pointer into a map value, 4-byte aligned.
+    unsafe { core::arch::asm!("lock *(u32 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v) };
+}
