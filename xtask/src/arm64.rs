@@ -64,6 +64,7 @@ pub fn run() -> Result<()> {
         ],
         incoming: None,
         run_dir: &run_dir,
+        thread_names: false,
     })?;
     vm.wait_for("=== end kernel", Duration::from_secs(300))?;
     let boot = booting.elapsed().as_secs_f64();

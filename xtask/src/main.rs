@@ -8,6 +8,7 @@ mod matrix;
 mod migration;
 mod setup;
 mod soak;
+mod vcpus;
 mod vm;
 
 use std::path::PathBuf;
@@ -93,6 +94,9 @@ enum VmTask {
     /// Cross-build hostprobe for aarch64 and run `check` and the scheduler test on Debian's
     /// arm64 kernel under qemu-system-aarch64 (TCG).
     Arm64,
+    /// A two-vCPU guest spinning on both vCPUs, its vCPU threads pinned to one host CPU, then
+    /// to two: hostprobe's per-VM vCPU wait and co-scheduling ratio against the pinning.
+    Vcpus,
 }
 
 fn main() -> Result<()> {
@@ -122,6 +126,7 @@ fn main() -> Result<()> {
             VmTask::Dirtier { rate, name } => migration::demo(rate, &name),
             VmTask::Matrix { kernels } => matrix::run(&build()?, &kernels),
             VmTask::Arm64 => arm64::run(),
+            VmTask::Vcpus => vcpus::run(&build()?),
         },
         Task::FaultLoad { pages } => bench::fault_load(pages),
         Task::ValidateMigration(args) => {
@@ -250,6 +255,7 @@ fn test() -> Result<()> {
     let bin = build()?;
     matrix::run(&bin, &[])?;
     arm64::run()?;
+    vcpus::run(&bin)?;
     // Readiness against three real migrations (one that converges, one
     // that does not, two vCPUs).
     migration::run(&bin, &migration::MigrationArgs::quick())?;

@@ -130,6 +130,7 @@ pub fn run(hostprobe: &Path, names: &[String]) -> Result<()> {
             machine: &MACHINE,
             incoming: None,
             run_dir: &run_dir,
+            thread_names: false,
         })?;
         let booted = vm.wait_for("=== end kernel", Duration::from_secs(600));
         let boot_seconds = started.elapsed().as_secs_f64();

@@ -252,6 +252,7 @@ pub fn demo(rate: u32, name: &str) -> Result<()> {
         machine: &machine,
         incoming: None,
         run_dir: &run_dir,
+        thread_names: false,
     })?;
     vm.wait_for("dirtier: steady", Duration::from_secs(120))?;
     println!(
@@ -381,6 +382,7 @@ fn one_run(
         machine: &machine,
         incoming: None,
         run_dir,
+        thread_names: false,
     })?;
     src.wait_for("dirtier: steady", Duration::from_secs(180))?;
     std::thread::sleep(Duration::from_secs(3));
@@ -431,6 +433,7 @@ fn one_run(
         machine: &machine,
         incoming: Some(uri.clone()),
         run_dir,
+        thread_names: false,
     })?;
     let mut dst_qmp = dst.qmp()?;
     qmp.execute(

@@ -192,6 +192,9 @@ pub struct QemuSpec<'a> {
     pub machine: &'a [&'a str],
     pub incoming: Option<String>,
     pub run_dir: &'a Path,
+    /// `-name ...,debug-threads=on`, as libvirt starts every VM: QEMU names
+    /// its threads (`CPU n/TCG`, ...).
+    pub thread_names: bool,
 }
 
 impl Qemu {
@@ -212,7 +215,14 @@ impl Qemu {
             .arg(format!("file:{}", serial.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-            .args(["-name", &format!("guest={}", spec.name)]);
+            .args([
+                "-name",
+                &if spec.thread_names {
+                    format!("guest={},debug-threads=on", spec.name)
+                } else {
+                    format!("guest={}", spec.name)
+                },
+            ]);
         if let Some(uri) = &spec.incoming {
             c.args(["-incoming", uri]);
         }

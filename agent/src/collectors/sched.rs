@@ -5,21 +5,23 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use aya::Ebpf;
 use hostprobe_common::sched::{
-    counter, NeighbourWait, SchedStats, DIST_CLASSES, NEIGHBOUR_IDLE, NEIGHBOUR_UNKNOWN,
+    counter, GangSlot, NeighbourWait, SchedStats, DIST_CLASSES, GANG_VCPU, NEIGHBOUR_IDLE,
+    NEIGHBOUR_UNKNOWN,
 };
 use hostprobe_common::HIST_BUCKETS;
 
 use super::{counter, map_err, take, workload_name, Pass, WorkloadRounds};
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
+use crate::host::{proc, qemu};
 use crate::model::hist::Log2Hist;
 use crate::model::topk::{Labels, Totals, OTHER};
 use crate::snapshot::{
     Distances, Gang, LatencySummary, NeighbourAttribution, NeighbourWaits, Placements,
-    SchedSection, WorkloadSched,
+    SchedSection, VmSched, WorkloadSched,
 };
 
 /// Per-workload totals, summed over CPUs.
@@ -294,9 +296,160 @@ impl Neighbours {
     }
 }
 
+/// What the scheduler did to one VM's vCPU threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmTotals {
+    /// Run-queue wait of the vCPU threads (schedstat): the guest's steal.
+    pub wait_ns: u64,
+    pub preemptions: u64,
+    pub together_ns: u64,
+    pub split_ns: u64,
+}
+
+impl Totals for VmTotals {
+    fn activity(&self) -> u64 {
+        self.wait_ns
+    }
+
+    fn add(&mut self, o: &Self) {
+        self.wait_ns += o.wait_ns;
+        self.preemptions += o.preemptions;
+        self.together_ns += o.together_ns;
+        self.split_ns += o.split_ns;
+    }
+
+    fn since(&self, e: &Self) -> Self {
+        Self {
+            wait_ns: self.wait_ns.saturating_sub(e.wait_ns),
+            preemptions: self.preemptions.saturating_sub(e.preemptions),
+            together_ns: self.together_ns.saturating_sub(e.together_ns),
+            split_ns: self.split_ns.saturating_sub(e.split_ns),
+        }
+    }
+}
+
+/// How often the VMs and their vCPU threads are looked for (a walk of
+/// /proc).
+const VM_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Per-VM vCPU figures: the kernel's own per-thread counters of the vCPU
+/// threads (schedstat, status) and their gang's co-scheduling, folded into
+/// top-K VM labels.
+struct Vms {
+    gangs: Array<MapData, GangSlot>,
+    /// (label, QEMU pid, vCPU thread ids), and when they were found.
+    found: Vec<(String, u32, Vec<u32>)>,
+    found_at: Option<std::time::Instant>,
+    last: HashMap<u32, VmTotals>,
+    labels: Labels<VmTotals>,
+}
+
+impl Vms {
+    /// One VM's counters now: sums over its vCPU threads (a thread that
+    /// exited meanwhile is skipped), and its vCPU gang's sampled times.
+    fn read(&self, pid: u32, tids: &[u32]) -> VmTotals {
+        let mut t = VmTotals::default();
+        for tid in tids {
+            let base = format!("/proc/{pid}/task/{tid}");
+            if let Some((_, wait, _)) = std::fs::read_to_string(format!("{base}/schedstat"))
+                .ok()
+                .and_then(|x| proc::parse_schedstat(&x))
+            {
+                t.wait_ns += wait;
+            }
+            if let Some(n) = std::fs::read_to_string(format!("{base}/status"))
+                .ok()
+                .and_then(|x| proc::status_field(&x, "nonvoluntary_ctxt_switches"))
+            {
+                t.preemptions += u64::from(n);
+            }
+        }
+        let gang = pid | GANG_VCPU;
+        let mask = self.gangs.len().saturating_sub(1);
+        if let Ok(g) = self.gangs.get(&(gang & mask), 0) {
+            if g.gang == gang {
+                t.together_ns = g.together_ns;
+                t.split_ns = g.split_ns;
+            }
+        }
+        t
+    }
+
+    /// Looks for VMs and their vCPU threads again.
+    fn find(&mut self) {
+        self.found = qemu::find_vms()
+            .into_iter()
+            .map(|vm| {
+                (
+                    format!("vm:{}", vm.name),
+                    vm.pid,
+                    qemu::vcpu_threads(vm.pid),
+                )
+            })
+            .filter(|(_, _, tids)| !tids.is_empty())
+            .collect();
+        self.found_at = Some(std::time::Instant::now());
+    }
+
+    /// Starts from the VMs' counters now, so that what is reported is
+    /// what happened since the agent started, as for the kernel tables.
+    fn baseline(&mut self) {
+        self.find();
+        self.last = self
+            .found
+            .iter()
+            .map(|(_, pid, tids)| (*pid, self.read(*pid, tids)))
+            .collect();
+    }
+
+    fn collect(&mut self, pass: Pass) -> Vec<VmSched> {
+        let due = self.found_at.is_none_or(|at| at.elapsed() >= VM_REFRESH);
+        if due && matches!(pass, Pass::Round { .. }) {
+            self.find();
+        }
+        let now: Vec<(u32, String, VmTotals)> = self
+            .found
+            .iter()
+            .map(|(label, pid, tids)| (*pid, label.clone(), self.read(*pid, tids)))
+            .collect();
+        let deltas: Vec<(String, VmTotals)> = now
+            .iter()
+            .map(|(pid, label, t)| {
+                let last = self.last.get(pid).copied().unwrap_or_default();
+                (label.clone(), t.since(&last))
+            })
+            .collect();
+        let view = match pass {
+            Pass::Round { elapsed, .. } => {
+                let live: HashSet<&String> = now.iter().map(|(_, l, _)| l).collect();
+                let gone: Vec<String> = self
+                    .labels
+                    .view()
+                    .into_iter()
+                    .map(|(l, _)| l)
+                    .filter(|l| l != OTHER && !live.contains(l))
+                    .collect();
+                self.labels.round(&deltas, &gone, elapsed);
+                self.last = now.into_iter().map(|(pid, _, t)| (pid, t)).collect();
+                self.labels.view()
+            }
+            Pass::Peek => self.labels.preview(&deltas),
+        };
+        view.into_iter()
+            .map(|(vm, t)| VmSched {
+                vm,
+                vcpu_wait_seconds: t.wait_ns as f64 / 1e9,
+                vcpu_preemptions: t.preemptions,
+                gang: Gang::new(t.together_ns, t.split_ns),
+            })
+            .collect()
+    }
+}
+
 pub struct SchedCollector {
     workloads: PerCpuArray<MapData, SchedStats>,
     neighbours: Neighbours,
+    vms: Vms,
     counters: PerCpuArray<MapData, u64>,
     rounds: WorkloadRounds<SchedTotals>,
     /// NUMA node of each CPU (per-CPU values come in CPU order).
@@ -330,8 +483,18 @@ impl SchedCollector {
             .map_err(map_err("SCHED_COUNTERS"))?;
         let neighbours = PerCpuArray::try_from(take(ebpf, "SCHED_NEIGHBOURS")?)
             .map_err(map_err("SCHED_NEIGHBOURS"))?;
+        let gangs = Array::try_from(take(ebpf, "GANG_SLOTS")?).map_err(map_err("GANG_SLOTS"))?;
+        let mut vms = Vms {
+            gangs,
+            found: Vec::new(),
+            found_at: None,
+            last: HashMap::new(),
+            labels: Labels::new(top_k),
+        };
+        vms.baseline();
         Ok(Self {
             workloads,
+            vms,
             neighbours: Neighbours {
                 map: neighbours,
                 pairs: Labels::new(top_k),
@@ -408,6 +571,7 @@ impl SchedCollector {
         }
         let view = self.rounds.fold(cgroups, now, &present, pass);
         let neighbours = self.neighbours.collect(cgroups, pass)?;
+        let vms = self.vms.collect(pass);
 
         let c = |i: u32| counter(&self.counters, "SCHED_COUNTERS", i);
         let mut migrations = [0u64; DIST_CLASSES];
@@ -447,6 +611,7 @@ impl SchedCollector {
             workloads: view.into_iter().map(|(label, t)| t.view(label)).collect(),
             cpu_runqueue_p99_seconds: self.cpu_runq_p99.clone(),
             neighbours,
+            vms,
             neighbour_attribution: NeighbourAttribution {
                 direct_seconds: c(counter::NEIGHBOUR_DIRECT_NS)? as f64 / 1e9,
                 moved_seconds: c(counter::NEIGHBOUR_MOVED_NS)? as f64 / 1e9,

@@ -31,6 +31,13 @@ pub fn status_field(text: &str, name: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// `/proc/PID/task/TID/schedstat`: on-CPU ns, run-queue wait ns (what
+/// KVM reports to a guest as steal time for a vCPU thread), slices run.
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64, u64)> {
+    let mut f = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((f.next()??, f.next()??, f.next()??))
+}
+
 /// A `name:\tvalue` line of a `/proc/PID/fdinfo/FD` file, as u64.
 pub fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
     info.lines()

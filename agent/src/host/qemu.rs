@@ -61,6 +61,31 @@ pub fn find_vms() -> Vec<Vm> {
     vms
 }
 
+/// Whether a thread name is a vCPU's: QEMU names them `CPU n/KVM`,
+/// `CPU n/TCG` (or another accelerator) when it names threads.
+pub fn is_vcpu_thread(comm: &str) -> bool {
+    comm.strip_prefix("CPU ")
+        .and_then(|r| r.split_once('/'))
+        .is_some_and(|(n, accel)| n.parse::<u32>().is_ok() && !accel.is_empty())
+}
+
+/// The vCPU threads of a QEMU process (empty if it names no threads).
+pub fn vcpu_threads(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut tids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| is_vcpu_thread(c.trim_end()))
+        })
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
 /// Whether a process is a QEMU system emulator, by its name or its binary.
 fn is_qemu(comm: &str, exe: Option<&std::path::Path>) -> bool {
     let qemu = |n: &str| n.starts_with("qemu-system-") || n == "qemu-kvm";
@@ -230,6 +255,16 @@ fn migration_thread(pid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpu_threads_are_told_by_name() {
+        for name in ["CPU 0/KVM", "CPU 12/TCG", "CPU 3/HVF"] {
+            assert!(is_vcpu_thread(name), "{name}");
+        }
+        for name in ["CPU", "CPU x/KVM", "CPU 1/", "qemu-system-x86", "worker"] {
+            assert!(!is_vcpu_thread(name), "{name}");
+        }
+    }
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()

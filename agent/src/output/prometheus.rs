@@ -302,6 +302,33 @@ pub fn render(s: &Snapshot) -> String {
     }
     out.extend([by_neighbour, charged]);
 
+    let mut steal = Family::new(
+        "hostprobe_vm_vcpu_runqueue_wait_seconds_total",
+        "Run-queue wait of the VM's vCPU threads (their schedstat): the steal time the guest sees under KVM; top-K VMs + other.",
+        COUNTER,
+    );
+    let mut preempt = Family::new(
+        "hostprobe_vm_vcpu_preemptions_total",
+        "Involuntary switch-outs of the VM's vCPU threads.",
+        COUNTER,
+    );
+    let mut vgang = Family::new(
+        "hostprobe_vm_vcpu_gang_seconds_total",
+        "Sampled time during which two or more of the VM's vCPU threads were runnable and one or more ran: all on CPUs (together) or some waiting while a sibling ran (split).",
+        COUNTER,
+    );
+    for v in &s.sched.vms {
+        let l = [("vm", v.vm.as_str())];
+        steal.counter(&l, v.vcpu_wait_seconds);
+        preempt.counter(&l, v.vcpu_preemptions as f64);
+        vgang.counter(
+            &[("vm", &v.vm), ("state", "together")],
+            v.gang.together_seconds,
+        );
+        vgang.counter(&[("vm", &v.vm), ("state", "split")], v.gang.split_seconds);
+    }
+    out.extend([steal, preempt, vgang]);
+
     let mut contentions = Family::new(
         "hostprobe_lock_contentions_total",
         "Contended acquisitions of kernel locks, by lock type (perf lock's names).",
@@ -675,6 +702,8 @@ mod tests {
             "hostprobe_sched_context_switches_total{workload=\"/db.service\",type=\"voluntary\"} 1",
             "hostprobe_sched_slice_seconds_count{workload=\"/db.service\"} 5",
             "hostprobe_sched_gang_seconds_total{workload=\"/db.service\",state=\"split\"} 0.1",
+            "hostprobe_vm_vcpu_runqueue_wait_seconds_total{vm=\"vm:web1\"} 0.25",
+            "hostprobe_vm_vcpu_gang_seconds_total{vm=\"vm:web1\",state=\"split\"} 3",
             "hostprobe_runqueue_wait_by_neighbour_seconds_total{workload=\"/db.service\",neighbour=\"/batch.slice\"} 0.0012",
             "hostprobe_runqueue_wait_charged_seconds_total{how=\"direct\"} 0.0015",
             "hostprobe_lock_wait_by_owner_seconds_total{workload=\"/db.service\",owner=\"/batch.slice\",owner_state=\"preempted\"} 0.0012",

@@ -307,6 +307,31 @@ fn render_delays(o: &mut String, s: &Snapshot) {
         "  rq-wait: total run-queue wait; preempted: switched out while runnable (nonvoluntary_ctxt_switches); preempt: their share;\n  co-sched: of the time two or more threads of a process were runnable and one ran, the share with all of them on CPUs (sampled)."
     );
 
+    if !s.sched.vms.is_empty() {
+        let _ = writeln!(o, "\n  VMs (their vCPU threads):");
+        let _ = writeln!(
+            o,
+            "  {:<40} {:>9} {:>10} {:>8}",
+            "vm", "vcpu-wait", "preempted", "co-sched"
+        );
+        for v in &s.sched.vms {
+            let _ = writeln!(
+                o,
+                "  {:<40} {:>9} {:>10} {:>8}",
+                tail(&v.vm, 40),
+                fmt_seconds(v.vcpu_wait_seconds),
+                v.vcpu_preemptions,
+                v.gang
+                    .coscheduled_ratio
+                    .map_or("-".to_string(), |r| format!("{:.0}%", 100.0 * r)),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  vcpu-wait: the vCPU threads' run-queue wait (steal, as a KVM guest sees it), since they started."
+        );
+    }
+
     let n = &s.sched.neighbours;
     let _ = writeln!(
         o,

@@ -107,6 +107,12 @@ pub(crate) fn sample() -> Snapshot {
                 ],
                 vec![("/db.service".into(), 1_500_000)],
             ),
+            vms: vec![VmSched {
+                vm: "vm:web1".into(),
+                vcpu_wait_seconds: 0.25,
+                vcpu_preemptions: 40,
+                gang: Gang::new(1_000_000_000, 3_000_000_000),
+            }],
             neighbour_attribution: NeighbourAttribution {
                 direct_seconds: 0.0015,
                 moved_seconds: 0.0,

@@ -26,6 +26,23 @@ pub struct SchedSection {
     pub neighbours: NeighbourWaits,
     /// How exactly the waits were charged (self-metric of the method).
     pub neighbour_attribution: NeighbourAttribution,
+    /// QEMU VMs' vCPU threads, top-K VMs by vCPU wait, then `other`.
+    pub vms: Vec<VmSched>,
+}
+
+/// What the host's scheduler did to one VM's vCPU threads (QEMU names them
+/// `CPU n/KVM`, `CPU n/TCG`), since they started.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmSched {
+    /// `vm:NAME`, as readiness labels VMs, or `other`.
+    pub vm: String,
+    /// Run-queue wait of the vCPU threads (their schedstat): what the guest
+    /// sees as steal time under KVM.
+    pub vcpu_wait_seconds: f64,
+    /// Involuntary switch-outs of the vCPU threads.
+    pub vcpu_preemptions: u64,
+    /// How the vCPU threads got the CPUs together.
+    pub gang: Gang,
 }
 
 /// Who delayed whom: each workload's run-queue wait charged to what ran on

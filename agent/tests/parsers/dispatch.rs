@@ -99,6 +99,7 @@ pub fn run(data: &[u8]) {
         "status" => {
             let _ = proc::status_field(&text, "Tgid");
             let _ = proc::fdinfo_field(&text, "recursion_misses");
+            let _ = proc::parse_schedstat(&text);
         }
         _ => unreachable!("every parser has an arm"),
     }
