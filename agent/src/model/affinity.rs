@@ -11,7 +11,10 @@
 //!   its time spent waiting for others.
 //!
 //! A recommendation needs evidence (enough switch-ins) and a clear fix, and
-//! never points at CPUs that are already busy.
+//! never points at CPUs that are already busy. In order: memory on one
+//! node and runs elsewhere (run it on that node); delayed mostly by one
+//! neighbour (separate the two, each on its own CPUs); runs rarely start
+//! on the CPU of the last (keep it on a few CPUs of one LLC).
 
 use serde::Serialize;
 
@@ -26,6 +29,19 @@ pub const BUSY: f64 = 0.8;
 /// a queue.
 pub const QUEUED_SECONDS: f64 = 0.005;
 pub const QUEUED_BUSY: f64 = 0.5;
+/// A workload is delayed by its neighbours when it waits in run queues for
+/// at least this share of the window (summed over its tasks)...
+pub const NOISY_DELAY: f64 = 0.05;
+/// ...and one neighbour held the CPU for at least this share of that wait.
+pub const NOISY_SHARE: f64 = 0.5;
+
+/// The workload that delayed another most: its cgroup and the run-queue
+/// wait charged to it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Neighbour {
+    pub workload: String,
+    pub wait_seconds: f64,
+}
 
 /// What the model sees of one workload.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,6 +58,11 @@ pub struct Input {
     pub remote_allocations: Option<f64>,
     /// Resident bytes by node (empty if unknown).
     pub resident_by_node: Vec<u64>,
+    /// Run-queue wait of its tasks, and of it what was charged to what
+    /// held the CPU, with the neighbour charged most (another workload).
+    pub runq_wait_seconds: f64,
+    pub charged_wait_seconds: f64,
+    pub top_neighbour: Option<Neighbour>,
     /// Seconds covered by the counters.
     pub window_seconds: f64,
 }
@@ -243,6 +264,51 @@ fn recommend(w: &Input, host: &Host, total: u64, cache_cpu: f64) -> Result<Recom
         }
     }
 
+    // Delayed mostly by one neighbour: each gets CPUs of its own, the
+    // victim the least busy.
+    if let Some(n) = &w.top_neighbour {
+        let delayed = w.runq_wait_seconds / w.window_seconds.max(1e-9);
+        let by_it = n.wait_seconds / w.charged_wait_seconds.max(1e-9);
+        if delayed >= NOISY_DELAY && by_it >= NOISY_SHARE {
+            let mut all: Vec<u32> = host.llc_cpus.iter().flatten().copied().collect();
+            all.sort_by(|a, b| busy(a).total_cmp(&busy(b)).then(a.cmp(b)));
+            let mut mine: Vec<u32> = all.iter().take(needed).copied().collect();
+            let mut theirs: Vec<u32> = all.iter().skip(needed).copied().collect();
+            if theirs.is_empty() {
+                return Err(format!(
+                    "{} of its run-queue wait is behind {}, but {needed} CPUs for it leave none for the other",
+                    pct(by_it),
+                    n.workload
+                ));
+            }
+            mine.sort_unstable();
+            theirs.sort_unstable();
+            let load = mine.iter().map(busy).sum::<f64>() / mine.len() as f64;
+            return Ok(Recommendation {
+                text: format!(
+                    "separate {} from {}: its tasks waited for a CPU {} of the time, {} of that behind {} ({:.2} s); give {} CPU {} ({} busy) and {} CPU {}",
+                    w.workload,
+                    n.workload,
+                    pct(delayed),
+                    pct(by_it),
+                    n.workload,
+                    n.wait_seconds,
+                    w.workload,
+                    cpu_list(&mine),
+                    pct(load),
+                    n.workload,
+                    cpu_list(&theirs),
+                ),
+                command: format!(
+                    "{} && {}",
+                    command(&w.workload, &mine, host),
+                    command(&n.workload, &theirs, host)
+                ),
+                cpus: mine,
+            });
+        }
+    }
+
     // The same CPU is rarely kept: give it the least busy CPUs of one LLC.
     let per_switch = w.migrations as f64 / total as f64;
     if cache_cpu >= 0.7 && per_switch < 0.15 {
@@ -335,6 +401,64 @@ mod tests {
 
     /// (input, score range, recommended CPUs or the start of the reason)
     type Row = (Input, (f64, f64), Result<&'static [u32], &'static str>);
+
+    fn delayed(name: &str, wait: f64, by_top: f64) -> Input {
+        Input {
+            runq_wait_seconds: wait,
+            charged_wait_seconds: wait,
+            top_neighbour: Some(Neighbour {
+                workload: "/batch.slice".into(),
+                wait_seconds: by_top,
+            }),
+            ..input(name, [1000, 0, 0, 0], 0)
+        }
+    }
+
+    #[test]
+    fn a_workload_delayed_mostly_by_one_neighbour_is_separated_from_it() {
+        let host = one_node_host(&[0.95, 0.3, 0.2, 0.6]);
+        // (input, victim's CPUs or the start of the reason)
+        let table: [(Input, Result<&[u32], &str>); 4] = [
+            // Waits 20% of the window, 80% of it behind one neighbour: it
+            // gets the least busy CPU (it keeps one busy), the rest go to
+            // the neighbour.
+            (delayed("/db.service", 2.0, 1.6), Ok(&[2])),
+            // The same wait spread over several neighbours: not one to
+            // move; its placement is fine.
+            (delayed("/db.service", 2.0, 0.6), Err("placement is fine")),
+            // Rarely delayed at all.
+            (delayed("/db.service", 0.2, 0.2), Err("placement is fine")),
+            // Four CPUs busy: none left for the neighbour.
+            (
+                Input {
+                    oncpu_seconds: 35.0,
+                    ..delayed("/db.service", 2.0, 1.6)
+                },
+                Err("80% of its run-queue wait is behind /batch.slice, but 4 CPUs"),
+            ),
+        ];
+        for (w, want) in table {
+            let a = evaluate(&w, &host);
+            match (want, &a.recommendation) {
+                (Ok(cpus), Some(r)) => {
+                    assert_eq!(r.cpus, cpus, "{a:?}");
+                    assert!(r.text.starts_with("separate /db.service from /batch.slice: its tasks waited for a CPU 20% of the time, 80% of that behind /batch.slice (1.60 s)"), "{}", r.text);
+                    assert_eq!(
+                        r.command,
+                        "systemctl set-property db.service AllowedCPUs=2 && systemctl set-property batch.slice AllowedCPUs=0-1,3"
+                    );
+                }
+                (Err(why), None) => assert!(
+                    a.no_recommendation
+                        .as_deref()
+                        .unwrap_or("")
+                        .starts_with(why),
+                    "{a:?}"
+                ),
+                (want, got) => panic!("{}: wanted {want:?}, got {got:?}", w.workload),
+            }
+        }
+    }
 
     #[test]
     fn scores_and_recommendations_on_one_node() {

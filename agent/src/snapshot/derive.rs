@@ -60,6 +60,29 @@ fn affinity_inputs(s: &Snapshot) -> Vec<affinity::Input> {
         .iter()
         .map(|w| {
             let lock = s.lock.workloads.iter().find(|l| l.name == w.workload);
+            let mine = || {
+                s.sched
+                    .neighbours
+                    .pairs
+                    .iter()
+                    .filter(|p| p.workload == w.workload)
+            };
+            let top_neighbour = mine()
+                .filter(|p| {
+                    p.neighbour.starts_with('/') && p.neighbour != "/" && p.neighbour != w.workload
+                })
+                .max_by(|a, b| a.wait_seconds.total_cmp(&b.wait_seconds))
+                .map(|p| affinity::Neighbour {
+                    workload: p.neighbour.clone(),
+                    wait_seconds: p.wait_seconds,
+                });
+            let charged = s
+                .sched
+                .neighbours
+                .victims
+                .iter()
+                .find(|(v, _)| *v == w.workload)
+                .map_or_else(|| mine().map(|p| p.wait_seconds).sum(), |(_, t)| *t);
             let numa = s.numa.workloads.iter().find(|n| n.workload == w.workload);
             affinity::Input {
                 workload: w.workload.clone(),
@@ -79,6 +102,9 @@ fn affinity_inputs(s: &Snapshot) -> Vec<affinity::Input> {
                     .map(|n| n.resident_bytes_by_node.clone())
                     .unwrap_or_default(),
                 window_seconds: s.window_seconds,
+                runq_wait_seconds: w.runqueue_latency.sum_seconds,
+                charged_wait_seconds: charged,
+                top_neighbour,
             }
         })
         .collect()
