@@ -237,7 +237,19 @@ fn rules_pass_promtool_and_use_only_metrics_serve_exposes() {
     }
     assert!(used.len() >= 5, "{used:?}");
     // A scrape with every kind of series present: a readiness target, lock
-    // contention, a migrating spinner.
+    // contention, a migrating spinner, and a VM's vCPU threads (a process
+    // named like QEMU with threads named like its vCPUs, found at start).
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = bin.path().join("qemu-system-x86_64");
+    std::fs::rename(helper("spin_threads", bin.path()), &qemu).unwrap();
+    let vm = KillOnDrop::spawn(
+        Command::new(&qemu)
+            .args(["2", "0", "1"])
+            .stdout(std::process::Stdio::null()),
+    );
+    // Waits on a lock whose owner the lock names (an inode's rwsem).
+    let writers = KillOnDrop::spawn(&mut Command::new(helper("inode_writers", bin.path())));
+    std::thread::sleep(Duration::from_millis(200));
     let me = std::process::id().to_string();
     let server = Server::start_with(
         19491,
@@ -258,6 +270,8 @@ fn rules_pass_promtool_and_use_only_metrics_serve_exposes() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     threads.into_iter().for_each(|t| t.join().unwrap());
     drop(messaging);
+    drop(vm);
+    drop(writers);
     // A workload bouncing between CPUs (now idle enough to take a
     // recommendation), for the recommendation series.
     let cg = TestCgroup::new("rules");
