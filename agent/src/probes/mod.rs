@@ -271,6 +271,8 @@ impl Probes {
             t.map_or(0, |t| t.cpu),
             t.map_or(0, |t| t.comm),
         );
+        let (signal_off, nr_threads_off) =
+            (t.map_or(0, |t| t.signal), t.map_or(0, |t| t.nr_threads));
         let filter_tgid = opts.pid.unwrap_or(0);
         let filter_cgroup = opts.cgroup_id.unwrap_or(0);
         let ncpus = topology.cpus.len() as u32;
@@ -288,6 +290,8 @@ impl Probes {
             .override_global("NEIGHBOURS_MASK", &neighbours_mask, true)
             .override_global("GANG_SLOTS_MASK", &gang_mask, true)
             .override_global("TASK_COMM_OFFSET", &comm_off, true)
+            .override_global("TASK_SIGNAL_OFFSET", &signal_off, true)
+            .override_global("SIGNAL_NR_THREADS_OFFSET", &nr_threads_off, true)
             .override_global("TASK_STATE_FIELD_OFFSET", &ow.task_state, true)
             .override_global("TASK_ON_CPU_OFFSET", &ow.task_on_cpu, true)
             .override_global("MUTEX_OWNER_OFFSET", &ow.mutex_owner, true)

@@ -32,6 +32,10 @@ pub struct TaskOffsets {
     pub cpu: u32,
     /// `task_struct.comm`, the thread's name (16 bytes).
     pub comm: u32,
+    /// `task_struct.signal` and `signal_struct.nr_threads`: whether a
+    /// process has threads to co-schedule at all.
+    pub signal: u32,
+    pub nr_threads: u32,
 }
 
 /// Resolves the `task_struct` offsets every scheduler program reads.
@@ -63,6 +67,8 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
                 })
             }
         },
+        signal: sized(btf, "task_struct", "signal", 8)?,
+        nr_threads: sized(btf, "signal_struct", "nr_threads", 4)?,
     })
 }
 

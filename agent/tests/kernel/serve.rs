@@ -63,7 +63,41 @@ fn diagnose_json_has_the_documented_fields() {
         &["workload", "migrations", "switch_ins", "placement_ratios"],
         "workload",
     );
-    has(busiest, &["runqueue_latency", "oncpu_seconds"], "workload");
+    has(
+        busiest,
+        &[
+            "runqueue_latency",
+            "oncpu_seconds",
+            "preemptions",
+            "voluntary_switches",
+            "slices",
+            "gang",
+        ],
+        "workload",
+    );
+    has(
+        &s["sched"],
+        &["neighbours", "neighbour_attribution", "vms"],
+        "sched",
+    );
+    has(
+        &s["sched"]["neighbours"],
+        &["pairs", "victims"],
+        "neighbours",
+    );
+    let pair = &s["sched"]["neighbours"]["pairs"][0];
+    has(
+        pair,
+        &[
+            "workload",
+            "neighbour",
+            "wait_seconds",
+            "waits",
+            "share_of_wait",
+        ],
+        "neighbour pair",
+    );
+    assert!(s["lock"]["owners"].is_array(), "lock.owners");
     for key in ["same_cpu", "same_llc", "same_node", "other_node"] {
         assert!(busiest["switch_ins"][key].is_u64());
     }

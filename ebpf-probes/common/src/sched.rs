@@ -79,6 +79,9 @@ pub struct TaskSlot {
     /// The gang (`GangSlot`) the task is counted in while `SLOT_RUNNABLE`
     /// or `SLOT_RUNNING` is set.
     pub gang: u32,
+    /// The task's cgroup v2 id at its last switch-out (0: not seen yet):
+    /// its workload when it is switched in, without walking its cgroups.
+    pub cgroup: u64,
 }
 
 /// The task moved to another CPU while it waited in a run queue: its wait
@@ -88,6 +91,9 @@ pub const SLOT_MOVED_WHILE_QUEUED: u32 = 1;
 pub const SLOT_RUNNABLE: u32 = 2;
 /// The task is counted running in its gang.
 pub const SLOT_RUNNING: u32 = 4;
+/// The task was the only thread of its process when it woke: not counted
+/// in a gang until it sleeps again (then it is looked at afresh).
+pub const SLOT_ALONE: u32 = 8;
 
 /// Threads scheduled as a group: the threads of one process (the gang id
 /// is the tgid), or the vCPU threads of one QEMU process (threads named
@@ -287,7 +293,10 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<CpuTopo>(), 16);
-        assert_eq!(size_of::<TaskSlot>(), 4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 6 + 4);
+        assert_eq!(
+            size_of::<TaskSlot>(),
+            4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 6 + 4 + 8
+        );
         assert_eq!(
             size_of::<SchedStats>(),
             8 * (1 + HIST_BUCKETS + 1 + DIST_CLASSES * 2 + 1 + 2 + HIST_BUCKETS + 2)

@@ -47,7 +47,8 @@ use hostprobe_common::{
         counter, pair_index, CpuTopo, GangSlot, NeighbourWait, RunRing, SchedStats, TaskSlot,
         DEFAULT_GANG_SLOTS, DIST_CLASSES, DIST_SAME_CPU, GANG_SAMPLE_PERIOD_NS, GANG_VCPU,
         NEIGHBOURS_PER_WORKLOAD, NEIGHBOUR_IDLE, NEIGHBOUR_UNKNOWN, NO_CPU, NO_PENDING,
-        NO_PENDING_PLACE, RUN_RING, SLOT_MOVED_WHILE_QUEUED, SLOT_RUNNABLE, SLOT_RUNNING,
+        NO_PENDING_PLACE, RUN_RING, SLOT_ALONE, SLOT_MOVED_WHILE_QUEUED, SLOT_RUNNABLE,
+        SLOT_RUNNING,
     },
     DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, MAX_CPUS, WORKLOAD_PROBES,
 };
@@ -71,6 +72,11 @@ static TASK_STATE_OFFSET: Global<u32> = Global::new(u32::MAX);
 /// `task_struct.comm`, whose first four bytes tell vCPU threads.
 #[no_mangle]
 static TASK_COMM_OFFSET: Global<u32> = Global::new(0);
+/// `task_struct.signal` and `signal_struct.nr_threads`.
+#[no_mangle]
+static TASK_SIGNAL_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static SIGNAL_NR_THREADS_OFFSET: Global<u32> = Global::new(0);
 /// Entries - 1 of `GANG_SLOTS` (a power of two).
 #[no_mangle]
 static GANG_SLOTS_MASK: Global<u32> = Global::new(DEFAULT_GANG_SLOTS - 1);
@@ -125,6 +131,7 @@ pub fn sched_migrate_task(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[inline(always)]
 fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
     bump(&SCHED_COUNTERS, event);
     let task: *const u8 = ctx.arg(0);
@@ -140,7 +147,9 @@ fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
         // old one's slot (its last CPU) belongs to it.
         s.last_cpu = NO_CPU;
         s.pending_place = NO_PENDING_PLACE;
-        s.pending_migrations = [0; DIST_CLASSES];
+        clear_migrations(s);
+        s.cgroup = 0;
+        s.flags &= !SLOT_ALONE;
     }
     count_in_gang(s, task, true, s.flags & SLOT_RUNNING != 0);
     // SAFETY: helper without arguments.
@@ -179,6 +188,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
             // The kernel's own test for `nivcsw` vs `nvcsw`.
             let runnable = preempt & 0xff != 0 || prev_state == 0;
             flush(ctx, s, now, prev_cgroup, runnable);
+            s.cgroup = prev_cgroup;
             s.last_cpu = cpu;
             s.queued_ns = if runnable { now } else { 0 };
             s.flags &= !SLOT_MOVED_WHILE_QUEUED;
@@ -196,7 +206,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     if s.queued_ns != 0 && now > s.queued_ns {
         s.pending_lat_ns = now - s.queued_ns;
         let moved = s.flags & SLOT_MOVED_WHILE_QUEUED != 0;
-        charge_neighbours(ctx, next, s.queued_ns, now, moved);
+        charge_neighbours(ctx, next, s.cgroup, s.queued_ns, now, moved);
     }
     s.queued_ns = 0;
     s.flags &= !SLOT_MOVED_WHILE_QUEUED;
@@ -250,9 +260,23 @@ fn record_run(cgroup: u64, now: u64) {
 /// Charges the wait `[since, now]` of `task`, switched in now, to what ran
 /// on this CPU meanwhile, interval by interval from the newest; what is
 /// older than the ring goes to `NEIGHBOUR_UNKNOWN`.
-fn charge_neighbours<C: EbpfContext>(ctx: &C, task: *const u8, since: u64, now: u64, moved: bool) {
-    let Some(victim) = task::cgroup_of(task) else {
-        return;
+/// `cgroup`: the task's workload at its last switch-out (0: never seen,
+/// then read from the task).
+fn charge_neighbours<C: EbpfContext>(
+    ctx: &C,
+    task: *const u8,
+    cgroup: u64,
+    since: u64,
+    now: u64,
+    moved: bool,
+) {
+    let victim = if cgroup != 0 {
+        cgroup
+    } else {
+        match task::cgroup_of(task) {
+            Some(id) => id,
+            None => return,
+        }
     };
     let filter = FILTER_CGROUP.load();
     if filter != 0 && filter != victim {
@@ -287,7 +311,9 @@ fn charge_neighbours<C: EbpfContext>(ctx: &C, task: *const u8, since: u64, now: 
         }
     });
     let unknown = known_from.saturating_sub(since);
-    add(&SCHED_COUNTERS, counter::NEIGHBOUR_UNKNOWN_NS, unknown);
+    if unknown > 0 {
+        add(&SCHED_COUNTERS, counter::NEIGHBOUR_UNKNOWN_NS, unknown);
+    }
     let known = now - since - unknown;
     let exactness = if moved {
         counter::NEIGHBOUR_MOVED_NS
@@ -379,6 +405,7 @@ fn count_migration(ctx: &BtfTracePointContext) {
 /// Attributes what `s` measured since its last switch-in, and this
 /// switch-out (`runnable`: involuntary), to `cgroup`, that of `current`
 /// (the task switching out).
+#[inline(always)]
 fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64, cgroup: u64, runnable: bool) {
     let filter = FILTER_CGROUP.load();
     if filter == 0 || filter == cgroup {
@@ -414,10 +441,21 @@ fn flush<C: EbpfContext>(ctx: &C, s: &mut TaskSlot, now: u64, cgroup: u64, runna
     }
     s.pending_lat_ns = NO_PENDING;
     s.pending_place = NO_PENDING_PLACE;
-    s.pending_migrations = [0; DIST_CLASSES];
+    clear_migrations(s);
     s.oncpu_since_ns = 0;
 }
 
+/// Zeroes the pending migrations element by element: an array assignment
+/// becomes a call to a `memset` subprogram on every switch-out.
+#[inline(always)]
+fn clear_migrations(s: &mut TaskSlot) {
+    for i in 0..DIST_CLASSES {
+        // SAFETY: an element of the slot's own array.
+        unsafe { core::ptr::write_volatile(&mut s.pending_migrations[i], 0) };
+    }
+}
+
+#[inline(always)]
 fn workload_stats<C: EbpfContext>(ctx: &C, cgroup: u64) -> Option<*mut SchedStats> {
     let e = tables::entry(&SCHED_WORKLOADS, cgroup);
     if e.is_none() {
@@ -461,6 +499,7 @@ impl tables::Entry for SchedStats {
 }
 
 /// The slot of `tid`, taken over from another thread if needed.
+#[inline(always)]
 fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
     let slot = TASK_SLOTS.get_ptr_mut(tid & TASK_SLOTS_MASK.load())?;
     // SAFETY: map value pointer from a successful lookup.
@@ -491,6 +530,7 @@ fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
             pending_migrations: [0; DIST_CLASSES],
             _pad2: 0,
             gang: 0,
+            cgroup: 0,
         };
     }
     Some(slot)
@@ -498,14 +538,30 @@ fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
 
 /// Moves the task of slot `s` to the state (`runnable`, `running`) in its
 /// gang's counts, changing only what differs from what is counted. A task
-/// not counted at all joins the gang its name and process say now.
+/// not counted at all joins the gang its name and process say now. The
+/// only thread of its process is not counted (it has no sibling to run
+/// with): most tasks, spared the atomic adds (`SLOT_ALONE`).
+#[inline(always)]
 fn count_in_gang(s: &mut TaskSlot, task: *const u8, runnable: bool, running: bool) {
     let (was_runnable, was_running) = (s.flags & SLOT_RUNNABLE != 0, s.flags & SLOT_RUNNING != 0);
+    if !was_runnable && !was_running {
+        if !runnable && !running {
+            s.flags &= !SLOT_ALONE;
+            return;
+        }
+        // Looked at once per wake-up: most tasks are their process's only
+        // thread, and reading the count is two dependent loads.
+        if s.flags & SLOT_ALONE != 0 {
+            return;
+        }
+        if threads(task) <= 1 {
+            s.flags |= SLOT_ALONE;
+            return;
+        }
+        s.gang = gang_of(task);
+    }
     if was_runnable == runnable && was_running == running {
         return;
-    }
-    if !was_runnable && !was_running {
-        s.gang = gang_of(task);
     }
     let (up_r, down_r) = (runnable && !was_runnable, !runnable && was_runnable);
     let (up_n, down_n) = (running && !was_running, !running && was_running);
@@ -520,6 +576,20 @@ fn count_in_gang(s: &mut TaskSlot, task: *const u8, runnable: bool, running: boo
     s.flags = (s.flags & !(SLOT_RUNNABLE | SLOT_RUNNING))
         | if runnable { SLOT_RUNNABLE } else { 0 }
         | if running { SLOT_RUNNING } else { 0 };
+}
+
+/// Threads of the task's process (`task->signal->nr_threads`).
+#[inline(always)]
+fn threads(task: *const u8) -> u32 {
+    // SAFETY: `task` is a BTF pointer and the offset names its `signal`
+    // pointer member; the verifier checks the load.
+    let signal = unsafe {
+        core::ptr::read_volatile(
+            task.add(TASK_SIGNAL_OFFSET.load() as usize)
+                .cast::<*const u8>(),
+        )
+    };
+    task_field(signal, SIGNAL_NR_THREADS_OFFSET.load())
 }
 
 /// The gang of a task: its process, or its QEMU process's vCPUs (threads
@@ -639,6 +709,7 @@ fn distance(a: u32, b: u32) -> Option<usize> {
 }
 
 /// Whether the process filter (if any) selects `task`.
+#[inline(always)]
 fn task_selected(task: *const u8) -> bool {
     let filter = FILTER_TGID.load();
     filter == 0 || task_field(task, TASK_TGID_OFFSET.load()) == filter
