@@ -178,7 +178,7 @@ pub struct Tuning {
     /// Workloads with their own label; the rest are summed as `other`.
     #[arg(long, default_value_t = 10, value_parser = number::<usize, 0, 10_000>)]
     pub top_k: usize,
-    /// Workloads (cgroups) the kernel table holds per CPU (a power of two; each costs 1016 bytes per CPU: its scheduler entry and four (workload, neighbour) pairs in two buffers).
+    /// Workloads (cgroups) the kernel table holds per CPU (a power of two; each costs 1032 bytes per CPU: its scheduler entry and four (workload, neighbour) pairs in two buffers).
     #[arg(long, default_value_t = DEFAULT_MAX_WORKLOADS, value_parser = number::<u32, 4, 65_536>)]
     pub max_workloads: u32,
     /// Stack walks per second per CPU for spinning lock waits (0: every one). A walk costs
