@@ -92,7 +92,16 @@ fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     eprintln!("pinned: {p}\nbouncing: {b}\nbouncing lock wait: {waited:.3} s");
     assert!(waited > 0.0, "the bouncing workload waited on no lock");
     assert!(p["score"].as_f64().unwrap() >= 0.9, "pinned: {p}");
-    assert!(p["recommendation"].is_null(), "pinned: {p}");
+    // Its placement is fine; but the bouncing threads land on its CPU half
+    // the time and delay it: the one advice it may get is to keep apart.
+    let apart = format!("separate {} from {}", pinned_cg.path(), bouncing_cg.path());
+    assert!(
+        p["recommendation"].is_null()
+            || p["recommendation"]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(&apart)),
+        "pinned: {p}"
+    );
     assert!(b["score"].as_f64().unwrap() <= 0.7, "bouncing: {b}");
     let r = &b["recommendation"];
     assert!(r.is_object(), "bouncing gets a recommendation: {b}");
@@ -122,7 +131,10 @@ fn a_pinned_workload_scores_high_and_a_bouncing_one_gets_a_recommendation() {
     }
     drop(bouncing);
     let text = render_diagnose_summary(&s);
-    assert!(text.is_empty() || text.contains("keep"), "{text}");
+    assert!(
+        text.is_empty() || text.contains("keep") || text.contains("separate"),
+        "{text}"
+    );
 }
 
 /// The recommendation texts of the snapshot, as diagnose's summary lists them.
