@@ -11,7 +11,7 @@ use hostprobe_common::sched::{
     counter, GangSlot, NeighbourWait, SchedStats, DIST_CLASSES, GANG_VCPU, NEIGHBOUR_IDLE,
     NEIGHBOUR_UNKNOWN,
 };
-use hostprobe_common::HIST_BUCKETS;
+use hostprobe_common::{workload_index, HIST_BUCKETS, WORKLOAD_PROBES};
 
 use super::{counter, map_err, take, workload_name, Pass, WorkloadRounds};
 use crate::error::Result;
@@ -366,11 +366,13 @@ impl Vms {
         }
         let gang = pid | GANG_VCPU;
         let mask = self.gangs.len().saturating_sub(1);
-        if let Ok(g) = self.gangs.get(&(gang & mask), 0) {
-            if g.gang == gang {
-                t.together_ns = g.together_ns;
-                t.split_ns = g.split_ns;
-            }
+        let first = workload_index(u64::from(gang), mask);
+        if let Some(g) = (0..WORKLOAD_PROBES)
+            .filter_map(|i| self.gangs.get(&((first + i) & mask), 0).ok())
+            .find(|g| g.gang == gang)
+        {
+            t.together_ns = g.together_ns;
+            t.split_ns = g.split_ns;
         }
         t
     }

@@ -105,7 +105,8 @@ pub const GANG_SAMPLE_PERIOD_NS: u64 = 10_000_000;
 pub const DEFAULT_GANG_SLOTS: u32 = 1 << 13;
 
 /// One gang's threads now and its sampled co-scheduling: an entry of the
-/// direct-mapped array `GANG_SLOTS`, indexed by `gang & (slots - 1)`. The
+/// array `GANG_SLOTS`, open-addressed from `workload_index(gang)` over
+/// `WORKLOAD_PROBES` entries. The
 /// counts move with atomic adds from every CPU's scheduler programs; the
 /// sampler adds to the times (atomic too).
 #[repr(C)]
@@ -267,8 +268,9 @@ pub mod counter {
     pub const NEIGHBOUR_UNKNOWN_NS: u32 = NEIGHBOUR_MOVED_NS + 1;
     /// Samples taken by the co-scheduling sampler.
     pub const EV_GANG_SAMPLE: u32 = NEIGHBOUR_UNKNOWN_NS + 1;
-    /// A gang found its `GANG_SLOTS` entry held by another gang with
-    /// threads counted: its threads are not counted until it is free.
+
+    /// A gang found every entry of its probe sequence in `GANG_SLOTS` held
+    /// by gangs with threads counted: its threads are not counted then.
     pub const DROP_GANG_SLOT_BUSY: u32 = EV_GANG_SAMPLE + 1;
     pub const COUNT: u32 = DROP_GANG_SLOT_BUSY + 1;
 }

@@ -50,7 +50,7 @@ use hostprobe_common::{
         NO_PENDING_PLACE, RUN_RING, SLOT_ALONE, SLOT_MOVED_WHILE_QUEUED, SLOT_RUNNABLE,
         SLOT_RUNNING,
     },
-    DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, MAX_CPUS, WORKLOAD_PROBES,
+    workload_index, DEFAULT_MAX_WORKLOADS, DEFAULT_TASK_SLOTS, MAX_CPUS, WORKLOAD_PROBES,
 };
 
 // Load-time constants, set by the agent (aya freezes .rodata, so the
@@ -604,32 +604,55 @@ fn gang_of(task: *const u8) -> u32 {
     }
 }
 
+/// The `GANG_SLOTS` entry of `gang`: its own among the `WORKLOAD_PROBES`
+/// entries from its hashed index (the vCPU gang of a QEMU process differs
+/// from its process's gang only in bit 31), or with `claim` the first one
+/// without counted threads, taken over.
+#[inline(always)]
+fn gang_slot(gang: u32, claim: bool) -> Option<*mut GangSlot> {
+    let mask = GANG_SLOTS_MASK.load();
+    let first = workload_index(u64::from(gang), mask);
+    let mut free = None;
+    for i in 0..WORKLOAD_PROBES {
+        let p = GANG_SLOTS.get_ptr_mut((first + i) & mask)?;
+        // SAFETY: map value pointer from a successful lookup.
+        let g = unsafe { &*p };
+        if g.gang == gang {
+            return Some(p);
+        }
+        // SAFETY: plain loads of counts other CPUs may be changing: a
+        // stale zero only lets two gangs share the entry's times briefly.
+        let idle = unsafe {
+            core::ptr::read_volatile(&g.runnable) == 0 && core::ptr::read_volatile(&g.running) == 0
+        };
+        if claim && idle && free.is_none() {
+            free = Some(p);
+        }
+    }
+    let p = free?;
+    // SAFETY: as above.
+    unsafe {
+        *p = GangSlot {
+            gang,
+            ..GangSlot::default()
+        }
+    };
+    Some(p)
+}
+
 /// Adds `delta` (1, or `u32::MAX` for -1) to the runnable and/or running
-/// count of `gang`; false when its slot is held by another gang.
+/// count of `gang`; false when it has no entry (every entry of its probe
+/// sequence held by gangs with threads counted).
 fn gang_add(gang: u32, runnable: bool, running: bool, delta: u32) -> bool {
     if gang == 0 || !(runnable || running) {
         return true;
     }
-    let Some(slot) = GANG_SLOTS.get_ptr_mut(gang & GANG_SLOTS_MASK.load()) else {
+    let Some(slot) = gang_slot(gang, delta == 1) else {
+        bump(&SCHED_COUNTERS, counter::DROP_GANG_SLOT_BUSY);
         return false;
     };
     // SAFETY: map value pointer from a successful lookup.
     let g = unsafe { &mut *slot };
-    if g.gang != gang {
-        // SAFETY: plain loads of counts other CPUs may be changing: a
-        // stale zero only lets two gangs share the slot's times briefly.
-        let busy = unsafe {
-            core::ptr::read_volatile(&g.runnable) != 0 || core::ptr::read_volatile(&g.running) != 0
-        };
-        if busy || delta != 1 {
-            bump(&SCHED_COUNTERS, counter::DROP_GANG_SLOT_BUSY);
-            return false;
-        }
-        *g = GangSlot {
-            gang,
-            ..GangSlot::default()
-        };
-    }
     if runnable {
         atomic_add_u32(&mut g.runnable, delta);
     }
@@ -661,9 +684,7 @@ fn try_gang_sample() -> Result<(), ()> {
     if s.tid != tid || s.flags & SLOT_RUNNING == 0 {
         return Ok(());
     }
-    let gang = GANG_SLOTS
-        .get_ptr_mut(s.gang & GANG_SLOTS_MASK.load())
-        .ok_or(())?;
+    let gang = gang_slot(s.gang, false).ok_or(())?;
     // SAFETY: map value pointer from a successful lookup.
     let g = unsafe { &mut *gang };
     // SAFETY: plain loads of counts other CPUs may be changing.
