@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::host::kallsyms::Kallsyms;
 use crate::model::hist::Log2Hist;
-use crate::model::topk::{Labels, TopTable, Totals, OTHER};
+use crate::model::topk::{compound_key, key_parts, Labels, TopTable, Totals};
 use crate::probes::lock_types;
 use crate::snapshot::{
     LatencySummary, LockCaller, LockObject, LockOwnerWaits, LockSection, LockTotal, LockTypeStats,
@@ -247,12 +247,11 @@ impl LockCollector {
         let workloads = self.workloads.take(pass)?;
         let mut by_owner: BTreeMap<String, Waits> = BTreeMap::new();
         for (k, v) in self.owners.take(pass)? {
-            let label = format!(
-                "{}\u{1f}{}\u{1f}{}",
-                workload_name(cgroups, k.waiter),
-                workload_name(cgroups, k.owner),
-                owner_state(k.state)
-            );
+            let label = compound_key(&[
+                &workload_name(cgroups, k.waiter),
+                &workload_name(cgroups, k.owner),
+                owner_state(k.state),
+            ]);
             by_owner.entry(label).or_default().add(&sum(&v));
         }
         let by_owner: Vec<(String, Waits)> = by_owner.into_iter().collect();
@@ -427,12 +426,11 @@ impl LockCollector {
             owners: owner_totals
                 .into_iter()
                 .map(|(label, t)| {
-                    let mut f = label.split('\u{1f}');
-                    let mut next = || f.next().unwrap_or(OTHER).to_string();
+                    let [workload, owner, owner_state] = key_parts(&label);
                     LockOwnerWaits {
-                        workload: next(),
-                        owner: next(),
-                        owner_state: next(),
+                        workload,
+                        owner,
+                        owner_state,
                         contentions: t.count,
                         wait_seconds: t.total_ns as f64 / 1e9,
                     }

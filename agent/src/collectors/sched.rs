@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
 use crate::host::{proc, qemu};
 use crate::model::hist::Log2Hist;
-use crate::model::topk::{Labels, Totals, OTHER};
+use crate::model::topk::{compound_key, key_parts, Labels, Totals, OTHER};
 use crate::snapshot::{
     Distances, Gang, LatencySummary, NeighbourAttribution, NeighbourWaits, Placements,
     SchedSection, VmSched, WorkloadSched,
@@ -185,19 +185,6 @@ impl Totals for Charged {
     }
 }
 
-/// The label key of a (victim, neighbour) pair: NUL cannot occur in a
-/// cgroup path.
-fn pair_key(victim: &str, neighbour: &str) -> String {
-    format!("{victim}\0{neighbour}")
-}
-
-fn split_pair(key: &str) -> (String, String) {
-    match key.split_once('\0') {
-        Some((v, n)) => (v.to_string(), n.to_string()),
-        None => (OTHER.to_string(), OTHER.to_string()),
-    }
-}
-
 /// The name of a neighbour id in the pair table.
 fn neighbour_name(cgroups: &mut CgroupResolver, id: u64) -> String {
     match id {
@@ -271,7 +258,7 @@ impl Neighbours {
             let v = workload_name(cgroups, victim);
             let n = neighbour_name(cgroups, neighbour);
             victims.entry(v.clone()).or_default().add(&c);
-            pairs.push((pair_key(&v, &n), c));
+            pairs.push((compound_key(&[&v, &n]), c));
         }
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         let victims: Vec<(String, Charged)> = victims.into_iter().collect();
@@ -287,7 +274,7 @@ impl Neighbours {
             pairs
                 .into_iter()
                 .map(|(k, c)| {
-                    let (v, n) = split_pair(&k);
+                    let [v, n] = key_parts(&k);
                     (v, n, c.wait_ns, c.waits)
                 })
                 .collect(),

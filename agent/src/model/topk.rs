@@ -93,6 +93,19 @@ impl<K: Ord + Clone> TopK<K> {
     }
 }
 
+/// The key of a label made of several parts (a pair of workloads, ...):
+/// joined with NUL, which no cgroup path holds.
+pub fn compound_key(parts: &[&str]) -> String {
+    parts.join("\0")
+}
+
+/// The parts of a `compound_key`; a part it lacks (`other` has one) reads
+/// `other`.
+pub fn key_parts<const N: usize>(key: &str) -> [String; N] {
+    let mut f = key.split('\0');
+    std::array::from_fn(|_| f.next().unwrap_or(OTHER).to_string())
+}
+
 /// Counters of one label that can be summed and ranked.
 pub trait Totals: Default {
     /// How busy: the top-K ranking key.
@@ -265,6 +278,13 @@ impl<K: Ord + Clone, T: Totals + Clone> TopTable<K, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compound_keys_split_back_and_other_fills_every_part() {
+        let k = compound_key(&["/a\u{1f}b", "/c"]);
+        assert_eq!(key_parts::<2>(&k), ["/a\u{1f}b", "/c"]);
+        assert_eq!(key_parts::<3>(OTHER), [OTHER, OTHER, OTHER]);
+    }
 
     /// One half-life between rounds.
     const R: Duration = HALF_LIFE;

@@ -110,15 +110,20 @@ pub fn owner_offsets(btf: &Btf) -> OwnerOffsets {
     OwnerOffsets {
         mutex_owner: or_none(sized(btf, "mutex", "owner", 8)),
         rwsem_owner: or_none(sized(btf, "rw_semaphore", "owner", 8)),
-        task_state: ["__state", "state"]
-            .iter()
-            .find_map(|m| match btf.member("task_struct", m) {
-                Ok((off, 4 | 8)) => Some(off),
-                _ => None,
-            })
-            .unwrap_or(u32::MAX),
+        task_state: task_state_offset(btf).unwrap_or(u32::MAX),
         task_on_cpu: or_none(sized(btf, "task_struct", "on_cpu", 4)),
     }
+}
+
+/// `task_struct.__state` (5.14+) or `.state` (before), read as its low 32
+/// bits (the states all fit).
+fn task_state_offset(btf: &Btf) -> Option<u32> {
+    ["__state", "state"]
+        .iter()
+        .find_map(|m| match btf.member("task_struct", m) {
+            Ok((off, 4 | 8)) => Some(off),
+            _ => None,
+        })
 }
 
 /// Where `sched_switch` finds the state the outgoing task leaves in.
@@ -164,13 +169,7 @@ pub fn sched_args(btf: &Btf, tracepoint: &str) -> Result<Option<PrevState>> {
             if matches!(args.get(3), Some(TypeShape::Int { .. })) {
                 return Ok(Some(PrevState::Argument));
             }
-            let state = ["__state", "state"]
-                .iter()
-                .find_map(|m| match btf.member("task_struct", m) {
-                    Ok((off, 4 | 8)) => Some(off),
-                    _ => None,
-                })
-                .ok_or_else(|| Error::BtfMissing {
+            let state = task_state_offset(btf).ok_or_else(|| Error::BtfMissing {
                     what: "task_struct.__state or task_struct.state (the outgoing task's state, which sched_switch passes only from 5.18)".into(),
                 })?;
             Ok(Some(PrevState::TaskField(state)))

@@ -178,7 +178,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
         // SAFETY: helper without arguments.
         unsafe { bpf_get_current_cgroup_id() }
     };
-    record_run(prev_cgroup, now);
+    let ring = record_run(prev_cgroup, now);
     let filter = FILTER_TGID.load();
     if prev_tid != 0 && (filter == 0 || filter == (pid_tgid >> 32) as u32) {
         if let Some(slot) = claim_slot(prev_tid) {
@@ -206,7 +206,11 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     if s.queued_ns != 0 && now > s.queued_ns {
         s.pending_lat_ns = now - s.queued_ns;
         let moved = s.flags & SLOT_MOVED_WHILE_QUEUED != 0;
-        charge_neighbours(ctx, next, s.cgroup, s.queued_ns, now, moved);
+        if let Some(ring) = ring {
+            // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
+            let ring = unsafe { &*ring };
+            charge_neighbours(ctx, ring, next, s.cgroup, s.queued_ns, now, moved);
+        }
     }
     s.queued_ns = 0;
     s.flags &= !SLOT_MOVED_WHILE_QUEUED;
@@ -230,13 +234,12 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
 /// that ran just before extends its interval instead, so that the ring
 /// holds the last `RUN_RING` changes of workload, however short the runs
 /// (a ping-pong inside one workload switches every few microseconds).
+/// Returns the ring, for the task switched in.
 #[inline(always)]
-fn record_run(cgroup: u64, now: u64) {
-    let Some(r) = SCHED_RUN_RING.get_ptr_mut(0) else {
-        return;
-    };
+fn record_run(cgroup: u64, now: u64) -> Option<*const RunRing> {
+    let p = SCHED_RUN_RING.get_ptr_mut(0)?;
     // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
-    let r = unsafe { &mut *r };
+    let r = unsafe { &mut *p };
     let start = if r.last_switch_ns == 0 {
         now
     } else {
@@ -247,7 +250,7 @@ fn record_run(cgroup: u64, now: u64) {
         let last = (r.head - 1) as usize & (RUN_RING - 1);
         if r.cgroup[last] == cgroup && r.end_ns[last] == start {
             r.end_ns[last] = now;
-            return;
+            return Some(p);
         }
     }
     let i = r.head as usize & (RUN_RING - 1);
@@ -255,15 +258,17 @@ fn record_run(cgroup: u64, now: u64) {
     r.end_ns[i] = now;
     r.cgroup[i] = cgroup;
     r.head += 1;
+    Some(p)
 }
 
 /// Charges the wait `[since, now]` of `task`, switched in now, to what ran
-/// on this CPU meanwhile, interval by interval from the newest; what is
-/// older than the ring goes to `NEIGHBOUR_UNKNOWN`.
-/// `cgroup`: the task's workload at its last switch-out (0: never seen,
-/// then read from the task).
+/// on this CPU meanwhile (`ring`), interval by interval from the newest;
+/// what is older than the ring goes to `NEIGHBOUR_UNKNOWN`. `cgroup` is the
+/// task's workload at its last switch-out (0: never seen, then read from
+/// the task).
 fn charge_neighbours<C: EbpfContext>(
     ctx: &C,
+    ring: &RunRing,
     task: *const u8,
     cgroup: u64,
     since: u64,
@@ -282,11 +287,6 @@ fn charge_neighbours<C: EbpfContext>(
     if filter != 0 && filter != victim {
         return;
     }
-    let Some(ring) = SCHED_RUN_RING.get_ptr(0) else {
-        return;
-    };
-    // SAFETY: this CPU's entry of a per-CPU array; preemption is off.
-    let ring = unsafe { &*ring };
     let head = ring.head;
     // Start of the oldest interval looked at: the wait before it is unknown.
     let mut known_from = now;

@@ -13,6 +13,7 @@
 //! (`DRAIN_INFLIGHT`), then reads and deletes the other buffer's entries.
 //! A table so holds at most the keys of one round, and nothing is lost.
 
+use crate::util::atomic_add_u64;
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id,
     macros::map,
@@ -45,18 +46,10 @@ static DRAIN_INFLIGHT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub fn drained<R>(f: impl FnOnce(bool) -> R) -> R {
     let inflight = DRAIN_INFLIGHT.get_ptr_mut(0);
     // An atomic add (a locked instruction on x86-64, a full barrier): the
-    // count is visible before the generation is read. The target has no
-    // Rust atomic read-modify-write, hence the instruction itself.
+    // count is visible before the generation is read.
     let add = |delta: u64| {
         if let Some(c) = inflight {
-            // SAFETY: this CPU's slot of a per-CPU array, 8-byte aligned.
-            unsafe {
-                core::arch::asm!(
-                    "lock *(u64 *)({p} + 0) += {d}",
-                    p = in(reg) c,
-                    d = in(reg) delta,
-                )
-            };
+            atomic_add_u64(c, delta);
         }
     };
     add(1);

@@ -7,10 +7,7 @@ use crate::config::{FILTER_CGROUP, FILTER_TGID};
 
 #[inline(always)]
 pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
-    if let Some(c) = counters.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        unsafe { *c += 1 };
-    }
+    add(counters, index, 1);
 }
 
 #[inline(always)]
