@@ -256,7 +256,6 @@ impl Agent {
             affinity: Vec::new(),
             collection_seconds: 0.0,
             cgroup_tree_walks: self.cgroups.walks,
-            drains_deferred: self.drain.deferred,
         };
         snapshot.affinity = derive::affinity(&snapshot);
         snapshot.collection_seconds = t0.elapsed().as_secs_f64();

@@ -42,8 +42,9 @@ pub struct BenchArgs {
     /// Measure only the start-up.
     #[arg(long)]
     startup_only: bool,
-    /// Another hostprobe binary whose start-up is measured in the same
-    /// rounds (e.g. a build of an earlier commit).
+    /// Another hostprobe binary (e.g. a build of an earlier commit) run in
+    /// the same rounds of the pipe and messaging loads and of the start-up,
+    /// with the difference to this one paired within rounds.
     #[arg(long, value_name = "BIN")]
     compare: Option<std::path::PathBuf>,
 }
@@ -74,6 +75,8 @@ enum Mode {
     Hostprobe,
     /// `hostprobe serve --numa-page-alloc never`: all but `mm_page_alloc`.
     HostprobeNoPageAlloc,
+    /// `--compare`'s binary, run as `Hostprobe`.
+    Compare,
     Bpftrace(&'static str),
 }
 
@@ -142,6 +145,9 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     };
     let mut modes = vec![Mode::Baseline, Mode::Hostprobe];
     let mut fault_modes = vec![Mode::Baseline, Mode::Hostprobe, Mode::HostprobeNoPageAlloc];
+    if args.compare.is_some() {
+        modes.push(Mode::Compare);
+    }
     if !args.no_bpftrace {
         modes.push(Mode::Bpftrace(BPFTRACE_RUNQLAT));
         fault_modes.push(Mode::Bpftrace(BPFTRACE_PAGE_ALLOC));
@@ -153,7 +159,14 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     let mut pipe_rounds: Vec<Vec<(Mode, f64)>> = Vec::new();
     let started = Instant::now();
     while pipe_rounds.len() < args.max_rounds {
-        pipe_rounds.push(round(hostprobe, &pipe, &modes, &mut rng, &mut agent_use)?);
+        pipe_rounds.push(round(
+            hostprobe,
+            args,
+            &pipe,
+            &modes,
+            &mut rng,
+            &mut agent_use,
+        )?);
         let added = diffs(&pipe_rounds, Mode::Hostprobe, |m, b| {
             (m - b) / pipe.ops * 1e6
         });
@@ -172,6 +185,7 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     for i in 0..args.messaging_rounds {
         msg_rounds.push(round(
             hostprobe,
+            args,
             &messaging,
             &modes,
             &mut rng,
@@ -188,6 +202,7 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     for i in 0..args.fault_rounds {
         fault_rounds.push(round(
             hostprobe,
+            args,
             &faults,
             &fault_modes,
             &mut rng,
@@ -202,25 +217,31 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     eprintln!();
 
     println!("\nhostprobe overhead benchmark ({} pipe rounds in {:.0} s, {} messaging rounds; modes in random order within each round)", pipe_rounds.len(), pipe_secs, msg_rounds.len());
-    println!(
-        "{:<34} {:>12} {:>24} {:>20}",
-        "", "baseline", "hostprobe", "bpftrace runqlat"
-    );
+    let columns: Vec<Mode> = modes
+        .iter()
+        .copied()
+        .filter(|m| *m != Mode::Baseline)
+        .collect();
+    let header: String = columns
+        .iter()
+        .map(|m| {
+            let name = match m {
+                Mode::Hostprobe => "hostprobe",
+                Mode::Compare => "compare",
+                _ => "bpftrace runqlat",
+            };
+            format!(" {name:>24}")
+        })
+        .collect();
+    println!("{:<34} {:>12}{header}", "", "baseline");
     let base_us: Vec<f64> = pipe_rounds
         .iter()
         .filter_map(|r| value(r, Mode::Baseline))
         .map(|s| s / pipe.ops * 1e6)
         .collect();
     let row = |label: &str, base: String, f: &dyn Fn(Mode) -> String| {
-        println!(
-            "{label:<34} {base:>12} {:>24} {:>20}",
-            f(Mode::Hostprobe),
-            if modes.contains(&Mode::Bpftrace(BPFTRACE_RUNQLAT)) {
-                f(Mode::Bpftrace(BPFTRACE_RUNQLAT))
-            } else {
-                "-".into()
-            }
-        );
+        let cells: String = columns.iter().map(|m| format!(" {:>24}", f(*m))).collect();
+        println!("{label:<34} {base:>12}{cells}");
     };
     row(
         "pipe, us/op (median)",
@@ -246,6 +267,19 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         let (lo, mid, hi) = median_ci(&diffs(&msg_rounds, m, |x, b| x / b));
         format!("{mid:.3} [{lo:.3}, {hi:.3}]")
     });
+    if let Some(other) = &args.compare {
+        let paired: Vec<f64> = pipe_rounds
+            .iter()
+            .filter_map(|r| {
+                Some((value(r, Mode::Hostprobe)? - value(r, Mode::Compare)?) / pipe.ops * 1e6)
+            })
+            .collect();
+        let (lo, mid, hi) = median_ci(&paired);
+        println!(
+            "{:<34} {:>12} {mid:+.3} us/op [{lo:+.3}, {hi:+.3}] (paired within rounds; compare = {})",
+            "pipe, hostprobe - compare", "", other.display()
+        );
+    }
     println!("{:<34} {:>12.2}", "probe events per pipe op", events_per_op);
     print_faults(&fault_rounds, &fault_modes, faults.ops);
     println!(
@@ -337,7 +371,7 @@ fn print_faults(rounds: &[Vec<(Mode, f64)>], modes: &[Mode], ops: f64) {
                 "hostprobe, without mm_page_alloc (--numa-page-alloc never)".into()
             }
             Mode::Bpftrace(script) => format!("bpftrace `{script}`"),
-            Mode::Baseline => unreachable!(),
+            Mode::Baseline | Mode::Compare => unreachable!(),
         };
         line(
             &label,
@@ -377,6 +411,7 @@ fn diffs(rounds: &[Vec<(Mode, f64)>], m: Mode, f: impl Fn(f64, f64) -> f64) -> V
 /// One round: every mode once, in random order, alternating which goes first.
 fn round(
     hostprobe: &Path,
+    args: &BenchArgs,
     load: &Load,
     modes: &[Mode],
     rng: &mut Rng,
@@ -400,6 +435,14 @@ fn round(
                 agent.events()?;
                 agent_use.cpu_seconds.push(agent.cpu_seconds()?);
                 agent_use.peak_rss_kib.push(agent.peak_rss_kib()?);
+                agent.stop()?;
+                secs
+            }
+            Mode::Compare => {
+                let other = args.compare.as_deref().context("no --compare binary")?;
+                let agent = Agent::start(other, "5s", "always")?;
+                let secs = run_load(load)?;
+                agent.events()?;
                 agent.stop()?;
                 secs
             }

@@ -589,10 +589,6 @@ fn soak(
         .iter()
         .filter(|(k, v)| k.starts_with("hostprobe_probe_missed_total{") && **v > 0.0)
         .collect();
-    let deferred = s
-        .get("hostprobe_drains_deferred_total")
-        .copied()
-        .unwrap_or(0.0);
     let walks = s
         .get("hostprobe_cgroup_tree_walks_total")
         .copied()
@@ -689,7 +685,7 @@ fn soak(
         missed.keys().all(|k| k.contains("contention")),
         format!("runs the kernel skipped: {missed:?}"),
     );
-    println!("       drains deferred {deferred}, cgroup tree walks {walks}");
+    println!("       cgroup tree walks {walks}");
     let (perf_types, inner, outer) = match perf {
         Ok(counts) => counts,
         Err(e) => {

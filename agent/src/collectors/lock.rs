@@ -139,8 +139,7 @@ impl<K: Pod + Eq + std::hash::Hash, V: Pod> Buffers<K, V> {
     /// nothing (what it reads are the deltas since their last drain).
     fn take(&mut self, pass: Pass) -> Result<Vec<(K, Vec<V>)>> {
         match pass {
-            Pass::Round { drain: Some(b), .. } => self.read(b, true),
-            Pass::Round { drain: None, .. } => Ok(Vec::new()),
+            Pass::Round { drain: b, .. } => self.read(b, true),
             Pass::Peek => {
                 let mut all = self.read(0, false)?;
                 all.extend(self.read(1, false)?);

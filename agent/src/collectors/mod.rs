@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 
 use crate::error::{Error, Result};
@@ -24,11 +24,8 @@ pub mod sched;
 pub enum Pass {
     /// The interval's round, `elapsed` after the last: deltas fold into the
     /// labels, which move; buffer `drain` of the drained tables is read and
-    /// emptied (`None`: none is quiescent this round).
-    Round {
-        elapsed: Duration,
-        drain: Option<usize>,
-    },
+    /// emptied.
+    Round { elapsed: Duration, drain: usize },
     /// A scrape: fresh counters under the labels in force; nothing moves.
     Peek,
 }
@@ -67,65 +64,52 @@ impl DeadSet {
 
 /// The drained tables' buffer switch (`DRAIN_GEN`, see
 /// `ebpf-probes/probes/src/tables.rs`): each round it flips the buffer the
-/// programs write, then waits until no program that may have read the old
-/// one is still running, so that the old buffer can be read and emptied
-/// without losing a write.
+/// programs write, then waits for every program that may have read the old
+/// one to finish, so that the old buffer can be read and emptied without
+/// losing a write.
 pub struct Drain {
     gen: Array<MapData, u32>,
-    inflight: PerCpuArray<MapData, u64>,
+    grace: ArrayOfMaps<MapData, MapData>,
+    grace_inner: MapData,
     /// The buffer programs write now.
     active: u32,
-    /// Rounds whose drain was deferred (a program still in flight).
-    pub deferred: u64,
 }
-
-/// How long a flip waits for the programs in flight on every CPU.
-const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Drain {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        let grace_inner = match take(ebpf, "DRAIN_GRACE_INNER")? {
+            Map::Array(data) => data,
+            _ => {
+                return Err(Error::Contract {
+                    reason: "DRAIN_GRACE_INNER is not an array".into(),
+                })
+            }
+        };
         Ok(Self {
             gen: Array::try_from(take(ebpf, "DRAIN_GEN")?).map_err(map_err("DRAIN_GEN"))?,
-            inflight: PerCpuArray::try_from(take(ebpf, "DRAIN_INFLIGHT")?)
-                .map_err(map_err("DRAIN_INFLIGHT"))?,
+            grace: ArrayOfMaps::try_from(take(ebpf, "DRAIN_GRACE")?)
+                .map_err(map_err("DRAIN_GRACE"))?,
+            grace_inner,
             active: 0,
-            deferred: 0,
         })
     }
 
     /// Switches the programs to the other buffer and returns the one to
-    /// drain, once every CPU has been seen with no program in flight; `None`
-    /// if one was still running after `DRAIN_WAIT` (PREEMPT_RT can preempt a
-    /// program): that buffer is drained on a later round, nothing is lost.
-    pub fn flip(&mut self) -> Result<Option<usize>> {
+    /// drain. Blocks for an RCU grace period (a few milliseconds): the
+    /// kernel returns from the update of a map of maps only after every
+    /// BPF program running at that time has finished, on every CPU and
+    /// also when PREEMPT_RT preempted one, and every program started since
+    /// reads the new `DRAIN_GEN`.
+    pub fn flip(&mut self) -> Result<usize> {
         let old = self.active;
         self.active ^= 1;
         self.gen
             .set(0, self.active, 0)
             .map_err(map_err("DRAIN_GEN"))?;
-        // A program that read the old value has counted itself in flight
-        // before reading it (a locked add): visible well within this.
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        let deadline = std::time::Instant::now() + DRAIN_WAIT;
-        let mut seen_idle: Vec<bool> = Vec::new();
-        loop {
-            let per_cpu = self
-                .inflight
-                .get(&0, 0)
-                .map_err(map_err("DRAIN_INFLIGHT"))?;
-            seen_idle.resize(per_cpu.len(), false);
-            for (seen, n) in seen_idle.iter_mut().zip(per_cpu.iter()) {
-                *seen |= *n == 0;
-            }
-            if seen_idle.iter().all(|s| *s) {
-                return Ok(Some(old as usize));
-            }
-            if std::time::Instant::now() > deadline {
-                self.deferred += 1;
-                return Ok(None);
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
+        self.grace
+            .set(0, &self.grace_inner, 0)
+            .map_err(map_err("DRAIN_GRACE"))?;
+        Ok(old as usize)
     }
 }
 

@@ -242,8 +242,7 @@ impl Neighbours {
     /// as they are) into the pair and victim labels.
     fn collect(&mut self, cgroups: &mut CgroupResolver, pass: Pass) -> Result<NeighbourWaits> {
         let read = match pass {
-            Pass::Round { drain: Some(b), .. } => self.read(b, true)?,
-            Pass::Round { drain: None, .. } => HashMap::new(),
+            Pass::Round { drain: b, .. } => self.read(b, true)?,
             Pass::Peek => {
                 let mut all = self.read(0, false)?;
                 for (k, v) in self.read(1, false)? {

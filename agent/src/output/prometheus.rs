@@ -169,14 +169,6 @@ pub fn render(s: &Snapshot) -> String {
     f.counter(&[], s.cgroup_tree_walks as f64);
     out.push(f);
 
-    let mut f = Family::new(
-        "hostprobe_drains_deferred_total",
-        "Rounds that left the drain of the drained kernel tables to a later round because a program was still running (nothing is lost).",
-        COUNTER,
-    );
-    f.counter(&[], s.drains_deferred as f64);
-    out.push(f);
-
     let mut host = Family::new("hostprobe_sched_host_migrations_total", "Task migrations between CPUs on the whole host, by topology distance (counted when they happen, before workload attribution).", COUNTER);
     for (d, n) in s.sched.host_migrations.labeled() {
         host.counter(&[("distance", d)], n as f64);

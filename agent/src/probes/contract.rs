@@ -23,7 +23,7 @@ pub const MAP_CONTRACT: [(&str, usize); 27] = [
     ("SCHED_NEIGHBOURS", size_of::<NeighbourWait>()),
     ("DEAD_CGROUPS", size_of::<u8>()),
     ("DRAIN_GEN", size_of::<u32>()),
-    ("DRAIN_INFLIGHT", size_of::<u64>()),
+    ("DRAIN_GRACE_INNER", size_of::<u32>()),
     ("LOCK_BY_CALLER_0", size_of::<lock::CallerStat>()),
     ("LOCK_BY_CALLER_1", size_of::<lock::CallerStat>()),
     ("LOCK_BY_ADDR_0", size_of::<lock::Stat>()),

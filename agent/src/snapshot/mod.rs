@@ -59,9 +59,6 @@ pub struct Snapshot {
     /// Walks of the whole cgroup tree to name new cgroups (where they
     /// cannot be opened by handle; at most one per round).
     pub cgroup_tree_walks: u64,
-    /// Rounds whose drain of the drained tables waited for a program still
-    /// running and was left to a later round (nothing is lost).
-    pub drains_deferred: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

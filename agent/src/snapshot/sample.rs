@@ -217,7 +217,6 @@ pub(crate) fn sample() -> Snapshot {
         map_drops: BTreeMap::from([("SCHED_WORKLOADS".into(), 0), ("TASK_SLOTS".into(), 2)]),
         collection_seconds: 0.001,
         cgroup_tree_walks: 1,
-        drains_deferred: 0,
     }
 }
 

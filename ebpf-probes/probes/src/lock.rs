@@ -47,7 +47,7 @@ use hostprobe_common::{
 };
 
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
-use crate::tables::drained;
+use crate::tables::writing_second;
 use crate::task;
 use crate::util::{bump, first_time, selected};
 
@@ -364,15 +364,12 @@ fn caller_of<C: EbpfContext>(ctx: &C, flags: u32) -> u64 {
         flags,
         _pad: 0,
     };
-    drained(|second| {
-        let map = if second {
-            &LOCK_BY_CALLER_1
-        } else {
-            &LOCK_BY_CALLER_0
-        };
-        if map.get_ptr_mut(&key).is_some() {
-            return;
-        }
+    let map = if writing_second() {
+        &LOCK_BY_CALLER_1
+    } else {
+        &LOCK_BY_CALLER_0
+    };
+    if map.get_ptr_mut(&key).is_none() {
         scratch.entry.stat = Stat::default();
         for i in 0..STACK_DEPTH as usize {
             let f = from + i;
@@ -386,7 +383,7 @@ fn caller_of<C: EbpfContext>(ctx: &C, flags: u32) -> u64 {
         if map.insert(&key, &scratch.entry, 1).is_err() && map.get_ptr_mut(&key).is_none() {
             full(ctx, counter::DROP_CALLER_MAP_FULL);
         }
-    });
+    }
     caller
 }
 
@@ -464,59 +461,57 @@ fn account<C: EbpfContext>(ctx: &C, done: &Wait, lock: u64) {
     // The waiter is `current` at contention_end.
     // SAFETY: helper without arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    drained(|second| {
-        if second {
-            add_caller(ctx, &LOCK_BY_CALLER_1, &caller, wait_ns);
+    if writing_second() {
+        add_caller(ctx, &LOCK_BY_CALLER_1, &caller, wait_ns);
+        add(
+            ctx,
+            &LOCK_BY_ADDR_1,
+            &addr,
+            wait_ns,
+            counter::DROP_ADDR_MAP_FULL,
+        );
+        add(
+            ctx,
+            &LOCK_WORKLOADS_1,
+            &cgroup,
+            wait_ns,
+            counter::DROP_WORKLOAD_MAP_FULL,
+        );
+        if let Some(k) = owner_key(done, cgroup) {
             add(
                 ctx,
-                &LOCK_BY_ADDR_1,
-                &addr,
+                &LOCK_OWNERS_1,
+                &k,
                 wait_ns,
-                counter::DROP_ADDR_MAP_FULL,
+                counter::DROP_OWNER_MAP_FULL,
             );
-            add(
-                ctx,
-                &LOCK_WORKLOADS_1,
-                &cgroup,
-                wait_ns,
-                counter::DROP_WORKLOAD_MAP_FULL,
-            );
-            if let Some(k) = owner_key(done, cgroup) {
-                add(
-                    ctx,
-                    &LOCK_OWNERS_1,
-                    &k,
-                    wait_ns,
-                    counter::DROP_OWNER_MAP_FULL,
-                );
-            }
-        } else {
-            add_caller(ctx, &LOCK_BY_CALLER_0, &caller, wait_ns);
-            add(
-                ctx,
-                &LOCK_BY_ADDR_0,
-                &addr,
-                wait_ns,
-                counter::DROP_ADDR_MAP_FULL,
-            );
-            add(
-                ctx,
-                &LOCK_WORKLOADS_0,
-                &cgroup,
-                wait_ns,
-                counter::DROP_WORKLOAD_MAP_FULL,
-            );
-            if let Some(k) = owner_key(done, cgroup) {
-                add(
-                    ctx,
-                    &LOCK_OWNERS_0,
-                    &k,
-                    wait_ns,
-                    counter::DROP_OWNER_MAP_FULL,
-                );
-            }
         }
-    });
+    } else {
+        add_caller(ctx, &LOCK_BY_CALLER_0, &caller, wait_ns);
+        add(
+            ctx,
+            &LOCK_BY_ADDR_0,
+            &addr,
+            wait_ns,
+            counter::DROP_ADDR_MAP_FULL,
+        );
+        add(
+            ctx,
+            &LOCK_WORKLOADS_0,
+            &cgroup,
+            wait_ns,
+            counter::DROP_WORKLOAD_MAP_FULL,
+        );
+        if let Some(k) = owner_key(done, cgroup) {
+            add(
+                ctx,
+                &LOCK_OWNERS_0,
+                &k,
+                wait_ns,
+                counter::DROP_OWNER_MAP_FULL,
+            );
+        }
+    }
 }
 
 #[inline(always)]

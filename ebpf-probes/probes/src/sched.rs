@@ -290,26 +290,25 @@ fn charge_neighbours<C: EbpfContext>(
     let head = ring.head;
     // Start of the oldest interval looked at: the wait before it is unknown.
     let mut known_from = now;
-    tables::drained(|second| {
-        let mut k = 1u64;
-        while k <= RUN_RING as u64 && k <= head {
-            let i = (head - k) as usize & (RUN_RING - 1);
-            let (start, end) = (ring.start_ns[i], ring.end_ns[i]);
-            let lo = if start > since { start } else { since };
-            let hi = if end < now { end } else { now };
-            if hi > lo {
-                charge(ctx, second, victim, ring.cgroup[i], hi - lo);
-            }
-            known_from = start;
-            if start <= since {
-                break;
-            }
-            k += 1;
+    let second = tables::writing_second();
+    let mut k = 1u64;
+    while k <= RUN_RING as u64 && k <= head {
+        let i = (head - k) as usize & (RUN_RING - 1);
+        let (start, end) = (ring.start_ns[i], ring.end_ns[i]);
+        let lo = if start > since { start } else { since };
+        let hi = if end < now { end } else { now };
+        if hi > lo {
+            charge(ctx, second, victim, ring.cgroup[i], hi - lo);
         }
-        if known_from > since {
-            charge(ctx, second, victim, NEIGHBOUR_UNKNOWN, known_from - since);
+        known_from = start;
+        if start <= since {
+            break;
         }
-    });
+        k += 1;
+    }
+    if known_from > since {
+        charge(ctx, second, victim, NEIGHBOUR_UNKNOWN, known_from - since);
+    }
     let unknown = known_from.saturating_sub(since);
     if unknown > 0 {
         add(&SCHED_COUNTERS, counter::NEIGHBOUR_UNKNOWN_NS, unknown);

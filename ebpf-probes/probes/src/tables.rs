@@ -8,15 +8,17 @@
 //!
 //! Drained tables: hash maps keyed by what the kernel hands over (lock
 //! addresses, callers), in two buffers. Programs write the buffer
-//! `DRAIN_GEN` names; every round the agent flips it, waits until no
-//! program that may have read the old value is still running on any CPU
-//! (`DRAIN_INFLIGHT`), then reads and deletes the other buffer's entries.
-//! A table so holds at most the keys of one round, and nothing is lost.
+//! `DRAIN_GEN` names; every round the agent flips it, waits for an RCU
+//! grace period (the kernel's wait when user space updates a map of maps,
+//! `DRAIN_GRACE`), so that no program that read the old value is still
+//! running on any CPU, then reads and deletes the other buffer's entries.
+//! A table so holds at most the keys of one round, and nothing is lost,
+//! at no cost to the programs beyond reading `DRAIN_GEN`.
 
-use crate::util::atomic_add_u64;
 use aya_ebpf::{
+    btf_maps::{self, ArrayOfMaps},
     helpers::bpf_get_current_cgroup_id,
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray},
     Global,
 };
@@ -35,31 +37,26 @@ static DEAD_CGROUPS: HashMap<u64, u8> =
 /// The buffer of the drained tables the programs write: `DRAIN_GEN[0] & 1`.
 #[map]
 static DRAIN_GEN: Array<u32> = Array::with_max_entries(1, 0);
-/// Programs inside `drained` on each CPU.
-#[map]
-static DRAIN_INFLIGHT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Runs `f` with the buffer to write (`false`: the first, `true`: the
-/// second), counted in flight on this CPU meanwhile so that the agent knows
-/// when the other buffer is quiescent.
+/// Never read by a program: the agent stores `DRAIN_GRACE_INNER` in it
+/// after each flip of `DRAIN_GEN`, and the kernel returns from an update
+/// of a map of maps only after every program running at that time has
+/// finished (`maybe_wait_bpf_programs`, 4.19+).
+#[btf_map]
+static DRAIN_GRACE: ArrayOfMaps<btf_maps::Array<u32, 1>, 1> = ArrayOfMaps::new();
+/// A placeholder of `DRAIN_GRACE`'s inner type.
+#[map]
+static DRAIN_GRACE_INNER: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The buffer of the drained tables to write now (`false`: the first,
+/// `true`: the second). The caller must finish its writes within the
+/// program that read it: the agent's grace period covers only that.
 #[inline(always)]
-pub fn drained<R>(f: impl FnOnce(bool) -> R) -> R {
-    let inflight = DRAIN_INFLIGHT.get_ptr_mut(0);
-    // An atomic add (a locked instruction on x86-64, a full barrier): the
-    // count is visible before the generation is read.
-    let add = |delta: u64| {
-        if let Some(c) = inflight {
-            atomic_add_u64(c, delta);
-        }
-    };
-    add(1);
+pub fn writing_second() -> bool {
     // SAFETY: map value pointer from a successful lookup.
-    let second = DRAIN_GEN
+    DRAIN_GEN
         .get_ptr(0)
-        .is_some_and(|g| unsafe { core::ptr::read_volatile(g) } & 1 == 1);
-    let r = f(second);
-    add(u64::MAX);
-    r
+        .is_some_and(|g| unsafe { core::ptr::read_volatile(g) } & 1 == 1)
 }
 
 /// A table entry: its cgroup id (0: free) and how to start it afresh.
