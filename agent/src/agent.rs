@@ -13,6 +13,7 @@ use crate::collectors::lock::LockCollector;
 use crate::collectors::numa::NumaCollector;
 use crate::collectors::readiness::{ReadinessCollector, ReadinessOptions};
 use crate::collectors::sched::SchedCollector;
+use crate::collectors::ulock::UlockCollector;
 use crate::collectors::{DeadSet, Drain, Pass};
 use crate::error::{Error, Result};
 use crate::host::cgroup::CgroupResolver;
@@ -53,6 +54,7 @@ pub struct Agent {
     cgroups: CgroupResolver,
     sched: SchedCollector,
     lock: LockCollector,
+    ulock: UlockCollector,
     dirty: DirtyCollector,
     numa: NumaCollector,
     dead: DeadSet,
@@ -131,6 +133,7 @@ impl Agent {
             warn!("kernel HZ unknown (/proc/timer_list unreadable): dirty-throttle time is not reported");
         }
         let lock = LockCollector::new(&mut probes.ebpf, opts.top_k, kallsyms)?;
+        let ulock = UlockCollector::new(&mut probes.ebpf, opts.top_k)?;
         let dirty = DirtyCollector::new(&mut probes.ebpf, opts.top_k, hz)?;
         let numa = NumaCollector::new(
             &mut probes.ebpf,
@@ -148,6 +151,7 @@ impl Agent {
             cgroups,
             sched,
             lock,
+            ulock,
             dirty,
             numa,
             dead,
@@ -203,6 +207,7 @@ impl Agent {
         self.cgroups.begin_round();
         let (sched, counters) = self.sched.collect(&mut self.cgroups, pass)?;
         let (lock, lock_counters) = self.lock.collect(&mut self.cgroups, pass)?;
+        let (user_lock, ulock_counters) = self.ulock.collect(&mut self.cgroups, pass)?;
         let (dirty, dirty_counters) = self.dirty.collect(&mut self.cgroups, pass)?;
         let busiest: Vec<String> = sched.workloads.iter().map(|w| w.workload.clone()).collect();
         let (numa_workloads, pages_migrated, numa_counters) =
@@ -215,6 +220,7 @@ impl Agent {
         derive::join_numa(&mut numa, &sched);
         let mut events: BTreeMap<&str, u64> = counters.events.clone();
         events.extend(&lock_counters.events);
+        events.extend(&ulock_counters.events);
         events.extend(&dirty_counters.events);
         events.extend(&numa_counters.events);
         let mut errors: BTreeMap<&str, u64> = counters.errors.clone();
@@ -231,6 +237,7 @@ impl Agent {
         }
         let mut map_drops = counters.drops;
         map_drops.extend(lock_counters.drops);
+        map_drops.extend(ulock_counters.drops);
         map_drops.extend(dirty_counters.drops);
         map_drops.extend(numa_counters.drops);
         let mut snapshot = Snapshot {
@@ -244,6 +251,7 @@ impl Agent {
             probes,
             sched,
             lock,
+            user_lock,
             dirty,
             numa,
             readiness: self

@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use aya::{Ebpf, Pod};
+use aya::maps::{MapData, PerCpuArray};
+use aya::Ebpf;
 use hostprobe_common::lock::{
     counter, AddrKey, CallerKey, CallerStat, Hist, OwnerKey, Stat, CALLER_NOT_SAMPLED,
     CALLER_UNKNOWN, OWNER_PREEMPTED, OWNER_RUNNING, OWNER_SLEEPING, TYPES,
@@ -16,7 +16,8 @@ use hostprobe_common::lock::{
 use hostprobe_common::HIST_BUCKETS;
 
 use super::{
-    counter, fold_workload_deltas, map_err, name_deltas, take, workload_name, Pass, ProbeCounters,
+    counter, fold_workload_deltas, map_err, name_deltas, take, workload_name, Buffers, Pass,
+    ProbeCounters,
 };
 use crate::error::Result;
 use crate::host::cgroup::CgroupResolver;
@@ -99,52 +100,6 @@ impl Totals for CallerRow {
         Self {
             waits: self.waits.since(&earlier.waits),
             stack: self.stack.clone(),
-        }
-    }
-}
-
-/// One drained table: its two buffers.
-struct Buffers<K: Pod, V: Pod>([PerCpuHashMap<MapData, K, V>; 2], &'static str);
-
-impl<K: Pod + Eq + std::hash::Hash, V: Pod> Buffers<K, V> {
-    fn new(ebpf: &mut Ebpf, names: [&'static str; 2]) -> Result<Self> {
-        let mut one = |name| PerCpuHashMap::try_from(take(ebpf, name)?).map_err(map_err(name));
-        Ok(Self([one(names[0])?, one(names[1])?], names[0]))
-    }
-
-    /// Every entry of buffer `b`, each entry's per-CPU values as a list;
-    /// with `delete`, each is deleted once read (the buffer is quiescent:
-    /// no program writes it).
-    fn read(&mut self, b: usize, delete: bool) -> Result<Vec<(K, Vec<V>)>> {
-        let map = &mut self.0[b];
-        let keys: Vec<K> = map
-            .keys()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(map_err(self.1))?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            // A key deleted meanwhile (by a drain) is simply gone.
-            let Ok(values) = map.get(&k, 0) else {
-                continue;
-            };
-            out.push((k, values.iter().copied().collect()));
-            if delete {
-                map.remove(&k).map_err(map_err(self.1))?;
-            }
-        }
-        Ok(out)
-    }
-
-    /// A round drains its quiescent buffer; a peek reads both, deleting
-    /// nothing (what it reads are the deltas since their last drain).
-    fn take(&mut self, pass: Pass) -> Result<Vec<(K, Vec<V>)>> {
-        match pass {
-            Pass::Round { drain: b, .. } => self.read(b, true),
-            Pass::Peek => {
-                let mut all = self.read(0, false)?;
-                all.extend(self.read(1, false)?);
-                Ok(all)
-            }
         }
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray};
-use aya::Ebpf;
+use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::{Ebpf, Pod};
 
 use crate::error::{Error, Result};
 use crate::host::cgroup::CgroupResolver;
@@ -18,6 +18,7 @@ pub mod lock;
 pub mod numa;
 pub mod readiness;
 pub mod sched;
+pub mod ulock;
 
 /// What a collection does with what it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,52 @@ impl Drain {
             .set(0, &self.grace_inner, 0)
             .map_err(map_err("DRAIN_GRACE"))?;
         Ok(old as usize)
+    }
+}
+
+/// One drained table: its two buffers.
+pub struct Buffers<K: Pod, V: Pod>([PerCpuHashMap<MapData, K, V>; 2], &'static str);
+
+impl<K: Pod + Eq + std::hash::Hash, V: Pod> Buffers<K, V> {
+    pub fn new(ebpf: &mut Ebpf, names: [&'static str; 2]) -> Result<Self> {
+        let mut one = |name| PerCpuHashMap::try_from(take(ebpf, name)?).map_err(map_err(name));
+        Ok(Self([one(names[0])?, one(names[1])?], names[0]))
+    }
+
+    /// Every entry of buffer `b`, each entry's per-CPU values as a list;
+    /// with `delete`, each is deleted once read (the buffer is quiescent:
+    /// no program writes it).
+    pub fn read(&mut self, b: usize, delete: bool) -> Result<Vec<(K, Vec<V>)>> {
+        let map = &mut self.0[b];
+        let keys: Vec<K> = map
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(self.1))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            // A key deleted meanwhile (by a drain) is simply gone.
+            let Ok(values) = map.get(&k, 0) else {
+                continue;
+            };
+            out.push((k, values.iter().copied().collect()));
+            if delete {
+                map.remove(&k).map_err(map_err(self.1))?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A round drains its quiescent buffer; a peek reads both, deleting
+    /// nothing (what it reads are the deltas since their last drain).
+    pub fn take(&mut self, pass: Pass) -> Result<Vec<(K, Vec<V>)>> {
+        match pass {
+            Pass::Round { drain: b, .. } => self.read(b, true),
+            Pass::Peek => {
+                let mut all = self.read(0, false)?;
+                all.extend(self.read(1, false)?);
+                Ok(all)
+            }
+        }
     }
 }
 

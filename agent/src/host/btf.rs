@@ -24,6 +24,7 @@ const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
@@ -124,7 +125,7 @@ impl Btf {
         let mut by_name = HashMap::new();
         for id in 1..btf.types.len() as u32 {
             let kind = btf.kind(id);
-            if matches!(kind, KIND_STRUCT | KIND_ENUM | KIND_TYPEDEF) {
+            if matches!(kind, KIND_STRUCT | KIND_ENUM | KIND_TYPEDEF | KIND_FUNC) {
                 let name = btf.name(btf.u32_at(btf.types[id as usize]));
                 if !name.is_empty() {
                     by_name.entry((kind, fnv1a(name))).or_insert(id);
@@ -202,6 +203,12 @@ impl Btf {
             },
             kind => TypeShape::Other { kind },
         }
+    }
+
+    /// Whether the kernel has a function `name` (helpers included: each
+    /// `BPF_CALL` defines one of the helper's name).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.find(KIND_FUNC, name).is_some()
     }
 
     /// Byte offset and size of `member` in `struct name`, looking through
@@ -415,7 +422,17 @@ pub(crate) mod tests {
         b.ty(KIND_ARRAY, "", 0, 0, &[1, 1, 5121]); // 12: int[5121]
         let m = b.member("_zonerefs", 12, 0);
         b.ty(KIND_STRUCT, "zonelist", 1, 4 * 5121, &m); // 13
+        b.ty(KIND_FUNC, "bpf_task_pt_regs", 0, 8, &[]); // 14
         b.build()
+    }
+
+    #[test]
+    fn finds_functions_by_name() {
+        let btf = Btf::parse(fixture()).unwrap();
+        assert!(btf.has_function("bpf_task_pt_regs"));
+        assert!(!btf.has_function("bpf_find_vma"));
+        // A struct of that name is not a function.
+        assert!(!btf.has_function("task_struct"));
     }
 
     #[test]

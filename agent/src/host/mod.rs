@@ -6,5 +6,6 @@ pub mod kallsyms;
 pub mod privileges;
 pub mod proc;
 pub mod qemu;
+pub mod symbols;
 pub mod topology;
 pub mod tracefs;

@@ -167,7 +167,12 @@ pub struct MapsLine {
     pub mapping: Mapping,
     /// `rwxp`-style permissions.
     pub perms: String,
-    /// The path or pseudo-name (`[stack]`), empty for anonymous memory.
+    /// Offset in the mapped file.
+    pub offset: u64,
+    /// Inode of the mapped file, 0 for anonymous memory.
+    pub inode: u64,
+    /// The path (with ` (deleted)` if the file was removed) or pseudo-name
+    /// (`[stack]`), empty for anonymous memory.
     pub name: String,
 }
 
@@ -188,13 +193,20 @@ pub fn maps(pid: u32) -> Result<Vec<MapsLine>> {
     Ok(parse_maps(&text))
 }
 
-/// Lines of `/proc/PID/maps` text: `start-end perms offset dev inode [name]`.
+/// Lines of `/proc/PID/maps` text: `start-end perms offset dev inode
+/// [name]`, the name being the rest of the line (paths may hold spaces).
 pub fn parse_maps(text: &str) -> Vec<MapsLine> {
     text.lines()
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            let name = f.nth(3).unwrap_or("");
+            let mut rest = l;
+            let mut field = || {
+                let t = rest.trim_start();
+                let end = t.find(' ').unwrap_or(t.len());
+                let (f, r) = t.split_at(end);
+                rest = r;
+                f
+            };
+            let (range, perms, offset, _dev, inode) = (field(), field(), field(), field(), field());
             let (a, b) = range.split_once('-')?;
             let mapping = Mapping {
                 start: u64::from_str_radix(a, 16).ok()?,
@@ -203,7 +215,9 @@ pub fn parse_maps(text: &str) -> Vec<MapsLine> {
             (mapping.end > mapping.start).then(|| MapsLine {
                 mapping,
                 perms: perms.to_string(),
-                name: name.to_string(),
+                offset: u64::from_str_radix(offset, 16).unwrap_or(0),
+                inode: inode.parse().unwrap_or(0),
+                name: rest.trim_start().to_string(),
             })
         })
         .collect()
@@ -443,7 +457,12 @@ mod tests {
 ";
         let lines = parse_maps(maps);
         assert_eq!(lines.len(), 7);
-        assert_eq!(lines[3].name, "/memfd:pc.ram");
+        assert_eq!(lines[3].name, "/memfd:pc.ram (deleted)");
+        assert_eq!((lines[1].offset, lines[1].inode), (0x1000, 123));
+        assert_eq!(lines[4].name, "");
+        let spaced = parse_maps("7f00-7f10 r-xp 00002000 08:01 77    /opt/my app/lib x.so\n");
+        assert_eq!(spaced[0].name, "/opt/my app/lib x.so");
+        assert_eq!(spaced[0].offset, 0x2000);
         let m = writable_mappings(&lines);
         assert_eq!(m.len(), 3);
         assert_eq!(

@@ -9,4 +9,5 @@ pub mod precopy;
 mod precopy_replay;
 pub mod remote_access;
 pub mod topk;
+pub mod ustack;
 pub mod workload;

@@ -378,6 +378,7 @@ pub fn render(s: &Snapshot) -> String {
     let mut unsampled = Family::new("hostprobe_lock_spin_waits_without_stack_total", "Spinning lock waits counted without their stack because the per-CPU stack budget (--lock-stacks) was spent; their caller label is \"(stack not sampled)\".", COUNTER);
     unsampled.counter(&[], s.lock.spin_waits_without_stack as f64);
     out.extend([contentions, wait, by_caller, by_workload, unsampled]);
+    user_lock(s, &mut out);
     dirty(s, &mut out);
     numa(s, &mut out);
     affinity(s, &mut out);
@@ -393,6 +394,45 @@ pub fn render(s: &Snapshot) -> String {
         .encode(&families, &mut buf)
         .expect("text encoding of well-formed families cannot fail");
     String::from_utf8(buf).expect("the text encoder writes UTF-8")
+}
+
+/// User-space lock waits (futex sleeps) per workload and per (workload,
+/// function), top-K + other.
+fn user_lock(s: &Snapshot, out: &mut Vec<Family>) {
+    use MetricType::{COUNTER, HISTOGRAM};
+    let mut wait = Family::new(
+        "hostprobe_workload_user_lock_wait_seconds_total",
+        "Time the workload's threads slept in futex waits (user-space locks, condition variables, semaphores) until they ran again; top-K + other.",
+        COUNTER,
+    );
+    let mut count = Family::new(
+        "hostprobe_workload_user_lock_contentions_total",
+        "Futex sleeps of the workload's threads (a lock or condition found taken or unmet); top-K + other.",
+        COUNTER,
+    );
+    let mut hist = Family::new(
+        "hostprobe_user_lock_wait_seconds",
+        "Futex sleeps of the workload's threads by duration (sleep and run-queue wait until they ran again); top-K + other.",
+        HISTOGRAM,
+    );
+    for w in &s.user_lock.workloads {
+        let l = [("workload", w.workload.as_str())];
+        wait.counter(&l, w.wait_seconds);
+        count.counter(&l, w.contentions as f64);
+        histogram(&mut hist, &l, &w.wait);
+    }
+    let mut by_function = Family::new(
+        "hostprobe_user_lock_wait_seconds_total",
+        "Time slept in futex waits by workload and innermost application function (the first frame outside the C library and the runtimes' lock code); top-K + other.",
+        COUNTER,
+    );
+    for f in &s.user_lock.functions {
+        by_function.counter(
+            &[("workload", &f.workload), ("function", &f.function)],
+            f.wait_seconds,
+        );
+    }
+    out.extend([wait, count, hist, by_function]);
 }
 
 /// Page dirtying per workload (top-K + other) and device.

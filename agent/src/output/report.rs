@@ -1,5 +1,6 @@
 //! The human-readable diagnose report: a view of a [`Snapshot`].
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::model::precopy::Outlook;
@@ -150,6 +151,7 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
 
     render_delays(&mut o, s);
     render_locks(&mut o, s, stacks);
+    render_user_locks(&mut o, s, stacks);
     render_dirty(&mut o, s);
     render_numa(&mut o, s);
     render_migration_readiness(&mut o, s);
@@ -170,6 +172,110 @@ pub fn render(s: &Snapshot, stacks: bool) -> String {
         }
     );
     o
+}
+
+/// User-space lock waits, shaped like `pprof -top`: per workload, the
+/// functions by flat wait (their own frame innermost among the
+/// application's) and cumulative wait (anywhere on the stack).
+fn render_user_locks(o: &mut String, s: &Snapshot, stacks: bool) {
+    let u = &s.user_lock;
+    let _ = writeln!(
+        o,
+        "\nUser-space lock waits (futex sleeps until the thread ran again; top workloads)"
+    );
+    if u.workloads.is_empty() {
+        let _ = writeln!(o, "  (none seen)");
+        return;
+    }
+    for w in u.workloads.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "  {}: {} in {} waits (p50 {}, p99 {})",
+            w.workload,
+            fmt_seconds(w.wait_seconds),
+            w.contentions,
+            opt_seconds(w.wait.p50_seconds),
+            opt_seconds(w.wait.p99_seconds)
+        );
+        let rows: Vec<_> = u
+            .stacks
+            .iter()
+            .filter(|r| r.workload == w.workload)
+            .collect();
+        let total: f64 = rows.iter().map(|r| r.wait_seconds).sum();
+        let mut flat: BTreeMap<String, f64> = BTreeMap::new();
+        let mut cum: BTreeMap<String, f64> = BTreeMap::new();
+        for r in &rows {
+            *flat.entry(r.function.clone()).or_default() += r.wait_seconds;
+            let mut seen = std::collections::BTreeSet::new();
+            for f in &r.frames {
+                if seen.insert(f.name.clone()) {
+                    *cum.entry(f.name.clone()).or_default() += r.wait_seconds;
+                }
+            }
+        }
+        let mut by_flat: Vec<(&String, &f64)> = flat.iter().collect();
+        by_flat.sort_by(|a, b| b.1.total_cmp(a.1));
+        let _ = writeln!(
+            o,
+            "    {:>10} {:>6} {:>10} {:>6}  function",
+            "flat", "flat%", "cum", "cum%"
+        );
+        for (name, f) in by_flat.iter().take(10) {
+            let c = cum.get(*name).copied().unwrap_or(0.0);
+            let _ = writeln!(
+                o,
+                "    {:>10} {:>6} {:>10} {:>6}  {name}",
+                fmt_seconds(**f),
+                pct_f(**f, total),
+                fmt_seconds(c),
+                pct_f(c, total),
+            );
+        }
+        if stacks {
+            for r in rows.iter().take(5) {
+                let _ = writeln!(
+                    o,
+                    "    {} in {} waits (max {}), pid {}{}:",
+                    fmt_seconds(r.wait_seconds),
+                    r.contentions,
+                    fmt_seconds(r.max_wait_seconds),
+                    r.pid,
+                    if r.truncated { ", truncated" } else { "" }
+                );
+                for f in &r.frames {
+                    let _ = writeln!(
+                        o,
+                        "      {:#018x} {} ({}){}",
+                        f.address,
+                        f.name,
+                        f.module,
+                        if f.recovered {
+                            " [found on the stack]"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+    }
+    for t in &u.truncated {
+        let _ = writeln!(o, "  note: {} ({} stacks)", t.hint, t.stacks);
+    }
+    let _ = writeln!(
+        o,
+        "  flat: waits whose innermost application frame is the function; cum: waits with the function anywhere on the stack."
+    );
+}
+
+/// `part` as a percentage of `whole`.
+fn pct_f(part: f64, whole: f64) -> String {
+    if whole > 0.0 {
+        format!("{:.1}%", 100.0 * part / whole)
+    } else {
+        "-".into()
+    }
 }
 
 /// The `hostprobe readiness` answer.

@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use hostprobe_common::{
-    dirty, lock, numa,
+    dirty, lock, numa, ulock,
     sched::{CpuTopo, GangSlot, NeighbourWait, RunRing, SchedStats, TaskSlot},
 };
 
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// Maps the collectors and the loader use, with the value size the agent
 /// expects: the kernel and user sides must agree on every record type.
-pub const MAP_CONTRACT: [(&str, usize); 27] = [
+pub const MAP_CONTRACT: [(&str, usize); 34] = [
     ("TASK_SLOTS", size_of::<TaskSlot>()),
     ("CPU_TOPO", size_of::<CpuTopo>()),
     ("SCHED_WORKLOADS", size_of::<SchedStats>()),
@@ -35,6 +35,13 @@ pub const MAP_CONTRACT: [(&str, usize); 27] = [
     ("LOCK_HIST", size_of::<lock::Hist>()),
     ("LOCK_COUNTERS", size_of::<u64>()),
     ("LOCK_TASK_SLOTS", size_of::<lock::TaskSlot>()),
+    ("ULOCK_STACKS_0", size_of::<ulock::UserStack>()),
+    ("ULOCK_STACKS_1", size_of::<ulock::UserStack>()),
+    ("ULOCK_WAITS_0", size_of::<lock::Stat>()),
+    ("ULOCK_WAITS_1", size_of::<lock::Stat>()),
+    ("ULOCK_WORKLOADS_0", size_of::<ulock::Workload>()),
+    ("ULOCK_WORKLOADS_1", size_of::<ulock::Workload>()),
+    ("ULOCK_COUNTERS", size_of::<u64>()),
     ("DIRTY_WORKLOADS", size_of::<dirty::Stats>()),
     ("DIRTY_FILES", size_of::<dirty::FileStats>()),
     ("DIRTY_COUNTERS", size_of::<u64>()),

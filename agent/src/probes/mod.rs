@@ -33,9 +33,25 @@ use contract::check_object;
 use offsets::{
     balance_pause_offset, cgroup_offsets, dirty_args, fault_args, folio_offsets, lock_args,
     lock_offsets, mapping_offsets, migrate_pages_offsets, migrate_reasons, owner_offsets,
-    page_node_bits, sched_args, task_offsets, CgroupOffsets, OwnerOffsets, PrevState,
+    page_node_bits, sched_args, task_offsets, ulock_offsets, CgroupOffsets, OwnerOffsets,
+    PrevState,
 };
 use spec::{Hook, Needs, ProgramSpec, Way, PROGRAMS};
+
+/// The futex sleeps `sched_switch` sees (user-space lock waits): a probe
+/// in `check` and the self-metrics, without a program of its own.
+pub const ULOCK_PROBE: &str = "ulock";
+
+/// This architecture's syscall numbers of `futex`, `futex_waitv` (5.16+)
+/// and `futex_wait` (6.7+), and whether `sched_switch` searches a sleeping
+/// thread's stack for the caller of a library without frame pointers (it
+/// knows x86-64's call encodings only).
+#[cfg(target_arch = "x86_64")]
+const SYSCALLS: (u32, u32, u32, u32) = (202, 449, 455, 1);
+#[cfg(target_arch = "aarch64")]
+const SYSCALLS: (u32, u32, u32, u32) = (98, 449, 455, 0);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const SYSCALLS: (u32, u32, u32, u32) = (u32::MAX, u32::MAX, u32::MAX, 0);
 
 /// The compiled kernel programs, built by `build.rs` through aya-build.
 pub(crate) static PROBES_OBJECT: &[u8] =
@@ -185,6 +201,7 @@ impl Probes {
         let prev_state = sched.get("sched_switch");
         let cgroup_links = with_btf(&btf, cgroup_offsets);
         let owners = btf.as_ref().ok().map(owner_offsets);
+        let ulock = with_btf(&btf, ulock_offsets);
         let mapping = with_btf(&btf, mapping_offsets);
         let folio = with_btf(&btf, folio_offsets);
         let dirty_page = with_btf(&btf, |b| dirty_args(b, "writeback_dirty_page", "page"));
@@ -273,6 +290,14 @@ impl Probes {
         );
         let (signal_off, nr_threads_off) =
             (t.map_or(0, |t| t.signal), t.map_or(0, |t| t.nr_threads));
+        let regs = ulock.as_ref().ok();
+        let (regs_nr, regs_op, regs_sp, regs_fp) = (
+            regs.map_or(u32::MAX, |r| r.nr),
+            regs.map_or(0, |r| r.op),
+            regs.map_or(0, |r| r.sp),
+            regs.map_or(0, |r| r.fp),
+        );
+        let (sys_futex, sys_futex_waitv, sys_futex_wait, scan_caller) = SYSCALLS;
         let filter_tgid = opts.pid.unwrap_or(0);
         let filter_cgroup = opts.cgroup_id.unwrap_or(0);
         let ncpus = topology.cpus.len() as u32;
@@ -296,6 +321,14 @@ impl Probes {
             .override_global("TASK_ON_CPU_OFFSET", &ow.task_on_cpu, true)
             .override_global("MUTEX_OWNER_OFFSET", &ow.mutex_owner, true)
             .override_global("RWSEM_OWNER_OFFSET", &ow.rwsem_owner, true)
+            .override_global("REGS_NR_OFFSET", &regs_nr, true)
+            .override_global("REGS_OP_OFFSET", &regs_op, true)
+            .override_global("REGS_SP_OFFSET", &regs_sp, true)
+            .override_global("REGS_FP_OFFSET", &regs_fp, true)
+            .override_global("SYS_FUTEX", &sys_futex, true)
+            .override_global("SYS_FUTEX_WAITV", &sys_futex_waitv, true)
+            .override_global("SYS_FUTEX_WAIT", &sys_futex_wait, true)
+            .override_global("SCAN_CALLER", &scan_caller, true)
             .override_global("FILTER_TGID", &filter_tgid, true)
             .override_global("FILTER_CGROUP", &filter_cgroup, true)
             .override_global("LOCK_BEGIN_ADDR_OFFSET", &l.begin_lock, true)
@@ -445,6 +478,29 @@ impl Probes {
                 missed: 0,
             });
         }
+        // User lock waits ride on sched_switch: its status, and theirs.
+        let switch = status.iter().find(|s| s.probe == "sched_switch");
+        let ulock_reason = match (switch, &ulock) {
+            (Some(s), _) if !s.attached => Some("sched_switch is not attached".to_string()),
+            (_, Err(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        if let Some(reason) = &ulock_reason {
+            warn!(probe = ULOCK_PROBE, %reason, "probe disabled");
+        }
+        status.push(ProbeStatus {
+            probe: ULOCK_PROBE.to_string(),
+            tracepoint: "sched:sched_switch".to_string(),
+            attach_type: switch
+                .map_or("tp_btf", |s| s.attach_type.as_str())
+                .to_string(),
+            attached: ulock_reason.is_none(),
+            enabled: true,
+            reason: ulock_reason,
+            events: 0,
+            errors: 0,
+            missed: 0,
+        });
         if !status.iter().any(|s| s.attached) {
             let reasons = status
                 .iter()

@@ -428,3 +428,35 @@ mod tests {
         assert!(reason > succeeded);
     }
 }
+
+/// What `sched_switch` reads of a sleeping thread's user registers to see
+/// a futex wait and search its stack (see `ebpf-probes/probes/src/ulock.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct UlockOffsets {
+    pub nr: u32,
+    pub op: u32,
+    pub sp: u32,
+    pub fp: u32,
+}
+
+/// Resolves the `pt_regs` members of this architecture (x86-64 only: the
+/// stack search knows its call encodings) and checks for the
+/// `bpf_task_pt_regs` helper (5.15+).
+pub fn ulock_offsets(btf: &Btf) -> Result<UlockOffsets> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(Error::BtfMissing {
+            what: "x86-64 (user lock waits read x86-64 registers and call encodings)".into(),
+        });
+    }
+    if !btf.has_function("bpf_task_pt_regs") {
+        return Err(Error::BtfMissing {
+            what: "the bpf_task_pt_regs helper (Linux 5.15+)".into(),
+        });
+    }
+    Ok(UlockOffsets {
+        nr: sized(btf, "pt_regs", "orig_ax", 8)?,
+        op: sized(btf, "pt_regs", "si", 8)?,
+        sp: sized(btf, "pt_regs", "sp", 8)?,
+        fp: sized(btf, "pt_regs", "bp", 8)?,
+    })
+}

@@ -19,6 +19,7 @@ pub mod readiness;
 #[cfg(test)]
 pub(crate) mod sample;
 pub mod sched;
+pub mod ulock;
 
 pub use crate::probes::ProbeStatus;
 pub use dirty::*;
@@ -26,6 +27,7 @@ pub use lock::*;
 pub use numa::*;
 pub use readiness::*;
 pub use sched::*;
+pub use ulock::*;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -43,6 +45,8 @@ pub struct Snapshot {
     pub probes: Vec<ProbeStatus>,
     pub sched: SchedSection,
     pub lock: LockSection,
+    /// User-space lock waits (futex sleeps).
+    pub user_lock: UserLockSection,
     pub dirty: DirtySection,
     pub numa: NumaSection,
     /// Busy share of each CPU over the window (from /proc/stat).

@@ -165,6 +165,51 @@ pub(crate) fn sample() -> Snapshot {
             }],
             spin_waits_without_stack: 7,
         },
+        user_lock: UserLockSection {
+            workloads: vec![UserLockWorkload {
+                workload: "/db.service".into(),
+                contentions: 5,
+                wait_seconds: 0.002,
+                wait: LatencySummary::from_hist(&hist),
+            }],
+            functions: vec![UserLockFunction {
+                workload: "/db.service".into(),
+                function: "flush_log".into(),
+                contentions: 5,
+                wait_seconds: 0.002,
+            }],
+            stacks: vec![UserLockStack {
+                workload: "/db.service".into(),
+                pid: 42,
+                contentions: 5,
+                wait_seconds: 0.002,
+                max_wait_seconds: 0.001,
+                function: "flush_log".into(),
+                frames: ["__lll_lock_wait", "flush_log", "main"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| UserFrame {
+                        address: 0x7f00_0000 + i as u64 * 0x10,
+                        name: name.to_string(),
+                        module: if i == 0 { "libc.so.6" } else { "db" }.into(),
+                        file_address: 0x1000 + i as u64 * 0x10,
+                        build_id: Some("abcd".into()),
+                        path: Some(
+                            if i == 0 {
+                                "/lib/libc.so.6"
+                            } else {
+                                "/usr/bin/db"
+                            }
+                            .into(),
+                        ),
+                        mapping: Some((0x7f00_0000, 0x7f10_0000, 0)),
+                        recovered: i == 1,
+                    })
+                    .collect(),
+                truncated: false,
+            }],
+            truncated: vec![],
+        },
         dirty: DirtySection {
             workloads: vec![WorkloadDirty {
                 workload: "/db.service".into(),

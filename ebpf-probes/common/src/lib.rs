@@ -10,5 +10,6 @@ pub mod lock;
 pub mod numa;
 pub mod sched;
 pub mod tables;
+pub mod ulock;
 
 pub use tables::*;

@@ -82,6 +82,11 @@ pub struct TaskSlot {
     /// The task's cgroup v2 id at its last switch-out (0: not seen yet):
     /// its workload when it is switched in, without walking its cgroups.
     pub cgroup: u64,
+    /// When the task went to sleep in a futex wait, 0 when it is not in
+    /// one (see `ulock`).
+    pub ulock_since_ns: u64,
+    /// The user stack of that wait (`ulock::UserStack` key).
+    pub ulock_stack: u64,
 }
 
 /// The task moved to another CPU while it waited in a run queue: its wait
@@ -297,7 +302,7 @@ mod tests {
         assert_eq!(size_of::<CpuTopo>(), 16);
         assert_eq!(
             size_of::<TaskSlot>(),
-            4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 6 + 4 + 8
+            4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 6 + 4 + 8 + 8 + 8
         );
         assert_eq!(
             size_of::<SchedStats>(),

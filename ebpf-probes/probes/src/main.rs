@@ -1,7 +1,7 @@
 //! hostprobe's kernel-side programs: one module per signal.
 #![no_std]
 #![no_main]
-// `asm!` for the atomic add of the drained tables' in-flight count.
+// `asm!` for the atomic adds of the gang counts.
 #![feature(asm_experimental_arch)]
 
 mod config;
@@ -11,6 +11,7 @@ mod numa;
 mod sched;
 mod tables;
 mod task;
+mod ulock;
 mod util;
 
 #[cfg(not(test))]

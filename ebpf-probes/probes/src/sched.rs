@@ -40,6 +40,7 @@ use aya_log_ebpf::warn;
 use crate::config::{FILTER_CGROUP, FILTER_TGID, TASK_SLOTS_MASK};
 use crate::tables;
 use crate::task;
+use crate::ulock;
 use crate::util::{add, atomic_add_u32, atomic_add_u64, bump, first_time, selected};
 use hostprobe_common::{
     log2_bucket,
@@ -193,6 +194,9 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
             s.queued_ns = if runnable { now } else { 0 };
             s.flags &= !SLOT_MOVED_WHILE_QUEUED;
             count_in_gang(s, prev, runnable, false);
+            if !runnable {
+                ulock::on_sleep(ctx, prev, s, (pid_tgid >> 32) as u32, now);
+            }
         }
     }
 
@@ -203,6 +207,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let slot = claim_slot(next_tid).ok_or(())?;
     // SAFETY: map value pointer from a successful lookup.
     let s = unsafe { &mut *slot };
+    ulock::on_run(s, now);
     if s.queued_ns != 0 && now > s.queued_ns {
         s.pending_lat_ns = now - s.queued_ns;
         let moved = s.flags & SLOT_MOVED_WHILE_QUEUED != 0;
@@ -530,6 +535,8 @@ fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
             _pad2: 0,
             gang: 0,
             cgroup: 0,
+            ulock_since_ns: 0,
+            ulock_stack: 0,
         };
     }
     Some(slot)
