@@ -196,6 +196,12 @@ impl Agent {
         Ok(snapshot)
     }
 
+    /// Names the user stacks recorded since the last call (see
+    /// [`UlockCollector::name_new_stacks`]).
+    pub fn name_new_stacks(&mut self) -> Result<()> {
+        self.ulock.name_new_stacks()
+    }
+
     /// A scrape's view: every counter read fresh, under the labels in
     /// force; moves no label and drains nothing.
     pub fn peek(&mut self) -> Result<Snapshot> {

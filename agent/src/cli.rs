@@ -89,9 +89,13 @@ pub struct DiagnoseArgs {
     /// rwsem:R, rwsem:W, rt-mutex, rwlock-rt:R, rwlock-rt:W, pcpu-sem:R, pcpu-sem:W, mutex.
     #[arg(long, value_name = "TYPE", value_parser = parse_lock_type)]
     pub lock_type: Option<u64>,
-    /// Print the full kernel stack of the top lock contention entries.
+    /// Print the full stacks of the top kernel and user-space lock waits.
     #[arg(long)]
     pub stacks: bool,
+    /// Also write the user-space lock waits as a pprof profile (gzipped
+    /// profile.proto, like Go's mutex profile) to this file, for `go tool pprof`.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub tuning: Tuning,
     #[command(flatten)]

@@ -11,8 +11,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and benchmarks use: perf (reference counts and
 /// loads), prometheus (promtool, and the end-to-end scrape), bpftool (no
 /// programs left loaded), bpftrace (the benchmark's peer), gcc and libc6-dev
-/// (test helpers in C), systemd (systemd-analyze verify).
-const PACKAGES: [&str; 7] = [
+/// (test helpers in C), systemd (systemd-analyze verify), golang-go (`go tool
+/// pprof` reads the profiles `diagnose --pprof` writes).
+const PACKAGES: [&str; 8] = [
     "linux-perf",
     "prometheus",
     "bpftool",
@@ -20,6 +21,7 @@ const PACKAGES: [&str; 7] = [
     "gcc",
     "libc6-dev",
     "systemd",
+    "golang-go",
 ];
 
 pub struct Tools {

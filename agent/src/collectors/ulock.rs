@@ -176,6 +176,15 @@ impl UlockCollector {
         Ok(())
     }
 
+    /// Names the stacks recorded since, while their processes most likely
+    /// still run (every second: a process that exits before a round would
+    /// leave only addresses); drains nothing.
+    pub fn name_new_stacks(&mut self) -> Result<()> {
+        self.symbols.begin_round();
+        self.read_stacks(0, false)?;
+        self.read_stacks(1, false)
+    }
+
     pub fn collect(
         &mut self,
         cgroups: &mut CgroupResolver,

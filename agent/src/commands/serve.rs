@@ -134,7 +134,8 @@ async fn serve(
     Ok(())
 }
 
-/// A round every `interval`, on a blocking thread.
+/// A round every `interval`, and the naming of new user stacks every
+/// second, on a blocking thread.
 async fn rounds(
     state: Arc<Shared>,
     interval: Duration,
@@ -142,6 +143,8 @@ async fn rounds(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut naming = tokio::time::interval(NAMING_INTERVAL);
+    naming.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // The first round ran before serving.
     tick.tick().await;
     loop {
@@ -153,9 +156,20 @@ async fn rounds(
                     warn!("collection round: {e}");
                 }
             }
+            _ = naming.tick() => {
+                let s = state.clone();
+                let named = tokio::task::spawn_blocking(move || locked(&s.agent).name_new_stacks()).await;
+                if let Ok(Err(e)) = named {
+                    warn!("naming user stacks: {e}");
+                }
+            }
         }
     }
 }
+
+/// How often user stacks recorded since are named (their processes' maps
+/// read), so that short-lived processes are named before they exit.
+const NAMING_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn metrics(State(state): State<Arc<Shared>>) -> impl IntoResponse {
     match tokio::task::spawn_blocking(move || state.scrape()).await {

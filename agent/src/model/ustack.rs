@@ -49,8 +49,10 @@ const LIBRARIES: [&str; 8] = [
     "libgcc_s",
     "libmusl",
 ];
-/// Functions of lock code compiled into the application.
-const LOCK_CODE: [&str; 8] = [
+/// Functions of lock code compiled into the application (by prefix; Rust
+/// trait paths are looked at without their leading `<`), and the C
+/// library's own when it is linked in statically.
+const LOCK_CODE: [&str; 11] = [
     "std::sys::",
     "std::sync::",
     "std::thread::",
@@ -59,7 +61,16 @@ const LOCK_CODE: [&str; 8] = [
     "runtime.",
     "sync.",
     "__lll_",
+    "pthread_",
+    "__pthread_",
+    "__futex",
 ];
+const LOCK_FUNCTIONS: [&str; 3] = ["syscall", "futex_wait", "sem_wait"];
+
+fn is_lock_code(function: &str) -> bool {
+    let f = function.trim_start_matches('<');
+    LOCK_CODE.iter().any(|p| f.starts_with(p)) || LOCK_FUNCTIONS.contains(&f)
+}
 /// Functions a thread starts in: a stack that reaches one is whole.
 const THREAD_ROOTS: [&str; 9] = [
     "start_thread",
@@ -126,10 +137,7 @@ pub fn name<F: Clone>(
         .find(|(r, _)| {
             !is_library(&r.module)
                 && r.module != "[unknown]"
-                && !r
-                    .function
-                    .as_deref()
-                    .is_some_and(|f| LOCK_CODE.iter().any(|p| f.starts_with(p)))
+                && !r.function.as_deref().is_some_and(is_lock_code)
         })
         .map(|(r, _)| {
             r.function
@@ -171,6 +179,18 @@ mod tests {
                 module_uses_frame_pointers: module == "libc.so.6" && libc_fp,
             }
         }
+    }
+
+    #[test]
+    fn lock_code_is_skipped_by_prefix_and_rust_trait_paths_too() {
+        assert!(is_lock_code("<std::thread::thread::Thread>::park_timeout"));
+        assert!(is_lock_code(
+            "std::sys::sync::mutex::futex::Mutex::lock_contended"
+        ));
+        assert!(is_lock_code("syscall"));
+        assert!(is_lock_code("runtime.futexsleep"));
+        assert!(!is_lock_code("syscall_wrapper_of_mine"));
+        assert!(!is_lock_code("main.worker"));
     }
 
     fn addresses(n: &Named<u64>) -> Vec<u64> {

@@ -1,6 +1,7 @@
 //! Views of a [`crate::snapshot::Snapshot`]: Prometheus text, the diagnose
-//! report, and (through serde) JSON.
+//! report, a pprof profile, and (through serde) JSON.
 
 pub mod check;
+pub mod pprof;
 pub mod prometheus;
 pub mod report;

@@ -4,8 +4,9 @@
 use std::mem::size_of;
 
 use hostprobe_common::{
-    dirty, lock, numa, ulock,
+    dirty, lock, numa,
     sched::{CpuTopo, GangSlot, NeighbourWait, RunRing, SchedStats, TaskSlot},
+    ulock,
 };
 
 use super::spec::PROGRAMS;

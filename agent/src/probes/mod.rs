@@ -485,8 +485,13 @@ impl Probes {
             (_, Err(e)) => Some(e.to_string()),
             _ => None,
         };
-        if let Some(reason) = &ulock_reason {
-            warn!(probe = ULOCK_PROBE, %reason, "probe disabled");
+        match &ulock_reason {
+            Some(reason) => warn!(probe = ULOCK_PROBE, %reason, "probe disabled"),
+            None => info!(
+                probe = ULOCK_PROBE,
+                hook = "sched:sched_switch",
+                "probe ready"
+            ),
         }
         status.push(ProbeStatus {
             probe: ULOCK_PROBE.to_string(),

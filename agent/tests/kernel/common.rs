@@ -170,10 +170,16 @@ pub fn finish_with_log(diag: Diagnose) -> (Value, Vec<String>) {
 
 /// Builds a C helper from `agent/tests/helpers/` into `dir`.
 pub fn helper(name: &str, dir: &std::path::Path) -> PathBuf {
+    helper_built(name, dir, name, &["-O2"])
+}
+
+/// Builds C helper `name` into `dir/out` with these compiler flags.
+pub fn helper_built(name: &str, dir: &std::path::Path, out: &str, flags: &[&str]) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/helpers/{name}.c"));
-    let out = dir.join(name);
+    let out = dir.join(out);
     let status = Command::new("gcc")
-        .args(["-O2", "-pthread", "-o"])
+        .args(flags)
+        .args(["-pthread", "-o"])
         .arg(&out)
         .arg(&src)
         .status()

@@ -15,3 +15,4 @@ mod lock;
 mod numa;
 mod sched;
 mod serve;
+mod ulock;

@@ -194,7 +194,8 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
             s.queued_ns = if runnable { now } else { 0 };
             s.flags &= !SLOT_MOVED_WHILE_QUEUED;
             count_in_gang(s, prev, runnable, false);
-            if !runnable {
+            let cgroup_filter = FILTER_CGROUP.load();
+            if !runnable && (cgroup_filter == 0 || cgroup_filter == prev_cgroup) {
                 ulock::on_sleep(ctx, prev, s, (pid_tgid >> 32) as u32, now);
             }
         }

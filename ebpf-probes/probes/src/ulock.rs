@@ -106,11 +106,7 @@ const FUTEX_CMD_MASK: u32 = 0x7f;
 
 /// At a voluntary switch-out of `prev` (`current`): if it sleeps in a
 /// futex wait, records its user stack and starts its wait in its slot.
-/// A function of its own in the object (a BPF-to-BPF call): every way out
-/// of it leaves the caller in the same state, so the verifier goes through
-/// the rest of `sched_switch` once, not once per path through the stack
-/// search.
-#[inline(never)]
+#[inline(always)]
 pub fn on_sleep<C: EbpfContext>(ctx: &C, prev: *const u8, s: &mut TaskSlot, tgid: u32, now: u64) {
     let nr_offset = REGS_NR_OFFSET.load();
     if nr_offset == u32::MAX {
@@ -128,22 +124,34 @@ pub fn on_sleep<C: EbpfContext>(ctx: &C, prev: *const u8, s: &mut TaskSlot, tgid
     } else {
         nr == SYS_FUTEX_WAITV.load() || nr == SYS_FUTEX_WAIT.load()
     };
-    if !waits {
-        return;
+    if waits {
+        start_wait(ctx, regs, s, tgid, now);
     }
+}
+
+/// Starts the wait of slot `s` and records the stack. A function of its
+/// own in the object (a BPF-to-BPF call): every way out of it leaves the
+/// caller in the same state, so the verifier goes through the rest of
+/// `sched_switch` once, not once per path through the stack search.
+#[inline(never)]
+fn start_wait<C: EbpfContext>(ctx: &C, regs: *const u8, s: &mut TaskSlot, tgid: u32, now: u64) {
     bump(&ULOCK_COUNTERS, counter::EV_SLEEP);
     s.ulock_since_ns = now;
     s.ulock_stack = record_stack(ctx, regs, tgid);
 }
 
 /// At the switch-in of the task of slot `s`: ends its futex wait, if any,
-/// charged to `s.cgroup` (its workload when it went to sleep). Its own
-/// function, as `on_sleep`.
-#[inline(never)]
+/// charged to `s.cgroup` (its workload when it went to sleep).
+#[inline(always)]
 pub fn on_run(s: &mut TaskSlot, now: u64) {
-    if s.ulock_since_ns == 0 {
-        return;
+    if s.ulock_since_ns != 0 {
+        end_wait(s, now);
     }
+}
+
+/// Ends the wait of slot `s`: its own function, as `start_wait`.
+#[inline(never)]
+fn end_wait(s: &mut TaskSlot, now: u64) {
     let wait_ns = now.saturating_sub(s.ulock_since_ns);
     let key = WaitKey {
         cgroup: s.cgroup,
