@@ -40,6 +40,10 @@ exact_run dirty /bin/dirtyload /dev/ram0
 # of 50 ms for a pipe's mutex held across a userfaultfd fault.
 exact_run lock /bin/lockload 20 50
 
+# User-space lock waits with a count and a length the load sets: 20 waits
+# of 50 ms for a pthread mutex, in wait_for_holder.
+exact_run ulock /bin/ulockload 20 50
+
 # NUMA scenarios, all inside one diagnose window.
 other_node() { cat /sys/devices/system/node/node*/numastat | awk '$1 == "other_node" { s += $2 } END { print s }'; }
 migrated() { awk '$1 == "numa_pages_migrated" { print $2 }' /proc/vmstat; }

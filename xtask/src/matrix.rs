@@ -74,6 +74,16 @@ fn fallbacks(kernel: &str) -> &'static [(&'static str, &'static str)] {
     }
 }
 
+/// Probes a kernel cannot offer, and a word its reason must name.
+fn unavailable(kernel: &str) -> &'static [(&'static str, &'static str)] {
+    match kernel {
+        // User lock waits read a sleeping thread's registers through
+        // bpf_task_pt_regs (5.15+).
+        "5.10" => &[("ulock", "bpf_task_pt_regs")],
+        _ => &[],
+    }
+}
+
 /// What one kernel's guest showed.
 struct Outcome {
     kernel: String,
@@ -102,7 +112,7 @@ pub fn run(hostprobe: &Path, names: &[String]) -> Result<()> {
         .collect::<Result<_>>()?;
     let dirtier = rig.static_program("dirtier")?;
     let mut files: Vec<(PathBuf, String)> = vec![(dirtier, "/bin/dirtier".into())];
-    for load in ["dirtyload", "lockload"] {
+    for load in ["dirtyload", "lockload", "ulockload"] {
         files.push((rig.static_program(load)?, format!("/bin/{load}")));
     }
     files.extend(with_libraries(hostprobe, "/bin/hostprobe")?);
@@ -242,6 +252,7 @@ pub fn json_section(console: &str, name: &str) -> Result<Value> {
 
 fn check(console: &str, o: &mut Outcome) -> Result<()> {
     let fallbacks = fallbacks(&o.kernel);
+    let unavailable = unavailable(&o.kernel);
     for (name, flag) in [("check", ""), ("check btf", " --btf")] {
         let doc = match json_section(console, name) {
             Ok(d) => d,
@@ -264,9 +275,20 @@ fn check(console: &str, o: &mut Outcome) -> Result<()> {
                 "-".to_string()
             };
             let way = fallbacks.iter().find(|(n, _)| *n == probe).map(|(_, w)| *w);
-            match way {
+            let missing = unavailable
+                .iter()
+                .find(|(n, _)| *n == probe)
+                .map(|(_, w)| *w);
+            match (way, missing) {
+                (_, Some(word)) if p["attached"] == true || !reason.contains(word) => {
+                    bad.push(format!(
+                        "{probe} should be unavailable for want of {word}: attached {}, {reason}",
+                        p["attached"]
+                    ))
+                }
+                (_, Some(_)) => {}
                 _ if p["attached"] != true => bad.push(format!("{probe}: {reason}")),
-                Some(w) if p["attach_type"] != w => {
+                (Some(w), _) if p["attach_type"] != w => {
                     bad.push(format!("{probe} should attach by {w}, got {how}"))
                 }
                 _ => {}
@@ -277,12 +299,18 @@ fn check(console: &str, o: &mut Outcome) -> Result<()> {
         }
         if bad.is_empty() {
             o.passed.push(format!(
-                "check{flag}: all {} programs attached{}",
-                o.probes.len(),
+                "check{flag}: all {} programs attached{}{}",
+                o.probes.len() - unavailable.len(),
                 if fallbacks.is_empty() {
                     String::new()
                 } else {
                     format!(" ({} by their fallback)", fallbacks.len())
+                },
+                if unavailable.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<&str> = unavailable.iter().map(|(n, _)| *n).collect();
+                    format!("; {} unavailable here, as expected", names.join(", "))
                 }
             ));
         } else {
@@ -306,10 +334,15 @@ fn check(console: &str, o: &mut Outcome) -> Result<()> {
             section(console, "sched log").unwrap_or("")
         )),
     }
+    let ulock_expected = !unavailable.iter().any(|(n, _)| *n == "ulock");
     for (name, check) in [
         ("dirty", check_dirty as fn(&Value) -> Result<String>),
         ("lock", check_lock),
+        ("ulock", check_ulock),
     ] {
+        if name == "ulock" && !ulock_expected {
+            continue;
+        }
         match json_section(console, name).and_then(|d| check(&d)) {
             Ok(pass) => o.passed.push(pass),
             Err(e) => o.failures.push(format!(
@@ -406,6 +439,31 @@ pub fn moves(s: &Value) -> Result<u64> {
                 .map(|d| w["migrations"][d].as_u64().unwrap_or(0))
         })
         .sum())
+}
+
+/// The user-lock load's waits: 20 of 50 ms for a pthread mutex, in
+/// `wait_for_holder` (a static binary: its C library is inside it).
+fn check_ulock(s: &Value) -> Result<String> {
+    const WAITS: u64 = 20;
+    const HOLD: f64 = 0.05;
+    let stacks = s["user_lock"]["stacks"]
+        .as_array()
+        .context("user_lock.stacks")?;
+    let ours: Vec<&Value> = stacks
+        .iter()
+        .filter(|r| r["function"] == "wait_for_holder")
+        .collect();
+    let count: u64 = ours.iter().filter_map(|r| r["contentions"].as_u64()).sum();
+    let wait: f64 = ours.iter().filter_map(|r| r["wait_seconds"].as_f64()).sum();
+    let expected = WAITS as f64 * HOLD;
+    let summary = format!(
+        "user-space locks: {count} futex waits in wait_for_holder, {wait:.3} s waited (set {WAITS} of {HOLD} s: {expected:.1} s)"
+    );
+    if count == WAITS && (0.9 * expected..=1.3 * expected).contains(&wait) {
+        Ok(summary)
+    } else {
+        bail!("{summary}: {}", s["user_lock"])
+    }
 }
 
 /// The lock load's waits: 20 for a pipe's mutex (an rt-mutex on

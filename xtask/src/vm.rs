@@ -113,7 +113,17 @@ impl Rig {
         let out = self.dir.join(name);
         setup::status(
             Command::new("gcc")
-                .args(["-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o"])
+                // Frame pointers in the loads' own code, as an application
+                // that wants its stacks read has them.
+                .args([
+                    "-O2",
+                    "-fno-omit-frame-pointer",
+                    "-static",
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                    "-o",
+                ])
                 .arg(&out)
                 .arg(&src),
         )?;

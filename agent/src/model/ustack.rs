@@ -66,6 +66,14 @@ const LOCK_CODE: [&str; 11] = [
     "__futex",
 ];
 const LOCK_FUNCTIONS: [&str; 3] = ["syscall", "futex_wait", "sem_wait"];
+/// The C library's lock code among those: where a static binary's walk
+/// skips the caller (Go's runtime, which keeps frame pointers but for a
+/// few leaf functions, is not searched: a word found there was stale).
+const C_LOCK_CODE: [&str; 4] = ["__lll_", "pthread_", "__pthread_", "__futex"];
+
+fn is_c_lock_code(function: &str) -> bool {
+    C_LOCK_CODE.iter().any(|p| function.starts_with(p)) || LOCK_FUNCTIONS.contains(&function)
+}
 
 fn is_lock_code(function: &str) -> bool {
     let f = function.trim_start_matches('<');
@@ -83,6 +91,17 @@ const THREAD_ROOTS: [&str; 9] = [
     "runtime.goexit",
     "runtime.mstart",
 ];
+
+/// A thread root, also as Go's ABI wrappers name it (`runtime.goexit.abi0`).
+fn is_thread_root(function: &str) -> bool {
+    function.starts_with("__libc_start")
+        || THREAD_ROOTS.iter().any(|r| {
+            function == *r
+                || function
+                    .strip_prefix(r)
+                    .is_some_and(|rest| rest.starts_with(".abi"))
+        })
+}
 
 fn is_library(module: &str) -> bool {
     LIBRARIES.iter().any(|l| module.starts_with(l))
@@ -113,8 +132,12 @@ pub fn name<F: Clone>(
         if let Some((ip, _)) = out.first() {
             let c = resolve(caller);
             // Only a library without frame pointers hides its caller from
-            // the walk; with them, a word found on the stack is stale.
-            if !ip.module_uses_frame_pointers && c.after_call_out && c.module != ip.module {
+            // the walk; with them, a word found on the stack is stale. A
+            // static binary holds its C library: there the instruction
+            // pointer's function names it as lock code.
+            let in_library =
+                c.module != ip.module || ip.function.as_deref().is_some_and(is_c_lock_code);
+            if !ip.module_uses_frame_pointers && c.after_call_out && in_library {
                 out.insert(1, (c, true));
             }
         }
@@ -124,10 +147,7 @@ pub fn name<F: Clone>(
     // program's own entry point.
     let whole = out.len() > 1
         && out.last().is_some_and(|(r, _)| {
-            is_library(&r.module)
-                || r.function
-                    .as_deref()
-                    .is_some_and(|f| THREAD_ROOTS.contains(&f) || f.starts_with("__libc_start"))
+            is_library(&r.module) || r.function.as_deref().is_some_and(is_thread_root)
         });
     let truncated_in = (!whole && (!depth_limit || broken))
         .then(|| out.last().map(|(r, _)| r.module.clone()))
@@ -137,7 +157,10 @@ pub fn name<F: Clone>(
         .find(|(r, _)| {
             !is_library(&r.module)
                 && r.module != "[unknown]"
-                && !r.function.as_deref().is_some_and(is_lock_code)
+                && !r
+                    .function
+                    .as_deref()
+                    .is_some_and(|f| is_lock_code(f) || is_thread_root(f))
         })
         .map(|(r, _)| {
             r.function
@@ -179,6 +202,61 @@ mod tests {
                 module_uses_frame_pointers: module == "libc.so.6" && libc_fp,
             }
         }
+    }
+
+    #[test]
+    fn in_a_static_binary_the_caller_of_its_own_lock_code_is_put_back() {
+        let mut r = |a: u64| {
+            let (function, after_call_out) = match a {
+                0x40_0010 => ("__lll_lock_wait", false),
+                0x40_0100 => ("update", true),
+                0x40_0200 => ("start_thread", false),
+                _ => ("?", false),
+            };
+            Resolved {
+                frame: a,
+                module: "static".to_string(),
+                function: Some(function.to_string()),
+                after_call: true,
+                after_call_out,
+                module_uses_frame_pointers: false,
+            }
+        };
+        let n = name(9, &[0x40_0010, 0x40_0200], 0x40_0100, false, &mut r);
+        assert_eq!(addresses(&n), [0x40_0010, 0x40_0100, 0x40_0200]);
+        assert_eq!(n.function, "update");
+        // Without the caller, the thread's first function is not named.
+        let n = name(9, &[0x40_0010, 0x40_0200], 0, false, &mut r);
+        assert_eq!(n.function, "(unknown)");
+    }
+
+    #[test]
+    fn in_go_s_runtime_no_word_found_on_the_stack_is_trusted() {
+        let mut r = |a: u64| Resolved {
+            frame: a,
+            module: "go_mutex".to_string(),
+            function: Some(
+                match a {
+                    0x40_0010 => "runtime.futex.abi0",
+                    0x40_0100 => "runtime.stealWork",
+                    _ => "runtime.notesleep",
+                }
+                .to_string(),
+            ),
+            after_call: true,
+            after_call_out: true,
+            module_uses_frame_pointers: false,
+        };
+        let n = name(9, &[0x40_0010, 0x40_0200], 0x40_0100, false, &mut r);
+        assert_eq!(addresses(&n), [0x40_0010, 0x40_0200]);
+    }
+
+    #[test]
+    fn thread_roots_are_known_also_behind_go_abi_wrappers() {
+        assert!(is_thread_root("runtime.goexit.abi0"));
+        assert!(is_thread_root("start_thread"));
+        assert!(is_thread_root("__libc_start_call_main"));
+        assert!(!is_thread_root("runtime.goexitx"));
     }
 
     #[test]

@@ -239,3 +239,84 @@ fn parse_go_duration(t: &str) -> f64 {
         _ => f64::NAN,
     }
 }
+
+/// A Go program contending a `sync.Mutex` (8 goroutines, 2 threads, 3 s):
+/// Go parks the waiting goroutines in its own scheduler, so, as README
+/// says, hostprobe does not measure that contention; what it sees of the
+/// program are its idle threads' futex sleeps (`runtime.notesleep`), whose
+/// frames, through `mcall`, may end in the goroutine that parked, and waits
+/// for the runtime's own locks (`runtime.lock2`).
+#[test]
+fn of_a_go_program_only_idle_threads_are_seen_as_readme_says() {
+    let _k = KernelTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let src =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/go_mutex.go");
+    let bin = dir.path().join("go_mutex");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .env("HOME", dir.path())
+        .env("GOCACHE", dir.path().join("cache"))
+        .env("GOFLAGS", "")
+        .output()
+        .expect("go (golang-go; cargo xtask setup installs it)");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let cgroup = TestCgroup::new("ulock-go");
+    let path = cgroup.path();
+    let placeholder = KillOnDrop::spawn(Command::new("sleep").arg("30"));
+    cgroup.add(placeholder.0.id());
+    let diag = start_diagnose(&["--cgroup", &path, "--duration", "6s"]);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && GOMAXPROCS=2 exec {} 8 3 200",
+            cgroup.0.join("cgroup.procs").display(),
+            bin.display()
+        ))
+        .output()
+        .expect("run go_mutex");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let own: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .expect("go_mutex prints its wait")
+        / 1e9;
+    let v = finish(diag);
+    drop(placeholder);
+    let seen = function_wait(&v, &path, "main.updateShared");
+    println!("Go Mutex.Lock waits: the program's own {own:.2} s, hostprobe {seen:.2} s in main.updateShared");
+    assert!(own > 2.0, "too little contention: {own} s");
+    assert!(
+        seen < 0.5 * own,
+        "hostprobe is not meant to measure Go's Mutex waits: {seen} s of {own} s"
+    );
+    for row in v["user_lock"]["stacks"].as_array().unwrap() {
+        if row["workload"] != path {
+            continue;
+        }
+        let names: Vec<&str> = row["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.iter().any(
+                |n| ["runtime.notesleep", "runtime.futexsleep", "runtime.lock2"]
+                    .iter()
+                    .any(|p| n.starts_with(p))
+            ),
+            "a Go futex sleep neither of an idle thread nor on a runtime lock: {names:?}"
+        );
+    }
+}
