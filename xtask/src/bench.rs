@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// Rounds of the messaging load.
     #[arg(long, default_value_t = 30)]
     messaging_rounds: usize,
+    /// Rounds of each futex load (`perf bench futex lock-pi` and `hash`, 1 s each).
+    #[arg(long, default_value_t = 15)]
+    futex_rounds: usize,
     /// Rounds of the page-fault load (`xtask fault-load`).
     #[arg(long, default_value_t = 30)]
     fault_rounds: usize,
@@ -143,6 +146,20 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         ],
         ops: FAULT_PAGES as f64,
     };
+    // Futex-heavy loads: threads sleeping in FUTEX_LOCK_PI (every sleep
+    // records a user stack), and FUTEX_WAIT calls that return at once
+    // (no sleep: the syscall path only). Time per operation.
+    let futex = |name: &'static str, op: &str| Load {
+        name,
+        cmd: ["perf", "bench", "futex", op, "-r", "1", "-t", "4"]
+            .map(String::from)
+            .to_vec(),
+        ops: 1.0,
+    };
+    let futex_loads = [
+        futex("futex lock-pi", "lock-pi"),
+        futex("futex hash", "hash"),
+    ];
     let mut modes = vec![Mode::Baseline, Mode::Hostprobe];
     let mut fault_modes = vec![Mode::Baseline, Mode::Hostprobe, Mode::HostprobeNoPageAlloc];
     if args.compare.is_some() {
@@ -198,6 +215,26 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         );
     }
     eprintln!();
+    let mut futex_rounds: Vec<Vec<Vec<(Mode, f64)>>> = vec![Vec::new(); futex_loads.len()];
+    for (load, rounds) in futex_loads.iter().zip(futex_rounds.iter_mut()) {
+        for i in 0..args.futex_rounds {
+            rounds.push(round(
+                hostprobe,
+                args,
+                load,
+                &[Mode::Baseline, Mode::Hostprobe],
+                &mut rng,
+                &mut agent_use,
+            )?);
+            eprint!(
+                "\rbench {}: round {:>3}/{}   ",
+                load.name,
+                i + 1,
+                args.futex_rounds
+            );
+        }
+        eprintln!();
+    }
     let mut fault_rounds = Vec::new();
     for i in 0..args.fault_rounds {
         fault_rounds.push(round(
@@ -278,6 +315,15 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
         println!(
             "{:<34} {:>12} {mid:+.3} us/op [{lo:+.3}, {hi:+.3}] (paired within rounds; compare = {})",
             "pipe, hostprobe - compare", "", other.display()
+        );
+    }
+    for (load, rounds) in futex_loads.iter().zip(&futex_rounds) {
+        let (lo, mid, hi) = median_ci(&diffs(rounds, Mode::Hostprobe, |x, b| x / b));
+        println!(
+            "{:<34} {:>12} {:>24}",
+            format!("{}, time/op ratio [95% CI]", load.name),
+            "1",
+            format!("{mid:.3} [{lo:.3}, {hi:.3}]")
         );
     }
     println!("{:<34} {:>12.2}", "probe events per pipe op", events_per_op);
@@ -508,10 +554,25 @@ fn run_load(load: &Load) -> Result<f64> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    // `perf bench sched`: "Total time: 1.234 [sec]"; `perf bench futex`:
+    // "Averaged N operations/sec": seconds per operation.
+    let total = text
+        .lines()
         .find_map(|l| l.trim().strip_prefix("Total time:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no `Total time` in the output of {}: {text}", load.name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok());
+    let averaged = || {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Averaged "))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .filter(|ops| *ops > 0.0)
+            .map(|ops| 1.0 / ops)
+    };
+    total.or_else(averaged).with_context(|| {
+        format!(
+            "no `Total time` or `Averaged` in the output of {}: {text}",
+            load.name
+        )
+    })
 }
 
 fn measure_events_per_op(hostprobe: &Path, pipe: &Load) -> Result<f64> {

@@ -162,16 +162,14 @@ impl UlockCollector {
                 let _ = map.remove(&k);
             }
         }
-        while self.named.len() > STACKS {
-            let Some(oldest) = self
-                .named
-                .iter()
-                .min_by_key(|(_, (_, seen))| *seen)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            self.named.remove(&oldest);
+        if self.named.len() > STACKS {
+            // The least recently seen go, all at once.
+            let mut seen: Vec<(u64, u64)> = self.named.iter().map(|(k, (_, s))| (*s, *k)).collect();
+            seen.sort_unstable();
+            let excess = self.named.len() - STACKS;
+            for (_, k) in &seen[..excess] {
+                self.named.remove(k);
+            }
         }
         Ok(())
     }

@@ -102,12 +102,12 @@ impl Module {
         let starts: Vec<u64> = functions.iter().map(|f| f.0).collect();
         for (i, f) in functions.iter_mut().enumerate() {
             if f.1 == 0 {
-                f.1 = starts.get(i + 1).map_or(0, |next| next - f.0);
+                f.1 = starts.get(i + 1).map_or(0, |next| next.saturating_sub(f.0));
             }
         }
         let functions = functions
             .into_iter()
-            .map(|(start, size, name)| (start, start + size, name))
+            .map(|(start, size, name)| (start, start.saturating_add(size), name))
             .collect();
         let segments = elf
             .segments()
@@ -119,7 +119,7 @@ impl Module {
         let ranges = |names: &[&str]| -> Vec<(u64, u64)> {
             elf.sections()
                 .filter(|s| s.name().is_ok_and(|n| names.contains(&n)))
-                .map(|s| (s.address(), s.address() + s.size()))
+                .map(|s| (s.address(), s.address().saturating_add(s.size())))
                 .collect()
         };
         let plt = ranges(&[".plt", ".plt.sec", ".plt.got"]);
@@ -155,8 +155,7 @@ impl Module {
     /// pointers. Small leaf functions go without them even then.
     fn sample_prologues(&self) -> bool {
         let (mut with, mut seen) = (0, 0);
-        for (start, end, _) in self.functions.iter().filter(|f| f.1 - f.0 >= 64).take(64) {
-            let _ = end;
+        for (start, _, _) in self.functions.iter().filter(|f| f.1 - f.0 >= 64).take(64) {
             let mut b = [0u8; 8];
             if !self.read(*start, &mut b) {
                 continue;
@@ -212,14 +211,14 @@ impl Module {
     fn file_address(&self, offset: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|(off, size, _)| (*off..off + size).contains(&offset))
+            .find(|(off, size, _)| (*off..off.saturating_add(*size)).contains(&offset))
             .map(|(off, _, vaddr)| offset - off + vaddr)
     }
 
     fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|(_, size, va)| (*va..va + size).contains(&vaddr))
+            .find(|(_, size, va)| (*va..va.saturating_add(*size)).contains(&vaddr))
             .map(|(off, _, va)| vaddr - va + off)
     }
 

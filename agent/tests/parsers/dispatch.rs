@@ -5,13 +5,14 @@
 
 use hostprobe::host::btf::Btf;
 use hostprobe::host::kallsyms::Kallsyms;
+use hostprobe::host::symbols::Module;
 use hostprobe::host::tracefs::Format;
 use hostprobe::host::{proc, qemu};
 use hostprobe::model::workload;
 use hostprobe::probes::offsets;
 
 /// Parsers, in the order of the first byte (modulo their number).
-pub const PARSERS: [&str; 12] = [
+pub const PARSERS: [&str; 13] = [
     "btf",
     "tracefs_format",
     "kallsyms",
@@ -24,6 +25,7 @@ pub const PARSERS: [&str; 12] = [
     "maps",
     "proc_stat",
     "status",
+    "elf",
 ];
 
 /// The corpus byte that selects `parser`.
@@ -96,6 +98,7 @@ pub fn run(data: &[u8]) {
         "proc_stat" => {
             let _ = proc::parse_cpu_times(&text);
         }
+        "elf" => elf(input),
         "status" => {
             let _ = proc::status_field(&text, "Tgid");
             let _ = proc::fdinfo_field(&text, "recursion_misses");
@@ -103,4 +106,23 @@ pub fn run(data: &[u8]) {
         }
         _ => unreachable!("every parser has an arm"),
     }
+}
+
+/// An ELF file as the symboliser reads it: symbols, segments, the checks of
+/// call instructions, from a file (it reads through the file).
+fn elf(input: &[u8]) {
+    let path = std::env::temp_dir().join(format!("hostprobe-parsers-elf-{}", std::process::id()));
+    if std::fs::write(&path, input).is_err() {
+        return;
+    }
+    if let Ok(file) = std::fs::File::open(&path) {
+        if let Some(m) = Module::parse(file, "input") {
+            for a in [0u64, 0x1000, 0x401000, u64::MAX] {
+                let _ = m.function(a);
+                let _ = m.follows_call(a);
+                let _ = m.follows_call_out(a);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
 }

@@ -1,6 +1,7 @@
 //! Every parser of what the system hands hostprobe (BTF, tracefs formats,
 //! kallsyms, QEMU command lines, numa_maps, mountinfo, /proc/net/tcp,
-//! timer_list, cgroup paths, maps, /proc/stat, status) never panics: on the
+//! timer_list, cgroup paths, maps, /proc/stat, status, ELF files) never
+//! panics: on the
 //! checked-in corpus (real samples, and what the coverage-guided fuzzer,
 //! `cargo xtask fuzz`, found), and on a bounded, repeatable run of
 //! mutations of it.
