@@ -156,9 +156,32 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
             .to_vec(),
         ops: 1.0,
     };
+    // And a program sleeping on a contended pthread mutex as often as it
+    // can (4 threads, 2 us holds): every sleep walks and searches a stack.
+    let helpers = tempfile_dir("hostprobe-bench")?;
+    let contend = helpers.join("mutex_contend");
+    let built = Command::new("gcc")
+        .args(["-O2", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&contend)
+        .arg(crate::workspace_root().join("agent/tests/helpers/mutex_contend.c"))
+        .status()
+        .context("gcc")?;
+    if !built.success() {
+        bail!("building mutex_contend failed");
+    }
     let futex_loads = [
         futex("futex lock-pi", "lock-pi"),
         futex("futex hash", "hash"),
+        Load {
+            name: "pthread mutex",
+            cmd: vec![
+                contend.display().to_string(),
+                "4".into(),
+                "1".into(),
+                "2".into(),
+            ],
+            ops: 1.0,
+        },
     ];
     let mut modes = vec![Mode::Baseline, Mode::Hostprobe];
     let mut fault_modes = vec![Mode::Baseline, Mode::Hostprobe, Mode::HostprobeNoPageAlloc];
@@ -766,6 +789,13 @@ impl Rng {
             v.swap(i, j);
         }
     }
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir(tag: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 #[cfg(test)]

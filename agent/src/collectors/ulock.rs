@@ -202,11 +202,17 @@ impl UlockCollector {
 
         let mut rows: HashMap<(u64, u64), Waits> = HashMap::new();
         let mut by_function: BTreeMap<String, Waits> = BTreeMap::new();
+        self.clock += 1;
         for (key, per_cpu) in waits {
             let w = per_cpu.iter().fold(Waits::default(), |mut a, s| {
                 a.add(&Waits::from(s));
                 a
             });
+            // A thread sleeping where it slept before reuses its stack
+            // without recording it again: its use keeps it named.
+            if let Some((_, seen)) = self.named.get_mut(&key.stack) {
+                *seen = self.clock;
+            }
             rows.entry((key.cgroup, key.stack)).or_default().add(&w);
             let function = self.function_of(key.stack);
             let label = compound_key(&[&workload_name(cgroups, key.cgroup), &function]);

@@ -3,9 +3,9 @@
 //! `/proc/PID/map_files`, which also reaches deleted and replaced files
 //! and files in other mount namespaces), then to the function of that
 //! file's ELF symbol table (`.symtab`, else `.dynsym`) that contains it.
-//! Files are parsed once and shared by every process that maps them (keyed
-//! by build id, else device and inode); only the symbol tables and section
-//! headers are read. Processes that exit keep the maps last read.
+//! Files are parsed once and shared by every process that maps them (by
+//! inode and path, and one copy per build id); only the symbol tables and
+//! section headers are read. Processes that exit keep the maps last read.
 //!
 //! The `object` crate reads ELF. blazesym (libbpf's symboliser) would also
 //! read DWARF and Go's own tables, but pulls in far more than the symbol
@@ -403,8 +403,19 @@ impl Symbolizer {
             "/proc/{tgid}/map_files/{:x}-{:x}",
             line.mapping.start, line.mapping.end
         );
-        let file = File::open(&link).or_else(|_| File::open(&line.name)).ok()?;
-        let module = Arc::new(Module::parse(file, &line.name)?);
+        // Only through map_files: the path may name another file in this
+        // mount namespace (a container's), or none (deleted).
+        let file = File::open(&link).ok()?;
+        let parsed = Module::parse(file, &line.name)?;
+        // The same build in another container or under another path: one
+        // copy.
+        let same_build = parsed.build_id.as_ref().and_then(|id| {
+            self.modules
+                .values()
+                .find(|(m, _)| m.build_id.as_ref() == Some(id))
+                .map(|(m, _)| m.clone())
+        });
+        let module = same_build.unwrap_or_else(|| Arc::new(parsed));
         if self.modules.len() >= MAX_MODULES {
             if let Some(oldest) = self
                 .modules

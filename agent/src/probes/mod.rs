@@ -291,9 +291,10 @@ impl Probes {
         let (signal_off, nr_threads_off) =
             (t.map_or(0, |t| t.signal), t.map_or(0, |t| t.nr_threads));
         let regs = ulock.as_ref().ok();
-        let (regs_nr, regs_op, regs_sp, regs_fp) = (
+        let (regs_nr, regs_op, regs_ip, regs_sp, regs_fp) = (
             regs.map_or(u32::MAX, |r| r.nr),
             regs.map_or(0, |r| r.op),
+            regs.map_or(0, |r| r.ip),
             regs.map_or(0, |r| r.sp),
             regs.map_or(0, |r| r.fp),
         );
@@ -323,6 +324,7 @@ impl Probes {
             .override_global("RWSEM_OWNER_OFFSET", &ow.rwsem_owner, true)
             .override_global("REGS_NR_OFFSET", &regs_nr, true)
             .override_global("REGS_OP_OFFSET", &regs_op, true)
+            .override_global("REGS_IP_OFFSET", &regs_ip, true)
             .override_global("REGS_SP_OFFSET", &regs_sp, true)
             .override_global("REGS_FP_OFFSET", &regs_fp, true)
             .override_global("SYS_FUTEX", &sys_futex, true)

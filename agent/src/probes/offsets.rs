@@ -435,6 +435,7 @@ mod tests {
 pub struct UlockOffsets {
     pub nr: u32,
     pub op: u32,
+    pub ip: u32,
     pub sp: u32,
     pub fp: u32,
 }
@@ -456,6 +457,7 @@ pub fn ulock_offsets(btf: &Btf) -> Result<UlockOffsets> {
     Ok(UlockOffsets {
         nr: sized(btf, "pt_regs", "orig_ax", 8)?,
         op: sized(btf, "pt_regs", "si", 8)?,
+        ip: sized(btf, "pt_regs", "ip", 8)?,
         sp: sized(btf, "pt_regs", "sp", 8)?,
         fp: sized(btf, "pt_regs", "bp", 8)?,
     })

@@ -85,8 +85,11 @@ pub struct TaskSlot {
     /// When the task went to sleep in a futex wait, 0 when it is not in
     /// one (see `ulock`).
     pub ulock_since_ns: u64,
-    /// The user stack of that wait (`ulock::UserStack` key).
+    /// The user stack of the task's last futex wait (`ulock::UserStack`
+    /// key), and a fingerprint of where it slept (instruction, stack and
+    /// frame pointers): a sleep at the same place reuses the stack.
     pub ulock_stack: u64,
+    pub ulock_place: u64,
 }
 
 /// The task moved to another CPU while it waited in a run queue: its wait
@@ -302,7 +305,7 @@ mod tests {
         assert_eq!(size_of::<CpuTopo>(), 16);
         assert_eq!(
             size_of::<TaskSlot>(),
-            4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 6 + 4 + 8 + 8 + 8
+            4 + 4 + 8 + 8 + 8 + 4 + 4 + 2 * 6 + 4 + 8 + 8 + 8 + 8
         );
         assert_eq!(
             size_of::<SchedStats>(),

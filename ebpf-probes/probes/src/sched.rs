@@ -151,6 +151,7 @@ fn try_wakeup(ctx: &BtfTracePointContext, event: u32) -> Result<(), ()> {
         clear_migrations(s);
         s.cgroup = 0;
         s.flags &= !SLOT_ALONE;
+        s.ulock_place = 0;
     }
     count_in_gang(s, task, true, s.flags & SLOT_RUNNING != 0);
     // SAFETY: helper without arguments.
@@ -538,6 +539,7 @@ fn claim_slot(tid: u32) -> Option<*mut TaskSlot> {
             cgroup: 0,
             ulock_since_ns: 0,
             ulock_stack: 0,
+            ulock_place: 0,
         };
     }
     Some(slot)

@@ -37,12 +37,14 @@ use crate::tables::writing_second;
 use crate::util::{add, bump};
 
 /// `pt_regs` offsets of the syscall number, the futex operation (second
-/// argument), the stack pointer and the frame pointer; `u32::MAX`: the
+/// argument), the instruction, stack and frame pointers; `u32::MAX`: the
 /// signal is off (no `bpf_task_pt_regs`, or not wanted).
 #[no_mangle]
 static REGS_NR_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[no_mangle]
 static REGS_OP_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static REGS_IP_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static REGS_SP_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
@@ -137,7 +139,28 @@ pub fn on_sleep<C: EbpfContext>(ctx: &C, prev: *const u8, s: &mut TaskSlot, tgid
 fn start_wait<C: EbpfContext>(ctx: &C, regs: *const u8, s: &mut TaskSlot, tgid: u32, now: u64) {
     bump(&ULOCK_COUNTERS, counter::EV_SLEEP);
     s.ulock_since_ns = now;
+    // A thread that sleeps again where it slept last (the same instruction,
+    // stack pointer and frame pointer: the same call path) has the same
+    // stack: it is not walked again. Threads contending one lock sleep in
+    // one place over and over.
+    let where_ = place(
+        regs_word(regs, REGS_IP_OFFSET.load()),
+        regs_word(regs, REGS_SP_OFFSET.load()),
+        regs_word(regs, REGS_FP_OFFSET.load()),
+    );
+    if where_ == s.ulock_place && s.ulock_stack != NO_STACK {
+        return;
+    }
+    s.ulock_place = where_;
     s.ulock_stack = record_stack(ctx, regs, tgid);
+}
+
+/// A fingerprint of where a thread sleeps (never 0).
+#[inline(always)]
+fn place(ip: u64, sp: u64, fp: u64) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let h = (ip.wrapping_mul(K) ^ sp).wrapping_mul(K) ^ fp;
+    h.wrapping_mul(K) | 1
 }
 
 /// At the switch-in of the task of slot `s`: ends its futex wait, if any,
@@ -158,7 +181,6 @@ fn end_wait(s: &mut TaskSlot, now: u64) {
         stack: s.ulock_stack,
     };
     s.ulock_since_ns = 0;
-    s.ulock_stack = NO_STACK;
     bump(&ULOCK_COUNTERS, counter::EV_WAKE);
     let (waits, workloads) = if writing_second() {
         (&ULOCK_WAITS_1, &ULOCK_WORKLOADS_1)
