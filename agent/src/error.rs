@@ -28,6 +28,11 @@ pub enum Error {
     NoKernelBtf { path: PathBuf },
     #[error("--btf {path}: {reason}: give the running kernel's BTF (e.g. from btfhub, or a copy of /sys/kernel/btf/vmlinux)")]
     BtfFile { path: PathBuf, reason: String },
+    #[error("--pprof {path}: cannot write it ({source}): give a path in a writable directory")]
+    PprofFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tracefs is not mounted: mount it with `mount -t tracefs nodev /sys/kernel/tracing` (as root)")]
     NoTracefs,
     #[error("{reason}")]
@@ -132,7 +137,8 @@ impl Error {
             | Error::ExactTooSoon { .. }
             | Error::Migrating { .. }
             | Error::NoSuchCgroup { .. }
-            | Error::BtfFile { .. } => 2,
+            | Error::BtfFile { .. }
+            | Error::PprofFile { .. } => 2,
             _ => 1,
         }
     }

@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_hostprobe");
 
 /// A malformed value per flag, and what the error line must say besides
 /// the flag (`None`: the flag's own name is enough).
-const BAD: [(&str, &str, &str); 32] = [
+const BAD: [(&str, &str, &str); 33] = [
     ("listen", "localhost", "expected IP:PORT"),
     ("interval", "0s", "greater than zero"),
     ("duration", "ten seconds", "expected a duration"),
@@ -42,6 +42,7 @@ const BAD: [(&str, &str, &str); 32] = [
     ),
     ("lock-stacks", "5k", "expected a whole number"),
     ("btf", "/no/such/vmlinux.btf", "cannot read it"),
+    ("pprof", "/no/such/dir/locks.pb.gz", "cannot write it"),
     (
         "numa-page-alloc",
         "sometimes",

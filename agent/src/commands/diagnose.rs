@@ -38,7 +38,12 @@ pub async fn run(a: DiagnoseArgs) -> Result<ExitCode> {
     let pprof_file = a
         .pprof
         .as_ref()
-        .map(|p| std::fs::File::create(p).map_err(|e| Error::io(p, e)))
+        .map(|p| {
+            std::fs::File::create(p).map_err(|source| Error::PprofFile {
+                path: p.clone(),
+                source,
+            })
+        })
         .transpose()?;
     let mut agent = Agent::start(&opts)?;
     collect_for(a.duration, || {
@@ -59,7 +64,10 @@ pub async fn run(a: DiagnoseArgs) -> Result<ExitCode> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         file.write_all(&pprof::user_locks(&snapshot, now))
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|source| Error::PprofFile {
+                path: path.clone(),
+                source,
+            })?;
     }
     super::print_view(&snapshot, a.json, |v| report::render(v, a.stacks));
     Ok(ExitCode::SUCCESS)

@@ -472,4 +472,30 @@ mod tests {
         // A process that does not exist.
         assert_eq!(s.frame(u32::MAX, 0x1000).module, "[unknown]");
     }
+
+    #[test]
+    fn a_deleted_binary_is_still_read_through_map_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("sleeper");
+        std::fs::copy("/bin/sleep", &copy).unwrap();
+        let mut child = std::process::Command::new(&copy).arg("30").spawn().unwrap();
+        // Until it has mapped its binary.
+        let text = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                proc::maps(child.id())
+                    .ok()?
+                    .into_iter()
+                    .find(|l| l.executable() && l.name.ends_with("sleeper"))
+            })
+            .expect("the child maps its binary");
+        std::fs::remove_file(&copy).unwrap();
+        let mut s = Symbolizer::default();
+        let f = s.frame(child.id(), text.mapping.start + 16);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(f.module, "sleeper", "{f:?}");
+        assert!(f.build_id.is_some(), "read from the deleted file: {f:?}");
+        assert!(f.path.is_some_and(|p| p.ends_with("(deleted)")));
+    }
 }
