@@ -37,6 +37,8 @@ pub enum Error {
     NoTracefs,
     #[error("{reason}")]
     BtfUnusable { reason: String },
+    #[error("{what} only on x86-64 for now")]
+    NotThisArch { what: &'static str },
     #[error("tracepoint {tracepoint} does not exist on this kernel")]
     TracepointMissing { tracepoint: String },
     #[error("{tracepoint} exists on x86 only: {arch} has no such tracepoint, so {lost}")]

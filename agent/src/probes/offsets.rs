@@ -445,8 +445,8 @@ pub struct UlockOffsets {
 /// `bpf_task_pt_regs` helper (5.15+).
 pub fn ulock_offsets(btf: &Btf) -> Result<UlockOffsets> {
     if !cfg!(target_arch = "x86_64") {
-        return Err(Error::BtfMissing {
-            what: "x86-64 (user lock waits read x86-64 registers and call encodings)".into(),
+        return Err(Error::NotThisArch {
+            what: "user lock waits (they read x86-64 registers and call encodings)",
         });
     }
     if !btf.has_function("bpf_task_pt_regs") {

@@ -8,6 +8,22 @@ use serde_json::Value;
 
 use super::common::*;
 
+/// `mutex_contend` built into a fresh directory as `name` with `flag`.
+fn mutex_contend(name: &str, flag: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = helper_built("mutex_contend", dir.path(), name, &["-O2", flag]);
+    (dir, bin)
+}
+
+/// A test cgroup with a process in it (`diagnose --cgroup` wants one to
+/// start), which the test moves its load into later.
+fn occupied_cgroup(tag: &str) -> (TestCgroup, KillOnDrop) {
+    let cgroup = TestCgroup::new(tag);
+    let placeholder = KillOnDrop::spawn(Command::new("sleep").arg("30"));
+    cgroup.add(placeholder.0.id());
+    (cgroup, placeholder)
+}
+
 /// The program's own timings (s): its threads' lock waits, and its main
 /// thread's joins (the other futex sleeps it makes).
 struct Own {
@@ -19,11 +35,8 @@ struct Own {
 /// under `diagnose` for longer than it runs: returns the program's own
 /// timings and hostprobe's JSON.
 fn contend(binary: &std::path::Path, pprof: Option<&std::path::Path>) -> (Own, Value, TestCgroup) {
-    let cgroup = TestCgroup::new("ulock");
+    let (cgroup, placeholder) = occupied_cgroup("ulock");
     let path = cgroup.path();
-    // diagnose --cgroup wants a process there to start.
-    let placeholder = KillOnDrop::spawn(Command::new("sleep").arg("30"));
-    cgroup.add(placeholder.0.id());
     let mut args = vec!["--cgroup", &path, "--duration", "6s"];
     let pprof_arg;
     if let Some(p) = pprof {
@@ -87,13 +100,7 @@ fn workload<'a>(v: &'a Value, path: &str) -> &'a Value {
 #[test]
 fn user_lock_waits_agree_with_the_programs_own_timing_and_go_tool_pprof() {
     let _k = KernelTest::start();
-    let dir = tempfile::tempdir().unwrap();
-    let bin = helper_built(
-        "mutex_contend",
-        dir.path(),
-        "mutex_contend",
-        &["-O2", "-fno-omit-frame-pointer"],
-    );
+    let (dir, bin) = mutex_contend("mutex_contend", "-fno-omit-frame-pointer");
     let profile = dir.path().join("ulock.pb.gz");
     let (own, v, cgroup) = contend(&bin, Some(&profile));
     let w = workload(&v, &cgroup.path());
@@ -182,13 +189,7 @@ fn user_lock_waits_agree_with_the_programs_own_timing_and_go_tool_pprof() {
 #[test]
 fn without_frame_pointers_the_caller_is_found_and_the_truncation_reported() {
     let _k = KernelTest::start();
-    let dir = tempfile::tempdir().unwrap();
-    let bin = helper_built(
-        "mutex_contend",
-        dir.path(),
-        "mutex_contend_nofp",
-        &["-O2", "-fomit-frame-pointer"],
-    );
+    let (_dir, bin) = mutex_contend("mutex_contend_nofp", "-fomit-frame-pointer");
     let (own, v, cgroup) = contend(&bin, None);
     let locked = function_wait(&v, &cgroup.path(), "update_shared_counter");
     assert!(
@@ -267,10 +268,8 @@ fn of_a_go_program_only_idle_threads_are_seen_as_readme_says() {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let cgroup = TestCgroup::new("ulock-go");
+    let (cgroup, placeholder) = occupied_cgroup("ulock-go");
     let path = cgroup.path();
-    let placeholder = KillOnDrop::spawn(Command::new("sleep").arg("30"));
-    cgroup.add(placeholder.0.id());
     let diag = start_diagnose(&["--cgroup", &path, "--duration", "6s"]);
     let out = Command::new("sh")
         .arg("-c")
