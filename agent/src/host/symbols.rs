@@ -262,12 +262,22 @@ impl Module {
     }
 }
 
-/// Rust symbols demangled (without their hash); others as they are.
+/// Rust symbols demangled (without their hash), C++ ones (Itanium ABI)
+/// too; others as they are.
 fn demangle(name: &str) -> String {
-    match rustc_demangle::try_demangle(name) {
-        Ok(d) => format!("{d:#}"),
-        Err(_) => name.to_string(),
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        return format!("{d:#}");
     }
+    let options = cpp_demangle::DemangleOptions::new().no_params();
+    name.starts_with("_Z")
+        .then(|| {
+            cpp_demangle::Symbol::new(name)
+                .ok()?
+                .demangle(&options)
+                .ok()
+        })
+        .flatten()
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// An executable mapping of a process and its parsed file.
@@ -471,6 +481,17 @@ mod tests {
         assert_eq!(s.frame(pid, 0x10).module, "[unknown]");
         // A process that does not exist.
         assert_eq!(s.frame(u32::MAX, 0x1000).module, "[unknown]");
+    }
+
+    #[test]
+    fn rust_and_cpp_names_are_demangled_and_others_kept() {
+        assert_eq!(
+            demangle("_ZN3std4sync5mutex14Mutex$LT$T$GT$4lock17h0123456789abcdefE"),
+            "std::sync::mutex::Mutex<T>::lock"
+        );
+        assert_eq!(demangle("_ZN5Cache6insertERKSsi"), "Cache::insert");
+        assert_eq!(demangle("pthread_mutex_lock"), "pthread_mutex_lock");
+        assert_eq!(demangle("_Zbroken"), "_Zbroken");
     }
 
     #[test]
