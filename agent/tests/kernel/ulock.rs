@@ -24,6 +24,25 @@ fn occupied_cgroup(tag: &str) -> (TestCgroup, KillOnDrop) {
     (cgroup, placeholder)
 }
 
+/// Runs `sh -c COMMAND` moved into `cgroup` first (before it starts any
+/// thread); its stdout.
+fn run_in(cgroup: &TestCgroup, command: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && {command}",
+            cgroup.0.join("cgroup.procs").display()
+        ))
+        .output()
+        .expect("run the load");
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The program's own timings (s): its threads' lock waits, and its main
 /// thread's joins (the other futex sleeps it makes).
 struct Own {
@@ -45,22 +64,7 @@ fn contend(binary: &std::path::Path, pprof: Option<&std::path::Path>) -> (Own, V
     }
     let diag = start_diagnose(&args);
     // The program moves itself into the cgroup before it starts threads.
-    let procs = cgroup.0.join("cgroup.procs");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec {} 4 3 300",
-            procs.display(),
-            binary.display()
-        ))
-        .output()
-        .expect("run mutex_contend");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = run_in(&cgroup, &format!("exec {} 4 3 300", binary.display()));
     let field = |i: usize| -> f64 {
         text.split_whitespace()
             .nth(i)
@@ -271,21 +275,11 @@ fn of_a_go_program_only_idle_threads_are_seen_as_readme_says() {
     let (cgroup, placeholder) = occupied_cgroup("ulock-go");
     let path = cgroup.path();
     let diag = start_diagnose(&["--cgroup", &path, "--duration", "6s"]);
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && GOMAXPROCS=2 exec {} 8 3 200",
-            cgroup.0.join("cgroup.procs").display(),
-            bin.display()
-        ))
-        .output()
-        .expect("run go_mutex");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_in(
+        &cgroup,
+        &format!("GOMAXPROCS=2 exec {} 8 3 200", bin.display()),
     );
-    let own: f64 = String::from_utf8_lossy(&out.stdout)
+    let own: f64 = text
         .trim()
         .parse::<f64>()
         .expect("go_mutex prints its wait")
