@@ -81,6 +81,16 @@ fn contend(binary: &std::path::Path, pprof: Option<&std::path::Path>) -> (Own, V
     (own, v, cgroup)
 }
 
+/// The names of a stack row's frames, innermost first.
+fn frame_names(row: &Value) -> Vec<&str> {
+    row["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect()
+}
+
 /// The wait hostprobe puts on `function` in workload `path`.
 fn function_wait(v: &Value, path: &str, function: &str) -> f64 {
     v["user_lock"]["functions"]
@@ -138,12 +148,7 @@ fn user_lock_waits_agree_with_the_programs_own_timing_and_go_tool_pprof() {
         .iter()
         .find(|r| r["workload"] == cgroup.path())
         .unwrap();
-    let names: Vec<&str> = row["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = frame_names(row);
     assert!(
         names
             .windows(2)
@@ -297,12 +302,7 @@ fn of_a_go_program_only_idle_threads_are_seen_as_readme_says() {
         if row["workload"] != path {
             continue;
         }
-        let names: Vec<&str> = row["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["name"].as_str().unwrap())
-            .collect();
+        let names = frame_names(row);
         assert!(
             names.iter().any(
                 |n| ["runtime.notesleep", "runtime.futexsleep", "runtime.lock2"]
