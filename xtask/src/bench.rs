@@ -158,7 +158,8 @@ pub fn run(hostprobe: &Path, args: &BenchArgs) -> Result<()> {
     };
     // And a program sleeping on a contended pthread mutex as often as it
     // can (4 threads, 2 us holds): every sleep walks and searches a stack.
-    let helpers = tempfile_dir("hostprobe-bench")?;
+    let helpers = std::env::temp_dir().join(format!("hostprobe-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&helpers).with_context(|| format!("creating {}", helpers.display()))?;
     let contend = helpers.join("mutex_contend");
     let built = Command::new("gcc")
         .args(["-O2", "-fno-omit-frame-pointer", "-pthread", "-o"])
@@ -789,13 +790,6 @@ impl Rng {
             v.swap(i, j);
         }
     }
-}
-
-/// A fresh directory under the system's temporary directory.
-fn tempfile_dir(tag: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 #[cfg(test)]

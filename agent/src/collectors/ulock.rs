@@ -138,18 +138,16 @@ impl UlockCollector {
                     stack.caller,
                     depth == STACK_DEPTH,
                     &mut |address| {
-                        let frame = symbols.frame(stack.tgid, address);
-                        let module = symbols.module_at(stack.tgid, address);
+                        let (frame, file) = symbols.resolve(stack.tgid, address);
+                        let at = frame.file_address;
                         Resolved {
                             module: frame.module.clone(),
                             function: frame.function.clone(),
-                            after_call: module.as_ref().is_some_and(|(m, a)| m.follows_call(*a)),
-                            after_call_out: module
+                            after_call: file.as_ref().is_some_and(|m| m.follows_call(at)),
+                            after_call_out: file.as_ref().is_some_and(|m| m.follows_call_out(at)),
+                            module_uses_frame_pointers: file
                                 .as_ref()
-                                .is_some_and(|(m, a)| m.follows_call_out(*a)),
-                            module_uses_frame_pointers: module
-                                .as_ref()
-                                .is_some_and(|(m, _)| m.uses_frame_pointers),
+                                .is_some_and(|m| m.uses_frame_pointers),
                             frame,
                         }
                     },
@@ -188,14 +186,13 @@ impl UlockCollector {
         cgroups: &mut CgroupResolver,
         pass: Pass,
     ) -> Result<(UserLockSection, ProbeCounters)> {
-        self.symbols.begin_round();
         // Stacks before the waits that name them (see the kernel side).
         match pass {
-            Pass::Round { drain, .. } => self.read_stacks(drain, true)?,
-            Pass::Peek => {
-                self.read_stacks(0, false)?;
-                self.read_stacks(1, false)?;
+            Pass::Round { drain, .. } => {
+                self.symbols.begin_round();
+                self.read_stacks(drain, true)?;
             }
+            Pass::Peek => self.name_new_stacks()?,
         }
         let waits = self.waits.take(pass)?;
         let workloads = self.workloads.take(pass)?;

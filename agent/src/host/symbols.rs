@@ -309,8 +309,10 @@ impl Symbolizer {
         self.round += 1;
     }
 
-    /// Names `address` in process `tgid`.
-    pub fn frame(&mut self, tgid: u32, address: u64) -> Frame {
+    /// Names `address` in process `tgid`; with the parsed file it lies in
+    /// when its own (ELF virtual) address is known, for the checks of call
+    /// instructions there.
+    pub fn resolve(&mut self, tgid: u32, address: u64) -> (Frame, Option<Arc<Module>>) {
         self.clock += 1;
         let unknown = Frame {
             address,
@@ -345,7 +347,7 @@ impl Symbolizer {
         }
         let clock = self.clock;
         let Some(p) = self.processes.get_mut(&tgid) else {
-            return unknown;
+            return (unknown, None);
         };
         p.used = clock;
         let Some(m) = p
@@ -353,19 +355,21 @@ impl Symbolizer {
             .iter()
             .find(|m| (m.line.mapping.start..m.line.mapping.end).contains(&address))
         else {
-            return unknown;
+            return (unknown, None);
         };
         let offset = address - m.line.mapping.start + m.line.offset;
         let Some(module) = &m.module else {
-            return Frame {
+            let frame = Frame {
                 module: m.line.name.rsplit('/').next().unwrap_or("").to_string(),
                 file_address: offset,
                 mapping: Some((m.line.mapping.start, m.line.mapping.end, m.line.offset)),
                 ..unknown
             };
+            return (frame, None);
         };
-        let file_address = module.file_address(offset).unwrap_or(offset);
-        Frame {
+        let vaddr = module.file_address(offset);
+        let file_address = vaddr.unwrap_or(offset);
+        let frame = Frame {
             address,
             module: module.name.clone(),
             function: module.function(file_address).map(str::to_string),
@@ -373,21 +377,8 @@ impl Symbolizer {
             mapping: Some((m.line.mapping.start, m.line.mapping.end, m.line.offset)),
             build_id: module.build_id.clone(),
             path: Some(module.path.clone()),
-        }
-    }
-
-    /// The module mapped at `address` in `tgid` (after a `frame` call
-    /// read its maps), with the address in the file's own addresses.
-    pub fn module_at(&self, tgid: u32, address: u64) -> Option<(Arc<Module>, u64)> {
-        let p = self.processes.get(&tgid)?;
-        let m = p
-            .maps
-            .iter()
-            .find(|m| (m.line.mapping.start..m.line.mapping.end).contains(&address))?;
-        let module = m.module.clone()?;
-        let offset = address - m.line.mapping.start + m.line.offset;
-        let vaddr = module.file_address(offset)?;
-        Some((module, vaddr))
+        };
+        (frame, vaddr.map(|_| module.clone()))
     }
 
     fn read_maps(&mut self, tgid: u32) -> Option<Vec<ExecMap>> {
@@ -463,7 +454,7 @@ mod tests {
     fn names_a_function_of_this_test_binary_and_not_past_its_end() {
         let mut s = Symbolizer::default();
         let pid = std::process::id();
-        let f = s.frame(
+        let (f, _) = s.resolve(
             pid,
             names_a_function_of_this_test_binary_and_not_past_its_end as *const () as u64,
         );
@@ -474,13 +465,13 @@ mod tests {
             "{f:?}"
         );
         assert!(f.build_id.is_some(), "{f:?}");
-        let libc = s.frame(pid, libc::getpid as *const () as u64);
+        let (libc, _) = s.resolve(pid, libc::getpid as *const () as u64);
         assert!(libc.module.starts_with("libc"), "{libc:?}");
         assert_eq!(libc.function.as_deref(), Some("getpid"), "{libc:?}");
         // Outside any mapping.
-        assert_eq!(s.frame(pid, 0x10).module, "[unknown]");
+        assert_eq!(s.resolve(pid, 0x10).0.module, "[unknown]");
         // A process that does not exist.
-        assert_eq!(s.frame(u32::MAX, 0x1000).module, "[unknown]");
+        assert_eq!(s.resolve(u32::MAX, 0x1000).0.module, "[unknown]");
     }
 
     #[test]
@@ -512,7 +503,7 @@ mod tests {
             .expect("the child maps its binary");
         std::fs::remove_file(&copy).unwrap();
         let mut s = Symbolizer::default();
-        let f = s.frame(child.id(), text.mapping.start + 16);
+        let (f, _) = s.resolve(child.id(), text.mapping.start + 16);
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(f.module, "sleeper", "{f:?}");

@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_probe_read_user,
-        generated::{bpf_get_stack, bpf_task_pt_regs},
+        generated::{self, bpf_get_stack, bpf_task_pt_regs},
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
@@ -34,7 +34,7 @@ use hostprobe_common::{
 };
 
 use crate::tables::writing_second;
-use crate::util::{add, bump};
+use crate::util::bump;
 
 /// `pt_regs` offsets of the syscall number, the futex operation (second
 /// argument), the instruction, stack and frame pointers; `u32::MAX`: the
@@ -143,16 +143,16 @@ fn start_wait<C: EbpfContext>(ctx: &C, regs: *const u8, s: &mut TaskSlot, tgid: 
     // stack pointer and frame pointer: the same call path) has the same
     // stack: it is not walked again. Threads contending one lock sleep in
     // one place over and over.
-    let where_ = place(
-        regs_word(regs, REGS_IP_OFFSET.load()),
+    let (sp, fp) = (
         regs_word(regs, REGS_SP_OFFSET.load()),
         regs_word(regs, REGS_FP_OFFSET.load()),
     );
+    let where_ = place(regs_word(regs, REGS_IP_OFFSET.load()), sp, fp);
     if where_ == s.ulock_place && s.ulock_stack != NO_STACK {
         return;
     }
     s.ulock_place = where_;
-    s.ulock_stack = record_stack(ctx, regs, tgid);
+    s.ulock_stack = record_stack(ctx, sp, fp, tgid);
 }
 
 /// A fingerprint of where a thread sleeps (never 0).
@@ -230,13 +230,14 @@ fn end_wait(s: &mut TaskSlot, now: u64) {
     }
 }
 
-/// Records the user stack of `current` (registers `regs`) in the stack
-/// buffer being written, if it is not there yet; returns its key. Values
+/// Records the user stack of `current` (stack pointer `sp`, frame pointer
+/// `fp`) in the stack buffer being written, if it is not there yet;
+/// returns its key. Values
 /// go through the scratch map, not registers: the verifier then sees no
 /// difference between the paths that led to them and verifies what
 /// follows once.
 #[inline(always)]
-fn record_stack<C: EbpfContext>(ctx: &C, regs: *const u8, tgid: u32) -> u64 {
+fn record_stack<C: EbpfContext>(ctx: &C, sp: u64, fp: u64, tgid: u32) -> u64 {
     let Some(scratch) = ULOCK_SCRATCH.get_ptr_mut(0) else {
         return NO_STACK;
     };
@@ -259,10 +260,6 @@ fn record_stack<C: EbpfContext>(ctx: &C, regs: *const u8, tgid: u32) -> u64 {
     scratch.stack.depth = (bytes / 8) as u32;
     scratch.stack.tgid = tgid;
     scratch.stack.caller = 0;
-    let (sp, fp) = (
-        regs_word(regs, REGS_SP_OFFSET.load()),
-        regs_word(regs, REGS_FP_OFFSET.load()),
-    );
     // A frame pointer outside the stack above `sp`, or a first return
     // address that does not follow a call, is a register in other use
     // (code without frame pointers): the walk from it is garbage that
@@ -294,7 +291,7 @@ fn record_stack<C: EbpfContext>(ctx: &C, regs: *const u8, tgid: u32) -> u64 {
         // SAFETY: as above.
         && unsafe { stacks.get(&hash) }.is_none()
     {
-        add(&ULOCK_COUNTERS, counter::DROP_STACK_MAP_FULL, 1);
+        bump(&ULOCK_COUNTERS, counter::DROP_STACK_MAP_FULL);
     }
     hash
 }
@@ -312,7 +309,7 @@ fn record_stack<C: EbpfContext>(ctx: &C, regs: *const u8, tgid: u32) -> u64 {
 fn find_caller(scratch: &mut Scratch, sp: u64, fp: u64) {
     // SAFETY: bpf_probe_read_user checks the address.
     if unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_user(
+        generated::bpf_probe_read_user(
             scratch.words.as_mut_ptr().cast(),
             (8 * SCAN_WORDS) as u32,
             sp as *const _,
@@ -346,11 +343,9 @@ fn find_caller(scratch: &mut Scratch, sp: u64, fp: u64) {
         {
             continue;
         }
-        // SAFETY: bpf_probe_read_user checks the address.
-        let Ok(before) = (unsafe { bpf_probe_read_user((w - 8) as *const u64) }) else {
+        let Some(b) = bytes_before(w) else {
             continue;
         };
-        let b = before.to_le_bytes();
         if b[3] == 0xe8 || (b[2] == 0xff && b[3] == 0x15) {
             scratch.stack.caller = w;
         }
@@ -362,16 +357,23 @@ fn find_caller(scratch: &mut Scratch, sp: u64, fp: u64) {
 /// 6 or 7 bytes.
 #[inline(always)]
 fn follows_call(ret: u64) -> bool {
-    if ret < 0x1000 {
-        return false;
-    }
-    // SAFETY: bpf_probe_read_user checks the address.
-    let Ok(before) = (unsafe { bpf_probe_read_user((ret - 8) as *const u64) }) else {
+    let Some(b) = bytes_before(ret) else {
         return false;
     };
-    let b = before.to_le_bytes();
     let call_at = |i: usize| b[i] == 0xff && (b[i + 1] >> 3) & 7 == 2;
     b[3] == 0xe8 || call_at(6) || call_at(5) || call_at(4) || call_at(2) || call_at(1)
+}
+
+/// The 8 bytes of user memory before `ret` (a return address: the call
+/// instruction ends there).
+#[inline(always)]
+fn bytes_before(ret: u64) -> Option<[u8; 8]> {
+    if ret < 0x1000 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user checks the address.
+    let before = unsafe { bpf_probe_read_user((ret - 8) as *const u64) }.ok()?;
+    Some(before.to_le_bytes())
 }
 
 /// A 64-bit word of a `pt_regs` the helper handed over.
